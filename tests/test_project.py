@@ -1,0 +1,151 @@
+import json
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from vid3d.errors import StageError, UserError
+from vid3d.project import STAGE_FILE, Project, StageOutput, fingerprint
+
+
+def writer(text, calls):
+    def work(out):
+        calls.append(text)
+        (out / "data.txt").write_text(text)
+        return StageOutput(outputs=["data.txt"], metrics={"length": len(text)})
+    return work
+
+
+def test_second_run_with_same_fingerprint_is_cached(tmp_path):
+    project, calls = Project(tmp_path / "p"), []
+    with project.lock():
+        first = project.run_stage("frames", "fp1", {"count": 1}, {}, writer("a", calls))
+        second = project.run_stage("frames", "fp1", {"count": 1}, {}, writer("a", calls))
+    assert (first.status, second.status) == ("complete", "cached")
+    assert calls == ["a"]
+    assert second.metrics == {"length": 1} and second.outputs == ["frames/data.txt"]
+    record = project.record("frames")
+    assert record["status"] == "complete" and record["fingerprint"] == "fp1"
+    assert "total" in record["timings"]
+    assert "count = 1" in (tmp_path / "p" / "project.toml").read_text()
+
+
+def test_new_fingerprint_reruns_and_marks_downstream_stale(tmp_path):
+    project, calls = Project(tmp_path / "p"), []
+    with project.lock():
+        project.run_stage("frames", "f1", {}, {}, writer("a", calls))
+        project.run_stage("poses", "p1", {}, {"frames": "f1"}, writer("b", calls))
+        project.run_stage("frames", "f1", {}, {}, writer("a", calls))
+        assert project.status()["poses"]["status"] == "complete"
+        project.run_stage("frames", "f2", {}, {}, writer("c", calls))
+    status = project.status()
+    assert status["frames"]["status"] == "complete" and status["poses"]["status"] == "stale"
+    assert status["splats"]["status"] == "missing"
+    assert (tmp_path / "p" / "frames" / "data.txt").read_text() == "c"
+    assert calls == ["a", "b", "c"]
+
+
+def test_fingerprint_depends_on_settings_inputs_and_stage():
+    base = fingerprint("poses", {"a": 1}, {"frames": "x"})
+    assert base == fingerprint("poses", {"a": 1}, {"frames": "x"})
+    assert base != fingerprint("poses", {"a": 2}, {"frames": "x"})
+    assert base != fingerprint("poses", {"a": 1}, {"frames": "y"})
+    assert base != fingerprint("splats", {"a": 1}, {"frames": "x"})
+
+
+def test_damaged_outputs_are_not_complete(tmp_path):
+    project = Project(tmp_path / "p")
+    with project.lock():
+        project.run_stage("frames", "f1", {}, {}, writer("abc", []))
+    assert project.is_complete("frames", "f1")
+    (tmp_path / "p" / "frames" / "data.txt").write_text("truncated-or-changed")
+    assert not project.is_complete("frames", "f1")
+    assert project.status()["frames"]["status"] == "incomplete"
+    with project.lock():
+        assert project.run_stage("frames", "f1", {}, {}, writer("abc", [])).status == "complete"
+
+
+def test_failure_leaves_previous_outputs_and_no_temporary_folder(tmp_path):
+    project = Project(tmp_path / "p")
+
+    def broken(out):
+        (out / "data.txt").write_text("half")
+        raise StageError("too few frames registered")
+
+    with project.lock():
+        project.run_stage("frames", "f1", {}, {}, writer("good", []))
+        with pytest.raises(StageError):
+            project.run_stage("frames", "f2", {}, {}, broken)
+    assert (tmp_path / "p" / "frames" / "data.txt").read_text() == "good"
+    assert project.record("frames")["status"] == "failed"
+    assert "too few frames" in project.record("frames")["error"]
+    assert not list((tmp_path / "p").glob(".tmp-*"))
+
+
+def test_user_error_changes_nothing_in_the_manifest(tmp_path):
+    project = Project(tmp_path / "p")
+
+    def bad_input(out):
+        raise UserError("video.mp4: has no frames")
+
+    with project.lock():
+        project.run_stage("frames", "f1", {}, {}, writer("good", []))
+        before = (tmp_path / "p" / "manifest.json").read_text()
+        with pytest.raises(UserError):
+            project.run_stage("frames", "f2", {}, {}, bad_input)
+    assert (tmp_path / "p" / "manifest.json").read_text() == before
+
+
+def _killed_midway(root, started):
+    project = Project(root)
+
+    def slow(out):
+        (out / "data.txt").write_text("partial")
+        started.set()
+        time.sleep(60)
+        return StageOutput()
+
+    with project.lock():
+        project.run_stage("frames", "f1", {}, {}, slow)
+
+
+def test_process_killed_midway_leaves_no_complete_stage_and_rerun_completes(tmp_path):
+    root = tmp_path / "p"
+    started = multiprocessing.Event()
+    process = multiprocessing.get_context("fork").Process(target=_killed_midway, args=(root, started))
+    process.start()
+    assert started.wait(30)
+    os.kill(process.pid, 9)
+    process.join()
+    project = Project(root)
+    assert not project.is_complete("frames")
+    assert list(root.glob(".tmp-frames-*"))  # the dead process's scratch is still there...
+    with project.lock():  # ...until the next writer takes the lock
+        assert not list(root.glob(".tmp-*"))
+        assert project.run_stage("frames", "f1", {}, {}, writer("done", [])).status == "complete"
+    marker = json.loads((root / "frames" / STAGE_FILE).read_text())
+    assert marker["fingerprint"] == "f1" and marker["files"] == {"data.txt": 4}
+
+
+def _hold_lock(root, locked, release):
+    with Project(root).lock():
+        locked.set()
+        release.wait(30)
+
+
+def test_second_writer_gets_a_one_line_error_or_waits(tmp_path):
+    root = tmp_path / "p"
+    ctx = multiprocessing.get_context("fork")
+    locked, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(root, locked, release))
+    holder.start()
+    assert locked.wait(30)
+    with pytest.raises(UserError) as info:
+        with Project(root).lock():
+            pass
+    assert f"pid {holder.pid}" in str(info.value) and "--wait" in str(info.value)
+    release.set()
+    with Project(root).lock(wait=True):
+        pass
+    holder.join()

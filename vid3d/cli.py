@@ -1,0 +1,237 @@
+"""The `vid3d` command line: thin Typer commands over vid3d.pipeline.
+
+Exit codes: 0 success, 1 a stage failed, 2 bad usage or bad input. Errors are one line on
+stderr (tracebacks go to PROJECT/logs/vid3d.log, and to the terminal with -v). With --json,
+stdout carries exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.logging import RichHandler
+from rich.table import Table
+
+from vid3d import __version__, pipeline
+from vid3d.config import load_settings, read_toml
+from vid3d.errors import StageError, UserError
+from vid3d.project import MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
+from vid3d import ui
+from vid3d.ui import console, log
+
+app = typer.Typer(help="vid3d: video to 3D. Generate video, recover cameras, fit Gaussian splats, export meshes.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ProjectArg = Annotated[Path, typer.Argument(help="Project folder (created if missing).", show_default=False)]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (see configs/default.toml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: stage.key=value (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun this command's stage even when cached.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (status, outputs, metrics) on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
+
+
+@dataclass
+class Common:
+    config: Path | None
+    sets: list[str]
+    force: bool
+    json: bool
+    device: str
+    verbose: bool
+    wait: bool
+
+
+@app.command()
+def frames(project: ProjectArg,
+           input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """Ingest a video or image folder into frames/: even sampling, sharpest frames, resized."""
+    common = Common(config, set or [], force, json, device, verbose, wait)
+    _execute(project, common, pipeline.frames, target="frames", input=input)
+
+
+@app.command()
+def poses(project: ProjectArg,
+          input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+          config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+          device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """Camera poses with pycolmap: ingest the input into frames/, then write poses/."""
+    common = Common(config, set or [], force, json, device, verbose, wait)
+    _execute(project, common, pipeline.poses, target="poses", input=input)
+
+
+@app.command()
+def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Show each stage of a project: complete, stale, failed or missing, with its metrics."""
+    _setup_logging(verbose)
+    try:
+        _check_project_folder(project, must_exist=True)
+        stages = Project(project).status()
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code, json)
+    if json:
+        print(_dumps({"status": "ok", "project": str(project), "stages": stages}))
+        return
+    table = Table(title=str(project))
+    for column in ("stage", "status", "fingerprint", "finished", "seconds", "metrics"):
+        table.add_column(column)
+    for stage, record in stages.items():
+        metrics = ", ".join(f"{k}={v}" for k, v in (record.get("metrics") or {}).items())
+        table.add_row(stage, record["status"], record.get("fingerprint", ""), record.get("finished", ""),
+                      str(record.get("timings", {}).get("total", "")), metrics or record.get("error", ""))
+    console.print(table)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # render farms stop jobs with SIGTERM: clean up as on Ctrl-C
+    app()
+
+
+def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
+             target: str, input: Path | None = None) -> None:
+    _setup_logging(common.verbose)
+    created = not project_dir.exists()
+    project = Project(project_dir)
+    ctx = None
+    log_state: tuple[Path, int] | None = None
+    try:
+        _check_device(common.device)
+        _check_project_folder(project_dir, must_exist=False)
+        with project.lock(wait=common.wait):
+            log_state = _attach_log_file(project_dir)
+            log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
+            ctx = pipeline.Context(project, _load_settings(project, common, input), common.device,
+                                   force=(target,) if common.force else ())
+            body(ctx)
+    except UserError as exc:
+        _undo(project_dir, created, log_state, ctx)
+        _fail(str(exc), 2, common.json)
+    except (StageError, Exception) as exc:
+        log.debug("failed", exc_info=True)
+        if common.verbose:
+            traceback.print_exc()
+        message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc} (details: {project_dir / 'logs' / 'vid3d.log'})"
+        _fail(message, 1, common.json)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to continue", 130, common.json)
+    _report(project_dir, ctx.results, target, common.json)
+
+
+def _load_settings(project: Project, common: Common, input: Path | None):
+    """Defaults < the project's last settings (project.toml) < --config < --input < --set."""
+    layers = [project.saved_settings()]
+    if common.config:
+        layers.append(read_toml(common.config))
+    if input is not None:
+        layers.append(({"frames": {"input": str(input.resolve())}}, "--input"))
+    return load_settings(*layers, overrides=common.sets)
+
+
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N")
+
+
+def _check_project_folder(path: Path, must_exist: bool) -> None:
+    """Refuse to write into a file or into a folder of the user's that is not a vid3d project."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; pass a folder for the project")
+    if must_exist and not (path / MANIFEST).exists():
+        raise UserError(f"{path}: not a vid3d project (no {MANIFEST}); run a stage on it first")
+    if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, ".lock")):
+        raise UserError(f"{path}: exists and is not a vid3d project; pass a new or empty folder")
+
+
+def _attach_log_file(project_dir: Path) -> tuple[Path, int]:
+    path = project_dir / "logs" / "vid3d.log"
+    path.parent.mkdir(exist_ok=True)
+    size = path.stat().st_size if path.exists() else 0
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return path, size
+
+
+def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, ctx) -> None:
+    """After bad input, leave the project folder as it was (unless a stage already completed)."""
+    for handler in list(log.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            log.removeHandler(handler)
+    if ctx is not None and ctx.results:
+        return
+    if created:
+        shutil.rmtree(project_dir, ignore_errors=True)
+    elif log_state is not None:
+        path, size = log_state
+        if size == 0:
+            path.unlink(missing_ok=True)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        else:
+            with path.open("r+") as f:
+                f.truncate(size)
+
+
+def _report(project_dir: Path, results: list[StageResult], target: str, as_json: bool) -> None:
+    final = results[-1]
+    if as_json:
+        print(_dumps({"status": "ok", "project": str(project_dir),
+                      "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint,
+                                           "seconds": round(r.seconds, 3), "outputs": r.outputs,
+                                           "metrics": r.metrics} for r in results},
+                      "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}))
+        return
+    for r in results:
+        metrics = ", ".join(f"{k}={v}" for k, v in r.metrics.items())
+        timing = "" if r.status == "cached" else f" in {r.seconds:.1f}s"
+        console.print(f"[bold]{r.stage}[/bold]: {r.status}{timing}  {metrics}")
+    console.print(f"{target} -> {project_dir / target}")
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    if as_json:
+        print(_dumps({"status": "error" if code == 2 else "failed", "error": message, "exit_code": code}))
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.addHandler(handler)
+    ui.verbose = verbose
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

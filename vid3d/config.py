@@ -1,0 +1,151 @@
+"""Typed per-stage settings: defaults in code, layered with project.toml, --config FILE and --set.
+
+Every setting is a dataclass field made with `setting(...)`, which carries its help text and its
+allowed range; `configs/default.toml` documents them all (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from vid3d.errors import UserError
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
+    """A settings field with its help text and optional numeric bounds."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max})
+
+
+@dataclass
+class FramesSettings:
+    input: str = setting("", "video file (mp4, mov, webm, avi, mkv) or folder of images; remembered by the project")
+    count: int = setting(120, "frames to keep, sampled evenly: the sharpest (variance of the Laplacian) in each interval", min=2)
+    max_side: int = setting(1280, "resize so the longer side is at most this many pixels; 0 keeps the size", min=0)
+    min_frames: int = setting(10, "fail when fewer usable (non-blank) frames than this remain", min=2)
+
+
+@dataclass
+class PosesSettings:
+    matcher: Literal["auto", "sequential", "exhaustive"] = setting(
+        "auto", "auto: sequential for video, exhaustive for image folders of up to exhaustive_max_images")
+    exhaustive_max_images: int = setting(100, "largest image folder that auto matches exhaustively", min=2)
+    overlap: int = setting(10, "sequential matching: each frame is matched with this many following frames", min=1)
+    loop_every: int = setting(5, "sequential matching: every Nth frame is a keyframe, keyframes are matched "
+                                 "with each other to close loops; 0 turns loop closing off", min=0)
+    mapper: Literal["incremental", "global"] = setting("incremental", "pycolmap mapper: incremental, or global (GLOMAP)")
+    camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = setting(
+        "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards")
+    max_features: int = setting(8192, "SIFT features per image", min=64)
+    min_registered: float = setting(0.5, "fraction of frames that must register; below it matching is retried "
+                                         "exhaustively once, then the stage fails", min=0.0, max=1.0)
+    seed: int = setting(0, "random seed of the mapper, for repeatable poses", min=0)
+
+
+@dataclass
+class Settings:
+    frames: FramesSettings = field(default_factory=FramesSettings)
+    poses: PosesSettings = field(default_factory=PosesSettings)
+
+
+STAGE_SETTINGS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def load_settings(*layers: tuple[dict[str, Any], str], overrides: list[str] = ()) -> Settings:
+    """Defaults, then each (table, source name) layer in order, then `stage.key=value` overrides."""
+    values: dict[str, dict[str, Any]] = {stage: {} for stage in STAGE_SETTINGS}
+    for layer, source in layers:
+        for stage, table in layer.items():
+            _check_stage(stage, source)
+            if not isinstance(table, dict):
+                raise UserError(f"{source}: [{stage}] must be a table of settings")
+            values[stage].update({key: (value, source) for key, value in table.items()})
+    for item in overrides:
+        stage, key, value = _parse_override(item)
+        values[stage][key] = (value, "--set")
+    return Settings(**{stage: _build(stage, table) for stage, table in values.items()})
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """A config file as a settings layer; a missing or malformed file is a UserError."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(path.read_text()), str(path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc}); see configs/default.toml for the format") from None
+
+
+def as_dict(settings: Any) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+def describe(stage: str) -> list[tuple[str, Any, str]]:
+    """(key, default, help) of every setting of a stage, in declaration order."""
+    cls = STAGE_SETTINGS[stage]
+    return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def _check_stage(stage: str, source: str) -> None:
+    if stage not in STAGE_SETTINGS:
+        raise UserError(f"{source}: unknown stage [{stage}]; stages are {', '.join(STAGE_SETTINGS)}")
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    name, sep, raw = item.partition("=")
+    stage, dot, key = name.strip().partition(".")
+    if not sep or not dot:
+        raise UserError(f"--set {item}: expected stage.key=value, e.g. --set frames.count=60")
+    _check_stage(stage, f"--set {item}")
+    try:  # a TOML value (number, bool, quoted string); anything else is a bare string
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return stage, key.strip(), value
+
+
+def _build(stage: str, table: dict[str, tuple[Any, str]]) -> Any:
+    cls = STAGE_SETTINGS[stage]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, (value, source) in table.items():
+        if key not in fields:
+            raise UserError(f"{source}: unknown setting {stage}.{key}; {stage} has {', '.join(fields)}")
+        kwargs[key] = _coerce(f"{stage}.{key}", source, value, hints[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, source: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
+    where = f"{source}: {name} = {value!r}"
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise UserError(f"{where}: must be one of {', '.join(map(str, choices))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: must be true or false")
+        return value
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"{where}: must be a whole number")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: must be a number")
+        value = float(value)
+    if hint is str:
+        return str(value)
+    low, high = meta.get("min"), meta.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UserError(f"{where}: must be {bounds}")
+    return value

@@ -1,0 +1,189 @@
+"""Ingest: a video or a folder of images -> `frames/` (00000.png ..., index.json).
+
+Frames are sampled evenly: the input is cut into `count` intervals and the sharpest frame of each
+(variance of the Laplacian) is kept, so motion-blurred frames are dropped. Blank frames (nearly
+uniform, e.g. black) are never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import imageio.v3 as iio
+import numpy as np
+
+from vid3d.config import FramesSettings
+from vid3d.errors import UserError
+from vid3d.project import StageOutput, file_fingerprint
+from vid3d.ui import progress
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".m4v"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+BLANK_STD = 2.0  # grey-level standard deviation below which a frame is blank
+SHARPNESS_SIDE = 512  # sharpness is measured at this size, so it is comparable across resolutions
+
+
+@dataclass
+class Source:
+    """One candidate frame of the input: where it came from, and how to load it."""
+
+    index: int
+    load: Callable[[], np.ndarray]
+    name: str | None = None  # source file name for image folders
+    timestamp: float | None = None  # seconds, for videos
+
+
+def check_input(path: Path) -> str:
+    """'video' or 'images'; a missing or unsupported input is a UserError naming it."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
+    if path.is_dir():
+        if not image_files(path):
+            raise UserError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        return "images"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UserError(f"{path}: is a single image; pass a folder of images or a video to --input")
+    try:
+        iio.immeta(path, plugin="FFMPEG")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable video ({reason}); pass an mp4, mov, webm, avi or mkv "
+                        "file, or a folder of images") from None
+    return "video"
+
+
+def input_fingerprint(path: Path) -> str:
+    """Content fingerprint of the input: the video file, or every image's name and content sample."""
+    if path.is_file():
+        return file_fingerprint(path)
+    digest = hashlib.sha256()
+    for file in image_files(path):
+        digest.update(file.name.encode() + file_fingerprint(file, chunk=64 << 10).encode())
+    return digest.hexdigest()[:16]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Images in a folder in natural order (frame2 before frame10)."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)])
+
+
+def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
+    """Write the selected frames to out_dir as 00000.png ... and index.json."""
+    kind = check_input(path)
+    sources, total, fps = _video_sources(path) if kind == "video" else _image_sources(path)
+    if total == 0:
+        raise UserError(f"{path}: has no frames; pass a video with at least {settings.min_frames} frames")
+
+    entries = []
+    with progress("frames", total) as advance:
+        for n, (source, image, sharpness) in enumerate(select_sharpest(sources, total, settings.count, advance)):
+            image = resize_max_side(image, settings.max_side)
+            name = f"{n:05d}.png"
+            iio.imwrite(out_dir / name, image)
+            entry = {"file": name, "sharpness": round(sharpness, 2)}
+            entry.update({"source": source.name} if source.name else
+                         {"source_index": source.index, "timestamp": round(source.timestamp, 4)})
+            entries.append(entry)
+
+    if len(entries) < settings.min_frames:
+        raise UserError(f"{path}: only {len(entries)} usable frames (need frames.min_frames="
+                        f"{settings.min_frames}); use a longer video or more images")
+    height, width = iio.imread(out_dir / entries[0]["file"]).shape[:2]
+    index = {"source": str(path), "kind": kind, "source_frames": total, "fps": fps,
+             "width": width, "height": height, "frames": entries}
+    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
+    return StageOutput(outputs=["index.json"],
+                       metrics={"frames": len(entries), "source_frames": total, "width": width, "height": height})
+
+
+def select_sharpest(sources: Iterable[Source], total: int, count: int,
+                    advance: Callable[..., None] = lambda n=1: None) -> Iterator[tuple[Source, np.ndarray, float]]:
+    """Cut `total` sources into `count` even intervals; yield the sharpest non-blank frame of each.
+
+    Streams: only the current interval's best frame is held in memory.
+    """
+    count = min(count, total)
+    best: tuple[Source, np.ndarray, float] | None = None
+    current = 0
+    for source in sources:
+        interval = min(source.index * count // total, count - 1)
+        if interval != current and best is not None:
+            yield best
+            best = None
+        current = interval
+        image = source.load()
+        advance()
+        score = sharpness(image)
+        if score is not None and (best is None or score > best[2]):
+            best = (source, image, score)
+    if best is not None:
+        yield best
+
+
+def sharpness(image: np.ndarray) -> float | None:
+    """Variance of the Laplacian at a fixed size; None for a blank frame."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    scale = SHARPNESS_SIDE / max(grey.shape)
+    if scale < 1:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    if grey.std() < BLANK_STD:
+        return None
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _video_sources(path: Path) -> tuple[Iterator[Source], int, float]:
+    import imageio_ffmpeg
+
+    meta = iio.immeta(path, plugin="FFMPEG")
+    fps = float(meta.get("fps") or 0.0) or 30.0
+    try:
+        total, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (RuntimeError, OSError):
+        total = 0
+
+    def sources() -> Iterator[Source]:
+        for index, frame in enumerate(iio.imiter(path, plugin="FFMPEG")):
+            if index >= total:  # the count is an estimate; never index past the last interval
+                return
+            yield Source(index=index, load=lambda frame=frame: _rgb(frame), timestamp=index / fps)
+
+    return sources(), total, fps
+
+
+def _image_sources(folder: Path) -> tuple[Iterator[Source], int, None]:
+    files = image_files(folder)
+
+    def load(file: Path) -> np.ndarray:
+        try:
+            return _rgb(iio.imread(file))
+        except Exception:
+            raise UserError(f"{file}: not a readable image; remove it from the folder or replace it") from None
+
+    sources = (Source(index=i, load=lambda f=f: load(f), name=f.name) for i, f in enumerate(files))
+    return sources, len(files), None
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """Any decoded image as HxWx3 uint8 RGB."""
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(image)

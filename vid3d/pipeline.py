@@ -1,0 +1,55 @@
+"""The chain of stages: each one's fingerprint, its inputs, and how it runs (cached when unchanged)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vid3d.config import Settings, as_dict
+from vid3d.errors import UserError
+from vid3d.project import Project, StageResult, fingerprint
+
+
+@dataclass
+class Context:
+    project: Project
+    settings: Settings
+    device: str = "auto"
+    force: tuple[str, ...] = ()  # stages to rerun even when cached
+    results: list[StageResult] = field(default_factory=list)
+
+    def run(self, stage: str, settings: dict, inputs: dict, work, fingerprint_settings: dict | None = None) -> StageResult:
+        fp = fingerprint(stage, settings if fingerprint_settings is None else fingerprint_settings, inputs)
+        result = self.project.run_stage(stage, fp, settings, inputs, work, force=stage in self.force)
+        self.results.append(result)
+        return result
+
+
+def frames(ctx: Context) -> StageResult:
+    """Ingest the input video or image folder into frames/."""
+    from vid3d.ingest import ingest, input_fingerprint
+
+    settings = ctx.settings.frames
+    if not settings.input:
+        raise UserError("no input: pass --input VIDEO_OR_IMAGE_FOLDER (it is remembered by the project)")
+    path = Path(settings.input)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
+    values = as_dict(settings)
+    inputs = {"input": input_fingerprint(path)}
+    # The input's path is not part of the fingerprint: a moved video with the same content stays cached.
+    without_path = {k: v for k, v in values.items() if k != "input"}
+    return ctx.run("frames", values, inputs, lambda out: ingest(path, settings, out), fingerprint_settings=without_path)
+
+
+def poses(ctx: Context) -> StageResult:
+    """Camera poses of the frames with pycolmap, as poses/ (COLMAP + nerfstudio dataset)."""
+    from vid3d.poses import estimate_poses
+
+    upstream = frames(ctx)
+    frames_dir = ctx.project.stage_dir("frames")
+    kind = json.loads((frames_dir / "index.json").read_text())["kind"]
+    settings = ctx.settings.poses
+    return ctx.run("poses", as_dict(settings), {"frames": upstream.fingerprint},
+                   lambda out: estimate_poses(frames_dir, kind, settings, out, ctx.device))

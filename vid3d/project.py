@@ -1,0 +1,240 @@
+"""The project folder: manifest, resolved settings, fingerprints, atomic stage outputs and the lock.
+
+A stage is complete when the manifest records it complete with fingerprint F and its folder holds
+`.stage.json` with the same F and every file listed there at its recorded size. Outputs are written
+to `.tmp-<stage>-<pid>/` and renamed into place before the manifest is updated, so a process killed
+at any moment leaves either the old complete stage, or a stage that is not complete and reruns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import tomli_w
+
+from vid3d import __version__
+from vid3d.config import tomllib
+from vid3d.errors import UserError
+
+STAGES = ("generate", "frames", "poses", "splats", "export")  # upstream to downstream
+MANIFEST = "manifest.json"
+SETTINGS_FILE = "project.toml"
+LOCK_FILE = ".lock"
+STAGE_FILE = ".stage.json"
+
+
+@dataclass
+class StageOutput:
+    """What a stage's work function returns besides the files it wrote."""
+
+    outputs: list[str] = field(default_factory=list)  # main files, relative to the stage folder
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # "complete" or "cached"
+    fingerprint: str
+    outputs: list[str]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def fingerprint(stage: str, settings: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """Hash of a stage's resolved settings, its inputs' fingerprints and the vid3d version."""
+    blob = json.dumps({"stage": stage, "settings": settings, "inputs": inputs, "version": __version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """Content fingerprint of a file: its size and the first, middle and last MiB.
+
+    Reading all of a multi-GB video on every command would make cached reruns slow; a sampled
+    hash still changes whenever a file is re-encoded, trimmed or replaced.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            f.seek(offset)
+            digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- reading ---------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"vid3d_version": __version__, "stages": {}}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: not valid JSON; restore it or delete it to rebuild every stage") from None
+
+    def record(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest()["stages"].get(stage)
+
+    def saved_settings(self) -> tuple[dict[str, Any], str]:
+        """project.toml as a settings layer (empty for a new project)."""
+        path = self.root / SETTINGS_FILE
+        if not path.exists():
+            return {}, str(path)
+        try:
+            return tomllib.loads(path.read_text()), str(path)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: not valid TOML ({exc}); fix it or delete it to use defaults") from None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def is_complete(self, stage: str, fp: str | None = None) -> bool:
+        """Recorded complete (with fingerprint `fp` if given) and its files intact on disk."""
+        record = self.record(stage)
+        if not record or record.get("status") != "complete":
+            return False
+        if fp is not None and record.get("fingerprint") != fp:
+            return False
+        try:
+            marker = json.loads((self.stage_dir(stage) / STAGE_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if marker.get("fingerprint") != record["fingerprint"]:
+            return False
+        folder = self.stage_dir(stage)
+        return all((folder / rel).is_file() and (folder / rel).stat().st_size == size
+                   for rel, size in marker["files"].items())
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Every stage's record with its effective status: complete, stale, failed, incomplete or missing."""
+        stages = self.manifest()["stages"]
+        out = {}
+        for stage in STAGES:
+            record = dict(stages.get(stage) or {"status": "missing"})
+            if record["status"] == "complete" and not self.is_complete(stage):
+                record["status"] = "incomplete"
+            out[stage] = record
+        return out
+
+    # -- writing (hold the lock) --------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """One writer at a time: a second process fails at once with a clear message, or waits."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(f"{self.root}: in use by {holder}; wait for it to finish or pass --wait") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"vid3d pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}")
+            handle.flush()
+            self._remove_leftovers()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def run_stage(self, stage: str, fp: str, settings: dict[str, Any], inputs: dict[str, Any],
+                  work: Callable[[Path], StageOutput], force: bool = False) -> StageResult:
+        """Return at once when `fp` is complete on disk; else run `work` into a temporary folder,
+        rename it into place, record it, and mark downstream stages stale."""
+        if not force and self.is_complete(stage, fp):
+            record = self.record(stage)
+            return StageResult(stage, "cached", fp, record["outputs"], record["metrics"], 0.0)
+
+        tmp = self.root / f".tmp-{stage}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        started = time.time()
+        try:
+            result = work(tmp)
+        except UserError:  # bad input: leave the project as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.mark_failed(stage, fp, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        except BaseException:  # Ctrl-C, SIGTERM: nothing recorded, the rerun starts this stage again
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = time.time() - started
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / STAGE_FILE).write_text(json.dumps({"stage": stage, "fingerprint": fp, "files": files}, indent=1))
+        self._replace_dir(tmp, self.stage_dir(stage))
+
+        previous = self.record(stage) or {}
+        self._update_manifest(stage, {
+            "status": "complete", "fingerprint": fp, "inputs": inputs,
+            "outputs": [f"{stage}/{name}" for name in result.outputs],
+            "timings": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+            "metrics": result.metrics,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }, stale_downstream=previous.get("fingerprint") != fp)
+        self._save_settings(stage, settings)
+        return StageResult(stage, "complete", fp, [f"{stage}/{n}" for n in result.outputs], result.metrics, seconds)
+
+    def mark_failed(self, stage: str, fp: str, error: str) -> None:
+        self._update_manifest(stage, {"status": "failed", "fingerprint": fp, "error": error,
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def _update_manifest(self, stage: str, record: dict[str, Any], stale_downstream: bool = False) -> None:
+        manifest = self.manifest()
+        manifest["vid3d_version"] = __version__
+        manifest["stages"][stage] = record
+        if stale_downstream:
+            for later in STAGES[STAGES.index(stage) + 1:]:
+                if manifest["stages"].get(later, {}).get("status") == "complete":
+                    manifest["stages"][later]["status"] = "stale"
+        manifest["stages"] = {s: manifest["stages"][s] for s in STAGES if s in manifest["stages"]}
+        atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2))
+
+    def _save_settings(self, stage: str, settings: dict[str, Any]) -> None:
+        saved, _ = self.saved_settings()
+        saved[stage] = settings
+        ordered = {s: saved[s] for s in STAGES if s in saved}
+        atomic_write_text(self.root / SETTINGS_FILE, tomli_w.dumps(ordered))
+
+    def _replace_dir(self, new: Path, target: Path) -> None:
+        old = self.root / f".old-{target.name}-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary folders of a process that died mid-stage (safe: we hold the lock)."""
+        for path in self.root.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(".old-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
