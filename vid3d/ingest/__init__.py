@@ -52,9 +52,10 @@ def check_input(path: Path) -> str:
     try:
         iio.immeta(path, plugin="FFMPEG")
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable video ({reason}); pass an mp4, mov, webm, avi or mkv "
-                        "file, or a folder of images") from None
+        if "matches no streams" in str(exc) or "does not contain any stream" in str(exc):
+            raise UserError(f"{path}: has no video stream (audio only?); pass a video or a folder of images") from None
+        raise UserError(f"{path}: not a readable video (ffmpeg cannot decode it); pass an mp4, mov, webm, "
+                        "avi or mkv file, or a folder of images") from None
     return "video"
 
 
@@ -184,6 +185,8 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     image = image[..., :3]
-    if image.dtype != np.uint8:
+    if np.issubdtype(image.dtype, np.floating):
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
         image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
     return np.ascontiguousarray(image)
