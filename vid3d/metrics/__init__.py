@@ -1,0 +1,1 @@
+"""Measurements of vid3d's outputs against known answers."""
