@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -216,7 +217,8 @@ def _setup_logging(verbose: bool) -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
     if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False, show_level=False,
+                                               highlighter=NullHighlighter())
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
