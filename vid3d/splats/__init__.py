@@ -1,0 +1,1 @@
+"""3D Gaussian Splatting: rasterization backends and training."""
