@@ -4,50 +4,9 @@ import math
 
 import pytest
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
+from dense_reference import dense_reference
 from vid3d.splats.rasterize import rasterization
-
-
-def dense_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None,
-                    backgrounds=None, render_mode="RGB"):
-    """gsplat's compositing rules, evaluated for all Gaussians at all pixels with plain autograd."""
-    from vid3d.splats.rasterize import _view_colors
-
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height)
-    colors = _view_colors(colors, sh_degree, means, viewmats)
-    if render_mode == "RGB+D":
-        colors = torch.cat([colors, depths[..., None]], -1)
-        if backgrounds is not None:
-            backgrounds = torch.cat([backgrounds, torch.zeros_like(backgrounds[:, :1])], -1)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=means.dtype) + 0.5,
-                            torch.arange(width, dtype=means.dtype) + 0.5, indexing="ij")
-    images, alphas = [], []
-    for c in range(len(viewmats)):
-        order = torch.argsort(depths[c])
-        order = order[(radii[c][order] > 0).all(-1)]
-        m, q, o, col = means2d[c][order], conics[c][order], opacities[order], colors[c][order]
-        dx = xs.reshape(1, -1) - m[:, :1]
-        dy = ys.reshape(1, -1) - m[:, 1:]
-        sigma = 0.5 * (q[:, :1] * dx ** 2 + q[:, 2:] * dy ** 2) + q[:, 1:2] * dx * dy
-        alpha = torch.clamp_max(o[:, None] * torch.exp(-sigma), 0.999)
-        alpha = torch.where((sigma >= 0) & (alpha >= 1 / 255), alpha, torch.zeros_like(alpha))
-        image = torch.zeros(width * height, col.shape[-1], dtype=means.dtype)
-        trans = torch.ones(width * height, dtype=means.dtype)
-        done = torch.zeros(width * height, dtype=torch.bool)
-        for k in range(len(order)):  # front to back, one Gaussian at a time, as the CUDA kernel
-            a = alpha[k]
-            stop = (a > 0) & (trans * (1 - a) <= 1e-4)
-            done = done | stop
-            a = torch.where(done, torch.zeros_like(a), a)
-            image = image + (a * trans)[:, None] * col[k]
-            trans = trans * (1 - a)
-        if backgrounds is not None:
-            image = image + trans[:, None] * backgrounds[c]
-        images.append(image.reshape(height, width, -1))
-        alphas.append((1 - trans).reshape(height, width, 1))
-    return torch.stack(images), torch.stack(alphas)
 
 
 def random_scene(n, cameras=2, sh_degree=None, seed=0, dtype=torch.float64):

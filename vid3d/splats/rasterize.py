@@ -13,6 +13,7 @@ hand-written backward pass that recomputes the per-tile work instead of storing 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+LOG_T_MIN = math.log(T_MIN)
 CHUNK_ELEMENTS = 1 << 22  # tiles x Gaussians x pixels per processed group: bounds peak memory
 
 Backend = Literal["auto", "gsplat", "torch"]
@@ -203,29 +205,29 @@ def _pixel_centres(tiles: Tensor, tiles_x: int, tiles_y: int, tile_size: int, dt
 
 
 def _composite(ids: Tensor, px: Tensor, py: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor):
-    """Front-to-back alpha of every (tile, Gaussian slot, pixel): returns what both passes need."""
+    """Front-to-back alpha of every (tile, pixel, Gaussian slot), laid out [T, P, K] so that the
+    scans run along the contiguous last axis. Returns what both passes need."""
     safe = ids.clamp(min=0)
     mean = means2d[safe]  # [T, K, 2]
     conic = conics[safe]  # [T, K, 3]
-    opacity = torch.where(ids >= 0, opacities[safe], 0.0)  # [T, K]
-    dx = px[:, None, :] - mean[..., 0:1]  # [T, K, P]
-    dy = py[:, None, :] - mean[..., 1:2]
-    a, b, c = conic[..., 0:1], conic[..., 1:2], conic[..., 2:3]
+    opacity = torch.where(ids >= 0, opacities[safe], 0.0)[:, None, :]  # [T, 1, K]
+    dx = px[:, :, None] - mean[:, None, :, 0]  # [T, P, K]
+    dy = py[:, :, None] - mean[:, None, :, 1]
+    a, b, c = conic[:, None, :, 0], conic[:, None, :, 1], conic[:, None, :, 2]
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
     vis = torch.exp(-sigma)
-    raw = opacity[..., None] * vis
-    alpha = raw.clamp(max=ALPHA_MAX)
-    alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
-    # transmittance after each Gaussian if all were drawn; drawing stops before it would reach T_MIN
+    raw = opacity * vis
+    alpha = torch.where((sigma >= 0) & (raw >= ALPHA_MIN), raw.clamp(max=ALPHA_MAX), 0.0)
     log_keep = torch.log1p(-alpha)
-    after = torch.exp(torch.cumsum(log_keep, dim=1))
-    stop = (alpha > 0) & (after <= T_MIN)
-    alpha = torch.where(torch.cumsum(stop.to(torch.int8), dim=1) > 0, 0.0, alpha)
-    log_keep = torch.log1p(-alpha)
-    cum = torch.cumsum(log_keep, dim=1)
-    trans_before = torch.exp(cum - log_keep)  # [T, K, P]
-    trans_final = torch.exp(cum[:, -1])  # [T, P]
-    return safe, opacity, dx, dy, vis, raw, alpha, trans_before, trans_final
+    cum = torch.cumsum(log_keep, dim=-1)  # log transmittance after each Gaussian
+    # drawing stops at the first Gaussian that would take transmittance to T_MIN or below
+    stop = (alpha > 0) & (cum <= LOG_T_MIN)
+    first_stop = torch.where(stop.any(-1), stop.to(torch.uint8).argmax(-1), ids.shape[1])
+    drawn = torch.arange(ids.shape[1], device=ids.device) < first_stop[..., None]
+    alpha = torch.where(drawn, alpha, 0.0)
+    trans_before = torch.exp(cum - log_keep)  # exact for drawn slots, which are a prefix
+    trans_final = torch.exp(torch.where(drawn, log_keep, 0.0).sum(-1))  # [T, P]
+    return safe, dx, dy, vis, raw, alpha, trans_before, trans_final
 
 
 class RasterizeToPixels(torch.autograd.Function):
@@ -242,8 +244,8 @@ class RasterizeToPixels(torch.autograd.Function):
         out_trans = colors.new_ones(n_tiles, pixels)
         for tile_ids, ids in tiles.groups:
             px, py = _pixel_centres(tile_ids, tiles.tiles_x, tiles.tiles_y, tile_size, colors.dtype)
-            safe, _, _, _, _, _, alpha, trans_before, trans_final = _composite(ids, px, py, flat[0], flat[1], flat[3])
-            out_color[tile_ids] = torch.einsum("tkp,tkd->tpd", alpha * trans_before, flat[2][safe])
+            safe, _, _, _, _, alpha, trans_before, trans_final = _composite(ids, px, py, flat[0], flat[1], flat[3])
+            out_color[tile_ids] = torch.bmm(alpha * trans_before, flat[2][safe])
             out_trans[tile_ids] = trans_final
         if backgrounds is not None:
             camera_of_tile = torch.arange(n_tiles, device=colors.device) // (tiles.tiles_x * tiles.tiles_y)
@@ -275,35 +277,34 @@ class RasterizeToPixels(torch.autograd.Function):
 
         for tile_ids, ids in tiles.groups:
             px, py = _pixel_centres(tile_ids, tiles.tiles_x, tiles.tiles_y, tile_size, colors.dtype)
-            safe, opacity, dx, dy, vis, raw, alpha, trans_before, trans_final = _composite(
+            safe, dx, dy, vis, raw, alpha, trans_before, trans_final = _composite(
                 ids, px, py, flat_means, flat_conics, flat_opac)
             gc = g_color[tile_ids]  # [T, P, D]
-            weight = alpha * trans_before  # [T, K, P]
+            weight = alpha * trans_before  # [T, P, K]
             color = flat_colors[safe]  # [T, K, D]
-            color_dot = torch.einsum("tkd,tpd->tkp", color, gc)  # c_k . dL/dC at each pixel
-            # colour of everything behind Gaussian k (background included), dotted with dL/dC
-            behind = torch.flip(torch.cumsum(torch.flip(weight * color_dot, [1]), 1), [1]) - weight * color_dot
+            color_dot = torch.bmm(gc, color.transpose(1, 2))  # c_k . dL/dC at each pixel
+            drawn_dot = weight * color_dot
+            # everything behind Gaussian k (later Gaussians, background, alpha), as dL/dC sees it
+            behind = drawn_dot.sum(-1, keepdim=True) - torch.cumsum(drawn_dot, dim=-1)
             final = trans_final * g_alpha[tile_ids]  # [T, P]
             if backgrounds is not None:
                 final = final - trans_final * (gc * bg_tile[tile_ids][:, None, :]).sum(-1)
-            v_alpha = trans_before * color_dot - (behind - final[:, None, :]) / (1.0 - alpha)
-            v_alpha = torch.where(alpha > 0, v_alpha, 0.0)
+            v_alpha = trans_before * color_dot - (behind - final[..., None]) / (1.0 - alpha)
             unclamped = (raw <= ALPHA_MAX) & (alpha > 0)
             v_sigma = torch.where(unclamped, -raw * v_alpha, 0.0)
-            a, b, c = (flat_conics[safe][..., i:i + 1] for i in range(3))
+            a, b, c = (flat_conics[safe][:, None, :, i] for i in range(3))
             v_dx = v_sigma * (a * dx + b * dy)  # dL/d(pixel - mean): the mean gets the negative
             v_dy = v_sigma * (b * dx + c * dy)
-            per_slot = torch.stack([-v_dx.sum(-1), -v_dy.sum(-1)], dim=-1)  # [T, K, 2]
             valid = ids >= 0
             index = safe[valid]
-            v_means.index_add_(0, index, per_slot[valid])
+            v_means.index_add_(0, index, -torch.stack([v_dx.sum(1), v_dy.sum(1)], dim=-1)[valid])
             if v_means_abs is not None:
-                v_means_abs.index_add_(0, index, torch.stack([v_dx.abs().sum(-1), v_dy.abs().sum(-1)], -1)[valid])
-            v_conic = torch.stack([(0.5 * v_sigma * dx * dx).sum(-1), (v_sigma * dx * dy).sum(-1),
-                                   (0.5 * v_sigma * dy * dy).sum(-1)], dim=-1)
+                v_means_abs.index_add_(0, index, torch.stack([v_dx.abs().sum(1), v_dy.abs().sum(1)], -1)[valid])
+            v_conic = torch.stack([(0.5 * v_sigma * dx * dx).sum(1), (v_sigma * dx * dy).sum(1),
+                                   (0.5 * v_sigma * dy * dy).sum(1)], dim=-1)
             v_conics.index_add_(0, index, v_conic[valid])
-            v_colors.index_add_(0, index, torch.einsum("tkp,tpd->tkd", weight, gc)[valid])
-            v_opac.index_add_(0, index, torch.where(unclamped, vis * v_alpha, 0.0).sum(-1)[valid])
+            v_colors.index_add_(0, index, torch.bmm(weight.transpose(1, 2), gc)[valid])
+            v_opac.index_add_(0, index, torch.where(unclamped, vis * v_alpha, 0.0).sum(1)[valid])
 
         if v_means_abs is not None:
             means2d.absgrad = v_means_abs.reshape(means2d.shape)
