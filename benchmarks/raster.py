@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 ROOT = Path(__file__).parents[1]
 CASES = [(128, 5_000), (128, 20_000), (128, 100_000), (256, 5_000), (256, 20_000), (256, 100_000)]
@@ -30,7 +31,7 @@ def scene_gaussians(n: int, size: int, seed: int = 0):
     from vid3d.scenes import make_scene, orbit_cameras
 
     scene = make_scene(seed)
-    points, faces = scene.mesh().sample(n, return_index=True)
+    points, faces = trimesh.sample.sample_surface(scene.mesh(), n, seed=seed)
     colors = scene.mesh().visual.face_colors[faces, :3] / 255.0
     dist, _ = cKDTree(points).query(points, k=4)
     scale = np.sqrt((dist[:, 1:] ** 2).mean(1))

@@ -24,7 +24,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from vid3d import __version__, pipeline
-from vid3d.config import load_settings, read_toml
+from vid3d.config import load_settings, read_preset, read_toml
 from vid3d.errors import StageError, UserError
 from vid3d.project import MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d import ui
@@ -52,6 +52,7 @@ class Common:
     device: str
     verbose: bool
     wait: bool
+    preset: str | None = None
 
 
 @app.command()
@@ -72,6 +73,19 @@ def poses(project: ProjectArg,
     """Camera poses with pycolmap: ingest the input into frames/, then write poses/."""
     common = Common(config, set or [], force, json, device, verbose, wait)
     _execute(project, common, pipeline.poses, target="poses", input=input)
+
+
+@app.command()
+def reconstruct(project: ProjectArg,
+                input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+                preset: Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")] = None,
+                backend: Annotated[Optional[str], typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
+                config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+                device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """3D Gaussian Splatting: runs frames and poses when missing or stale, then trains splats/."""
+    sets = ([f"splats.backend={backend}"] if backend else []) + (set or [])
+    common = Common(config, sets, force, json, device, verbose, wait, preset)
+    _execute(project, common, pipeline.splats, target="splats", input=input)
 
 
 @app.command()
@@ -132,8 +146,10 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
 
 
 def _load_settings(project: Project, common: Common, input: Path | None):
-    """Defaults < the project's last settings (project.toml) < --config < --input < --set."""
+    """Defaults < the project's last settings (project.toml) < --preset < --config < --input < --set."""
     layers = [project.saved_settings()]
+    if common.preset:
+        layers.append(read_preset(common.preset))
     if common.config:
         layers.append(read_toml(common.config))
     if input is not None:

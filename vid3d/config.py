@@ -52,9 +52,31 @@ class PosesSettings:
 
 
 @dataclass
+class SplatsSettings:
+    backend: Literal["auto", "gsplat", "torch"] = setting(
+        "auto", "rasterizer: gsplat (CUDA), torch (any device), auto: gsplat on CUDA, torch otherwise")
+    steps: int = setting(7000, "training steps (one image per step)", min=1)
+    sh_degree: int = setting(3, "spherical-harmonics degree of the colours", min=0, max=3)
+    sh_degree_interval: int = setting(1000, "steps between raising the SH degree by one", min=1)
+    ssim_lambda: float = setting(0.2, "weight of (1 - SSIM) in the loss; the rest is L1", min=0.0, max=1.0)
+    test_every: int = setting(8, "every Nth frame is held out for evaluation; 0 trains on all frames", min=0)
+    checkpoint_every: int = setting(500, "steps between checkpoints that an interrupted run resumes from", min=1)
+    densify: bool = setting(True, "grow and prune Gaussians with gsplat's DefaultStrategy")
+    refine_start: int = setting(500, "first step of densification", min=0)
+    refine_stop: int = setting(15000, "last step of densification", min=0)
+    refine_every: int = setting(100, "steps between densification passes", min=1)
+    reset_every: int = setting(3000, "steps between opacity resets", min=1)
+    grow_grad2d: float = setting(0.0002, "screen-space gradient above which a Gaussian is split or cloned", min=0.0)
+    init_opacity: float = setting(0.1, "opacity of the initial Gaussians", min=0.001, max=0.999)
+    init_scale: float = setting(1.0, "initial size, as a multiple of the mean distance to 3 neighbours", min=0.01)
+    seed: int = setting(0, "random seed of the initialisation and the frame order", min=0)
+
+
+@dataclass
 class Settings:
     frames: FramesSettings = field(default_factory=FramesSettings)
     poses: PosesSettings = field(default_factory=PosesSettings)
+    splats: SplatsSettings = field(default_factory=SplatsSettings)
 
 
 STAGE_SETTINGS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
@@ -73,6 +95,17 @@ def load_settings(*layers: tuple[dict[str, Any], str], overrides: list[str] = ()
         stage, key, value = _parse_override(item)
         values[stage][key] = (value, "--set")
     return Settings(**{stage: _build(stage, table) for stage, table in values.items()})
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = ("fast", "default", "quality")
+
+
+def read_preset(name: str) -> tuple[dict[str, Any], str]:
+    """configs/<name>.toml as a settings layer."""
+    if name not in PRESETS:
+        raise UserError(f"--preset {name}: must be one of {', '.join(PRESETS)}")
+    return read_toml(CONFIG_DIR / f"{name}.toml")
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:

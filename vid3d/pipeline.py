@@ -19,8 +19,7 @@ class Context:
     force: tuple[str, ...] = ()  # stages to rerun even when cached
     results: list[StageResult] = field(default_factory=list)
 
-    def run(self, stage: str, settings: dict, inputs: dict, work, fingerprint_settings: dict | None = None) -> StageResult:
-        fp = fingerprint(stage, settings if fingerprint_settings is None else fingerprint_settings, inputs)
+    def run(self, stage: str, fp: str, settings: dict, inputs: dict, work) -> StageResult:
         result = self.project.run_stage(stage, fp, settings, inputs, work, force=stage in self.force)
         self.results.append(result)
         return result
@@ -39,8 +38,8 @@ def frames(ctx: Context) -> StageResult:
     values = as_dict(settings)
     inputs = {"input": input_fingerprint(path)}
     # The input's path is not part of the fingerprint: a moved video with the same content stays cached.
-    without_path = {k: v for k, v in values.items() if k != "input"}
-    return ctx.run("frames", values, inputs, lambda out: ingest(path, settings, out), fingerprint_settings=without_path)
+    fp = fingerprint("frames", {k: v for k, v in values.items() if k != "input"}, inputs)
+    return ctx.run("frames", fp, values, inputs, lambda out: ingest(path, settings, out))
 
 
 def poses(ctx: Context) -> StageResult:
@@ -50,6 +49,19 @@ def poses(ctx: Context) -> StageResult:
     upstream = frames(ctx)
     frames_dir = ctx.project.stage_dir("frames")
     kind = json.loads((frames_dir / "index.json").read_text())["kind"]
-    settings = ctx.settings.poses
-    return ctx.run("poses", as_dict(settings), {"frames": upstream.fingerprint},
+    settings, inputs = ctx.settings.poses, {"frames": upstream.fingerprint}
+    fp = fingerprint("poses", as_dict(settings), inputs)
+    return ctx.run("poses", fp, as_dict(settings), inputs,
                    lambda out: estimate_poses(frames_dir, kind, settings, out, ctx.device))
+
+
+def splats(ctx: Context) -> StageResult:
+    """3D Gaussians trained on poses/, as splats/; resumes from its last checkpoint."""
+    from vid3d.splats.train import train_splats
+
+    upstream = poses(ctx)
+    settings, inputs = ctx.settings.splats, {"poses": upstream.fingerprint}
+    fp = fingerprint("splats", as_dict(settings), inputs)
+    resume = ctx.project.resume_dir("splats", fp)
+    return ctx.run("splats", fp, as_dict(settings), inputs,
+                   lambda out: train_splats(ctx.project.stage_dir("poses"), settings, out, resume, ctx.device))

@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 SETTINGS_FILE = "project.toml"
 LOCK_FILE = ".lock"
 STAGE_FILE = ".stage.json"
+RESUME_DIR = ".resume"
 
 
 @dataclass
@@ -103,6 +104,10 @@ class Project:
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
+
+    def resume_dir(self, stage: str, fp: str) -> Path:
+        """Where a long stage keeps checkpoints while it runs; it survives a killed process."""
+        return self.root / RESUME_DIR / f"{stage}-{fp}"
 
     def is_complete(self, stage: str, fp: str | None = None) -> bool:
         """Recorded complete (with fingerprint `fp` if given) and its files intact on disk."""
@@ -183,6 +188,8 @@ class Project:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": stage, "fingerprint": fp, "files": files}, indent=1))
         self._replace_dir(tmp, self.stage_dir(stage))
+        for finished in (self.root / RESUME_DIR).glob(f"{stage}-*"):
+            shutil.rmtree(finished, ignore_errors=True)
 
         previous = self.record(stage) or {}
         self._update_manifest(stage, {

@@ -24,7 +24,8 @@ ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
 LOG_T_MIN = math.log(T_MIN)
-CHUNK_ELEMENTS = 1 << 22  # tiles x Gaussians x pixels per processed group: bounds peak memory
+DEPTH_CHUNK = 32  # Gaussians per tile composited at a time; tiles whose pixels have all stopped drop out
+CHUNK_ELEMENTS = 1 << 21  # tiles x pixels x Gaussians of one slab: bounds peak memory
 
 Backend = Literal["auto", "gsplat", "torch"]
 
@@ -123,15 +124,22 @@ def _view_colors(colors: Tensor, sh_degree: int | None, means: Tensor, viewmats:
 
 
 class Tiles:
-    """Which Gaussians touch which tile, front to back, and tiles grouped by similar load.
+    """Which Gaussians touch which tile, front to back.
 
-    `groups` is a list of (tile ids [T], gaussian ids [T, K] padded with -1); each group holds
-    tiles with similar numbers of Gaussians, so padding to the group's largest wastes little.
-    Gaussian ids index the flattened [C * N] arrays.
+    Tile t's Gaussians are `gaussians[start[t] : start[t] + count[t]]`, indices into the flattened
+    [C * N] arrays; tile ids run over all cameras.
     """
 
-    def __init__(self, groups: list[tuple[Tensor, Tensor]], tiles_x: int, tiles_y: int, per_gaussian: Tensor):
-        self.groups, self.tiles_x, self.tiles_y, self.per_gaussian = groups, tiles_x, tiles_y, per_gaussian
+    def __init__(self, gaussians: Tensor, start: Tensor, count: Tensor, tiles_x: int, tiles_y: int,
+                 per_gaussian: Tensor):
+        self.gaussians, self.start, self.count = gaussians, start, count
+        self.tiles_x, self.tiles_y, self.per_gaussian = tiles_x, tiles_y, per_gaussian
+
+    def slots(self, tiles: Tensor, begin: int, size: int) -> Tensor:
+        """Gaussian ids [T, size] at depth positions begin ... begin + size of each tile; -1 past its end."""
+        offsets = torch.arange(begin, begin + size, device=tiles.device)
+        index = (self.start[tiles, None] + offsets).clamp(max=max(len(self.gaussians) - 1, 0))
+        return torch.where(offsets < self.count[tiles, None], self.gaussians[index], -1)
 
 
 @torch.no_grad()
@@ -163,95 +171,98 @@ def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height
 
     # stable sort by tile keeps front-to-back order within each tile
     pair_tile, perm = torch.sort(pair_tile, stable=True)
-    pair_gaussian = pair_gaussian[perm]
-    n_tiles = n_cameras * tiles_x * tiles_y
-    per_tile = torch.bincount(pair_tile, minlength=n_tiles)
-    start = torch.cumsum(per_tile, 0) - per_tile
-    return Tiles(_group_tiles(per_tile, start, pair_gaussian, tile_size * tile_size),
-                 tiles_x, tiles_y, per_gaussian)
+    count = torch.bincount(pair_tile, minlength=n_cameras * tiles_x * tiles_y)
+    return Tiles(pair_gaussian[perm], torch.cumsum(count, 0) - count, count, tiles_x, tiles_y, per_gaussian)
 
 
-def _group_tiles(per_tile: Tensor, start: Tensor, pair_gaussian: Tensor, pixels: int) -> list[tuple[Tensor, Tensor]]:
-    """Sort tiles by load and cut them into groups whose padded size stays under CHUNK_ELEMENTS."""
-    loads, tile_order = torch.sort(per_tile)
-    keep = loads > 0
-    loads, tile_order = loads[keep].tolist(), tile_order[keep]
-    groups, begin = [], 0
-    while begin < len(loads):
-        end = begin + 1
-        # grow while the padded group fits and the load stays within 25% of the group's smallest
-        while (end < len(loads) and (end + 1 - begin) * loads[end] * pixels <= CHUNK_ELEMENTS
-               and loads[end] <= 1.25 * loads[begin] + 8):
-            end += 1
-        tiles = tile_order[begin:end]
-        k = loads[end - 1]
-        offsets = torch.arange(k, device=per_tile.device)
-        index = start[tiles, None] + offsets
-        valid = offsets < per_tile[tiles, None]
-        ids = torch.where(valid, pair_gaussian[index.clamp(max=len(pair_gaussian) - 1)], -1)
-        groups.append((tiles, ids))
-        begin = end
-    return groups
+def _chunks(tiles: Tiles, done: Tensor, pixels: int):
+    """Yield (tile ids, begin): slabs of DEPTH_CHUNK Gaussians, front to back, of the tiles that still
+    have Gaussians there and pixels still open; each slab stays under CHUNK_ELEMENTS values."""
+    max_tiles = max(1, CHUNK_ELEMENTS // (pixels * DEPTH_CHUNK))
+    for begin in range(0, int(tiles.count.max()), DEPTH_CHUNK):
+        active = torch.nonzero((tiles.count > begin) & ~done.all(-1)).flatten()
+        if len(active) == 0:  # every tile has stopped or run out of Gaussians
+            return
+        yield from ((batch, begin) for batch in torch.split(active, max_tiles))
 
 
-def _pixel_centres(tiles: Tensor, tiles_x: int, tiles_y: int, tile_size: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates [T, P] of each tile (tile ids include the camera)."""
-    within = tiles % (tiles_x * tiles_y)
-    offsets = torch.arange(tile_size, device=tiles.device, dtype=dtype) + 0.5
-    x = (within % tiles_x)[:, None, None] * tile_size + offsets[None, None, :]
-    y = (within // tiles_x)[:, None, None] * tile_size + offsets[None, :, None]
-    return (x.expand(-1, tile_size, -1).reshape(len(tiles), -1),
-            y.expand(-1, -1, tile_size).reshape(len(tiles), -1))
+def _pixel_features(tile_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[P, 6]: (u^2, uv, v^2, u, v, 1) of each pixel centre, in coordinates local to its tile."""
+    centre = torch.arange(tile_size, dtype=dtype, device=device) + 0.5
+    v, u = torch.meshgrid(centre, centre, indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)], dim=1)
 
 
-def _composite(ids: Tensor, px: Tensor, py: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor):
-    """Front-to-back alpha of every (tile, pixel, Gaussian slot), laid out [T, P, K] so that the
-    scans run along the contiguous last axis. Returns what both passes need."""
-    safe = ids.clamp(min=0)
-    mean = means2d[safe]  # [T, K, 2]
-    conic = conics[safe]  # [T, K, 3]
-    opacity = torch.where(ids >= 0, opacities[safe], 0.0)[:, None, :]  # [T, 1, K]
-    dx = px[:, :, None] - mean[:, None, :, 0]  # [T, P, K]
-    dy = py[:, :, None] - mean[:, None, :, 1]
-    a, b, c = conic[:, None, :, 0], conic[:, None, :, 1], conic[:, None, :, 2]
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+def _tile_origins(tiles: Tiles, tile_ids: Tensor, tile_size: int, dtype: torch.dtype) -> Tensor:
+    """[T, 1, 2]: pixel coordinates of each tile's corner."""
+    within = tile_ids % (tiles.tiles_x * tiles.tiles_y)
+    return torch.stack([within % tiles.tiles_x, within // tiles.tiles_x], dim=-1)[:, None, :].to(dtype) * tile_size
+
+
+def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor, log_t0: Tensor, done: Tensor):
+    """Front-to-back alpha of every (tile, pixel, Gaussian slot) of one slab, laid out [T, P, K] so
+    the scan runs along the contiguous last axis.
+
+    `gaussians` packs (mean x, mean y, conic a, b, c, opacity) per Gaussian. The exponent
+    sigma = 0.5 a du^2 + b du dv + 0.5 c dv^2 is a quadratic in the pixel's tile-local (u, v), so
+    it is one matrix product of the pixel features with six coefficients per Gaussian (tile-local
+    coordinates keep the terms small enough for float32). `log_t0` is the log transmittance
+    before the slab; `done` marks pixels that stopped in an earlier slab.
+    """
+    g = gaussians[ids.clamp(min=0)]  # [T, K, 6]
+    mu, mv = g[..., 0] - origins[..., 0], g[..., 1] - origins[..., 1]
+    a, b, c = g[..., 2], g[..., 3], g[..., 4]
+    opacity = torch.where(ids >= 0, g[..., 5], 0.0)[:, None, :]  # [T, 1, K]
+    coefficients = torch.stack([0.5 * a, b, 0.5 * c, -(a * mu + b * mv), -(b * mu + c * mv),
+                                0.5 * a * mu * mu + b * mu * mv + 0.5 * c * mv * mv], dim=1)  # [T, 6, K]
+    sigma = torch.matmul(features, coefficients)  # [T, P, K]
     vis = torch.exp(-sigma)
     raw = opacity * vis
-    alpha = torch.where((sigma >= 0) & (raw >= ALPHA_MIN), raw.clamp(max=ALPHA_MAX), 0.0)
+    alpha = torch.where((sigma >= 0) & (raw >= ALPHA_MIN) & ~done[..., None], raw.clamp(max=ALPHA_MAX), 0.0)
     log_keep = torch.log1p(-alpha)
-    cum = torch.cumsum(log_keep, dim=-1)  # log transmittance after each Gaussian
+    cum = log_t0[..., None] + torch.cumsum(log_keep, dim=-1)  # log transmittance after each Gaussian
     # drawing stops at the first Gaussian that would take transmittance to T_MIN or below
     stop = (alpha > 0) & (cum <= LOG_T_MIN)
-    first_stop = torch.where(stop.any(-1), stop.to(torch.uint8).argmax(-1), ids.shape[1])
+    stopped = stop.any(-1)
+    first_stop = torch.where(stopped, stop.to(torch.uint8).argmax(-1), ids.shape[1])
     drawn = torch.arange(ids.shape[1], device=ids.device) < first_stop[..., None]
     alpha = torch.where(drawn, alpha, 0.0)
     trans_before = torch.exp(cum - log_keep)  # exact for drawn slots, which are a prefix
-    trans_final = torch.exp(torch.where(drawn, log_keep, 0.0).sum(-1))  # [T, P]
-    return safe, dx, dy, vis, raw, alpha, trans_before, trans_final
+    log_t_end = log_t0 + torch.where(drawn, log_keep, 0.0).sum(-1)
+    return (mu, mv, a, b, c), vis, raw, alpha, trans_before, log_t_end, stopped
 
 
 class RasterizeToPixels(torch.autograd.Function):
-    """Tile-based front-to-back compositing; backward recomputes each tile group (no stored
-    [tiles x Gaussians x pixels] tensors), giving gradients for means2d, conics, colors, opacities."""
+    """Tile-based front-to-back compositing in slabs of DEPTH_CHUNK Gaussians; a tile leaves the
+    loop once all its pixels have stopped, as gsplat's kernels stop. The backward pass walks the
+    slabs back to front and recomputes each one, so no [tiles x pixels x Gaussians] tensor is kept."""
 
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles: Tiles, width, height, tile_size, absgrad):
         n_cameras, n, channels = colors.shape
-        flat = (means2d.reshape(-1, 2), conics.reshape(-1, 3), colors.reshape(-1, channels), opacities.reshape(-1))
-        n_tiles = n_cameras * tiles.tiles_x * tiles.tiles_y
-        pixels = tile_size * tile_size
+        gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+        flat_colors = colors.reshape(-1, channels)
+        features = _pixel_features(tile_size, colors.dtype, colors.device)
+        n_tiles, pixels = n_cameras * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
         out_color = colors.new_zeros(n_tiles, pixels, channels)
-        out_trans = colors.new_ones(n_tiles, pixels)
-        for tile_ids, ids in tiles.groups:
-            px, py = _pixel_centres(tile_ids, tiles.tiles_x, tiles.tiles_y, tile_size, colors.dtype)
-            safe, _, _, _, _, alpha, trans_before, trans_final = _composite(ids, px, py, flat[0], flat[1], flat[3])
-            out_color[tile_ids] = torch.bmm(alpha * trans_before, flat[2][safe])
-            out_trans[tile_ids] = trans_final
+        log_t = colors.new_zeros(n_tiles, pixels)
+        done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=colors.device)
+        slabs = []
+        for tile_ids, begin in _chunks(tiles, done, pixels):
+            ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
+            log_t0, done0 = log_t[tile_ids], done[tile_ids]
+            _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
+                ids, _tile_origins(tiles, tile_ids, tile_size, colors.dtype), features, gaussians, log_t0, done0)
+            out_color[tile_ids] += torch.bmm(alpha * trans_before, flat_colors[ids.clamp(min=0)])
+            log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
+            slabs.append((tile_ids, begin, log_t0, done0))
+        out_trans = torch.exp(log_t)
         if backgrounds is not None:
             camera_of_tile = torch.arange(n_tiles, device=colors.device) // (tiles.tiles_x * tiles.tiles_y)
             out_color = out_color + out_trans[..., None] * backgrounds[camera_of_tile][:, None, :]
         ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, out_trans)
-        ctx.tiles, ctx.size, ctx.tile_size, ctx.absgrad = tiles, (width, height), tile_size, absgrad
+        ctx.tiles, ctx.slabs, ctx.tile_size, ctx.absgrad = tiles, slabs, tile_size, absgrad
         return (_untile(out_color, n_cameras, tiles, tile_size, width, height),
                 _untile(1.0 - out_trans[..., None], n_cameras, tiles, tile_size, width, height))
 
@@ -260,56 +271,67 @@ class RasterizeToPixels(torch.autograd.Function):
         means2d, conics, colors, opacities, backgrounds, out_trans = ctx.saved_tensors
         tiles, tile_size = ctx.tiles, ctx.tile_size
         n_cameras, n, channels = colors.shape
+        gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+        flat_colors = colors.reshape(-1, channels)
+        features = _pixel_features(tile_size, colors.dtype, colors.device)
         g_color = _tile(grad_color, tiles, tile_size)  # [n_tiles, P, D]
-        g_alpha = _tile(grad_alpha, tiles, tile_size)[..., 0]  # [n_tiles, P]
-        flat_means, flat_conics = means2d.reshape(-1, 2), conics.reshape(-1, 3)
-        flat_colors, flat_opac = colors.reshape(-1, channels), opacities.reshape(-1)
-        v_means = torch.zeros_like(flat_means)
-        v_means_abs = torch.zeros_like(flat_means) if ctx.absgrad else None
-        v_conics, v_colors, v_opac = torch.zeros_like(flat_conics), torch.zeros_like(flat_colors), torch.zeros_like(flat_opac)
+        # what the transmittance left after the last Gaussian is worth: alpha, minus the background
+        final = out_trans * _tile(grad_alpha, tiles, tile_size)[..., 0]  # [n_tiles, P]
+        v_gaussians = torch.zeros_like(gaussians)  # (mean x, mean y, a, b, c, opacity)
+        v_colors = torch.zeros_like(flat_colors)
+        v_means_abs = torch.zeros(len(gaussians), 2, dtype=colors.dtype, device=colors.device) if ctx.absgrad else None
         v_backgrounds = None
         if backgrounds is not None:
             camera_of_tile = torch.arange(len(out_trans), device=colors.device) // (tiles.tiles_x * tiles.tiles_y)
-            bg_tile = backgrounds[camera_of_tile]  # [n_tiles, D]
+            background_dot = (g_color * backgrounds[camera_of_tile][:, None, :]).sum(-1)
+            final = final - out_trans * background_dot
             if ctx.needs_input_grad[4]:
                 v_backgrounds = torch.zeros_like(backgrounds).index_add_(
                     0, camera_of_tile, (out_trans[..., None] * g_color).sum(1))
 
-        for tile_ids, ids in tiles.groups:
-            px, py = _pixel_centres(tile_ids, tiles.tiles_x, tiles.tiles_y, tile_size, colors.dtype)
-            safe, dx, dy, vis, raw, alpha, trans_before, trans_final = _composite(
-                ids, px, py, flat_means, flat_conics, flat_opac)
+        behind_later = torch.zeros_like(out_trans)  # sum over later slabs of weight * (colour . dL/dC)
+        for tile_ids, begin, log_t0, done0 in reversed(ctx.slabs):
+            ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
+            safe = ids.clamp(min=0)
+            (mu, mv, a, b, c), vis, raw, alpha, trans_before, _, _ = _composite(
+                ids, _tile_origins(tiles, tile_ids, tile_size, colors.dtype), features, gaussians, log_t0, done0)
             gc = g_color[tile_ids]  # [T, P, D]
             weight = alpha * trans_before  # [T, P, K]
-            color = flat_colors[safe]  # [T, K, D]
-            color_dot = torch.bmm(gc, color.transpose(1, 2))  # c_k . dL/dC at each pixel
+            color_dot = torch.bmm(gc, flat_colors[safe].transpose(1, 2))  # c_k . dL/dC at each pixel
             drawn_dot = weight * color_dot
+            slab_total = drawn_dot.sum(-1)
             # everything behind Gaussian k (later Gaussians, background, alpha), as dL/dC sees it
-            behind = drawn_dot.sum(-1, keepdim=True) - torch.cumsum(drawn_dot, dim=-1)
-            final = trans_final * g_alpha[tile_ids]  # [T, P]
-            if backgrounds is not None:
-                final = final - trans_final * (gc * bg_tile[tile_ids][:, None, :]).sum(-1)
-            v_alpha = trans_before * color_dot - (behind - final[..., None]) / (1.0 - alpha)
+            behind = (behind_later[tile_ids] + slab_total)[..., None] - torch.cumsum(drawn_dot, dim=-1)
+            behind_later[tile_ids] += slab_total
+            v_alpha = trans_before * color_dot - (behind - final[tile_ids][..., None]) / (1.0 - alpha)
             unclamped = (raw <= ALPHA_MAX) & (alpha > 0)
             v_sigma = torch.where(unclamped, -raw * v_alpha, 0.0)
-            a, b, c = (flat_conics[safe][:, None, :, i] for i in range(3))
-            v_dx = v_sigma * (a * dx + b * dy)  # dL/d(pixel - mean): the mean gets the negative
-            v_dy = v_sigma * (b * dx + c * dy)
+            # sigma's six coefficients get the pixel features weighted by dL/dsigma; chain rule to the
+            # tile-local mean (mu, mv) and the conic (a, b, c)
+            s0, s1, s2, s3, s4, s5 = torch.matmul(v_sigma.transpose(1, 2), features).unbind(-1)  # [T, K] each
+            v_slot = torch.stack([
+                -a * s3 - b * s4 + (a * mu + b * mv) * s5,
+                -b * s3 - c * s4 + (b * mu + c * mv) * s5,
+                0.5 * s0 - mu * s3 + 0.5 * mu * mu * s5,
+                s1 - mv * s3 - mu * s4 + mu * mv * s5,
+                0.5 * s2 - mv * s4 + 0.5 * mv * mv * s5,
+                torch.where(unclamped, vis * v_alpha, 0.0).sum(1)], dim=-1)  # [T, K, 6]
             valid = ids >= 0
             index = safe[valid]
-            v_means.index_add_(0, index, -torch.stack([v_dx.sum(1), v_dy.sum(1)], dim=-1)[valid])
-            if v_means_abs is not None:
-                v_means_abs.index_add_(0, index, torch.stack([v_dx.abs().sum(1), v_dy.abs().sum(1)], -1)[valid])
-            v_conic = torch.stack([(0.5 * v_sigma * dx * dx).sum(1), (v_sigma * dx * dy).sum(1),
-                                   (0.5 * v_sigma * dy * dy).sum(1)], dim=-1)
-            v_conics.index_add_(0, index, v_conic[valid])
+            v_gaussians.index_add_(0, index, v_slot[valid])
             v_colors.index_add_(0, index, torch.bmm(weight.transpose(1, 2), gc)[valid])
-            v_opac.index_add_(0, index, torch.where(unclamped, vis * v_alpha, 0.0).sum(1)[valid])
+            if v_means_abs is not None:
+                du = features[None, :, 3:4] - mu[:, None, :]  # [T, P, K]
+                dv = features[None, :, 4:5] - mv[:, None, :]
+                v_abs = torch.stack([(v_sigma * (a[:, None] * du + b[:, None] * dv)).abs().sum(1),
+                                     (v_sigma * (b[:, None] * du + c[:, None] * dv)).abs().sum(1)], dim=-1)
+                v_means_abs.index_add_(0, index, v_abs[valid])
 
         if v_means_abs is not None:
             means2d.absgrad = v_means_abs.reshape(means2d.shape)
-        return (v_means.reshape(means2d.shape), v_conics.reshape(conics.shape), v_colors.reshape(colors.shape),
-                v_opac.reshape(opacities.shape), v_backgrounds, None, None, None, None, None)
+        v_gaussians = v_gaussians.reshape(*means2d.shape[:-1], 6)
+        return (v_gaussians[..., :2], v_gaussians[..., 2:5], v_colors.reshape(colors.shape), v_gaussians[..., 5],
+                v_backgrounds, None, None, None, None, None)
 
 
 def _untile(values: Tensor, n_cameras: int, tiles: Tiles, tile_size: int, width: int, height: int) -> Tensor:

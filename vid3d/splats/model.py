@@ -1,0 +1,80 @@
+"""Gaussian parameters: initialisation from points, rendering, and the standard 3DGS .ply file.
+
+Parameters are stored as gsplat's trainer stores them (log scales, logit opacities, SH as sh0 and
+shN), which is also the standard 3DGS .ply layout written by gsplat.exporter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from gsplat.exporter import export_splats
+from plyfile import PlyData
+from scipy.spatial import cKDTree
+
+from vid3d.splats.rasterize import rasterization
+
+SH_C0 = 0.28209479177387814  # spherical harmonic of degree 0
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+def init_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opacity: float, init_scale: float,
+                generator: torch.Generator) -> torch.nn.ParameterDict:
+    """Gaussians at the points, sized by the mean distance to their 3 nearest neighbours (as gsplat)."""
+    n = len(points)
+    distances, _ = cKDTree(points).query(points, k=min(4, n))
+    mean_distance = np.sqrt((np.asarray(distances).reshape(n, -1)[:, 1:] ** 2).mean(1)).clip(min=1e-7)
+    scales = torch.log(torch.tensor(mean_distance * init_scale, dtype=torch.float32))[:, None].repeat(1, 3)
+    sh = torch.zeros(n, (sh_degree + 1) ** 2, 3)
+    sh[:, 0] = (torch.tensor(colors, dtype=torch.float32) - 0.5) / SH_C0
+    return torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.tensor(points, dtype=torch.float32)),
+        "scales": torch.nn.Parameter(scales),
+        "quats": torch.nn.Parameter(torch.rand(n, 4, generator=generator)),
+        "opacities": torch.nn.Parameter(torch.logit(torch.full((n,), init_opacity))),
+        "sh0": torch.nn.Parameter(sh[:, :1].clone()),
+        "shN": torch.nn.Parameter(sh[:, 1:].clone()),
+    })
+
+
+def render(splats: torch.nn.ParameterDict, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+           sh_degree: int, backend: str = "auto", render_mode: str = "RGB", **kwargs):
+    """Rasterize the splats from the given cameras: (colors [C, H, W, X], alphas, info)."""
+    colors = torch.cat([splats["sh0"], splats["shN"]], dim=1)
+    return rasterization(splats["means"], splats["quats"], torch.exp(splats["scales"]),
+                         torch.sigmoid(splats["opacities"]), colors, viewmats, Ks, width, height,
+                         sh_degree=sh_degree, backend=backend, render_mode=render_mode,
+                         tile_size=tile_size_for(backend, splats["means"].device), **kwargs)
+
+
+def tile_size_for(backend: str, device: torch.device) -> int:
+    """gsplat's CUDA kernels are tuned for 16-pixel tiles; the torch backend is fastest with 8."""
+    from vid3d.splats.rasterize import resolve_backend
+
+    return 16 if resolve_backend(backend, device) == "gsplat" else 8
+
+
+def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:
+    """The standard 3DGS .ply (loads in common splat viewers), through gsplat.exporter."""
+    export_splats(*(splats[name].detach().cpu() for name in PARAM_NAMES), format="ply", save_to=str(path))
+
+
+def load_ply(path: Path, device: torch.device | str = "cpu") -> torch.nn.ParameterDict:
+    """Read a standard 3DGS .ply back into parameters (gsplat has no loader)."""
+    vertex = PlyData.read(str(path))["vertex"]
+    names = vertex.data.dtype.names
+    column = lambda prefix: np.stack([vertex[n] for n in names if n.startswith(prefix)], axis=1)
+    rest = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n.split("_")[-1]))
+    shN = np.stack([vertex[n] for n in rest], axis=1) if rest else np.zeros((len(vertex), 0))
+    tensors = {
+        "means": np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1),
+        "scales": column("scale_"),
+        "quats": column("rot_"),
+        "opacities": np.asarray(vertex["opacity"]),
+        "sh0": column("f_dc_")[:, None, :],
+        "shN": shN.reshape(len(vertex), 3, -1).transpose(0, 2, 1),  # files store SH channel-major
+    }
+    return torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(np.ascontiguousarray(v), dtype=torch.float32,
+                                                                       device=device)) for k, v in tensors.items()})

@@ -1,0 +1,183 @@
+"""Training 3D Gaussians on poses/ (the `splats` stage), following gsplat's simple_trainer:
+its learning rates and schedules, L1 + SSIM loss, SH degree raised progressively, and gsplat's
+DefaultStrategy for densification on either rasterization backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from gsplat.strategy import DefaultStrategy
+from pytorch_msssim import ssim
+
+from vid3d.config import SplatsSettings
+from vid3d.errors import UserError
+from vid3d.project import StageOutput
+from vid3d.splats.data import Dataset, load_dataset, load_points
+from vid3d.splats.model import init_splats, render, save_ply
+from vid3d.splats.rasterize import resolve_backend
+from vid3d.ui import log, progress
+
+# gsplat simple_trainer's learning rates (means scaled by the scene size)
+LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
+CHECKPOINT = "ckpt.pt"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    return torch.device(device)
+
+
+def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resume_dir: Path,
+                 device: str = "auto") -> StageOutput:
+    """Train, evaluate on the held-out frames and write splats.ply, renders/, metrics.json, ckpt/."""
+    torch_device = resolve_device(device)
+    backend = resolve_backend(settings.backend, torch_device)
+    if backend == "gsplat" and torch_device.type != "cuda":
+        raise UserError("splats.backend = gsplat: gsplat's rasterizer needs a CUDA GPU; use torch or --device cuda")
+    data = load_dataset(poses_dir, settings.test_every, torch_device)
+    if not data.train:
+        raise UserError(f"{poses_dir}: no training frames left (splats.test_every={settings.test_every})")
+
+    trainer = Trainer(data, settings, backend, torch_device, load_points(poses_dir))
+    started = time.time()
+    trainer.resume(resume_dir / CHECKPOINT)
+    trainer.fit(resume_dir / CHECKPOINT)
+    seconds = time.time() - started
+
+    metrics = trainer.evaluate(out_dir / "renders")
+    metrics.update(gaussians=len(trainer.splats["means"]), steps=settings.steps, train_seconds=round(seconds, 1),
+                   backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
+    save_ply(trainer.splats, out_dir / "splats.ply")
+    (out_dir / "ckpt").mkdir()
+    trainer.save(out_dir / "ckpt" / CHECKPOINT)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return StageOutput(outputs=["splats.ply", "metrics.json", "renders", "ckpt"], metrics=metrics,
+                       timings={"train": seconds})
+
+
+class Trainer:
+    def __init__(self, data: Dataset, settings: SplatsSettings, backend: str, device: torch.device,
+                 points: tuple[np.ndarray, np.ndarray]):
+        self.data, self.settings, self.backend, self.device = data, settings, backend, device
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.scene_scale = data.scene_scale() * 1.1
+        self.splats = init_splats(*points, settings.sh_degree, settings.init_opacity, settings.init_scale,
+                                  self.generator).to(device)
+        self.optimizers = {name: torch.optim.Adam([{"params": param, "lr": LEARNING_RATES[name] *
+                                                    (self.scene_scale if name == "means" else 1.0), "name": name}],
+                                                  eps=1e-15)
+                           for name, param in self.splats.items()}
+        # gsplat's schedule: the means' learning rate decays to 1% over training
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizers["means"],
+                                                                gamma=0.01 ** (1.0 / settings.steps))
+        self.strategy = DefaultStrategy(refine_start_iter=settings.refine_start, refine_stop_iter=settings.refine_stop,
+                                        refine_every=settings.refine_every, reset_every=settings.reset_every,
+                                        grow_grad2d=settings.grow_grad2d, verbose=False)
+        self.strategy.check_sanity(self.splats, self.optimizers)
+        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+        self.step = 0
+
+    def fit(self, checkpoint: Path) -> None:
+        settings = self.settings
+        order = self._frame_order()
+        try:
+            with progress("splats: training", settings.steps) as advance:
+                advance(self.step)
+                while self.step < settings.steps:
+                    loss, psnr = self._train_step(order[self.step])
+                    self.step += 1
+                    if self.step % settings.checkpoint_every == 0 and self.step < settings.steps:
+                        self.save(checkpoint)
+                    advance(1, loss=loss, psnr=psnr, gaussians=len(self.splats["means"]))
+        except KeyboardInterrupt:
+            self.save(checkpoint)  # Ctrl-C or SIGTERM: the rerun continues from here
+            log.info("splats: saved a checkpoint at step %d; rerun to continue", self.step)
+            raise
+
+    def _frame_order(self) -> list[int]:
+        """One training frame per step: shuffled epochs, fixed by the seed (so a resumed run agrees)."""
+        generator = torch.Generator().manual_seed(self.settings.seed + 1)
+        epochs = math.ceil(self.settings.steps / len(self.data.train))
+        train = torch.tensor(self.data.train)
+        return torch.cat([train[torch.randperm(len(train), generator=generator)] for _ in range(epochs)]).tolist()
+
+    def _train_step(self, index: int) -> tuple[float, float]:
+        settings, data = self.settings, self.data
+        sh_degree = min(self.step // settings.sh_degree_interval, settings.sh_degree)
+        image, _, info = render(self.splats, data.viewmats[index:index + 1], data.Ks[index:index + 1], data.width,
+                                data.height, sh_degree, backend=self.backend)
+        target = data.images[index:index + 1]
+        l1 = (image - target).abs().mean()
+        ssim_value = ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
+        loss = (1 - settings.ssim_lambda) * l1 + settings.ssim_lambda * (1 - ssim_value)
+
+        if settings.densify:
+            self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
+        loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if settings.densify:
+            self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info,
+                                             packed=False)
+        mse = float(((image.detach().clamp(0, 1) - target) ** 2).mean())
+        return float(loss), -10 * math.log10(max(mse, 1e-10))
+
+    @torch.no_grad()
+    def evaluate(self, renders_dir: Path) -> dict[str, float]:
+        """Held-out PSNR and SSIM; each held-out render is saved beside its original."""
+        renders_dir.mkdir()
+        frames = self.data.test or self.data.train
+        psnrs, ssims = [], []
+        for index in frames:
+            image, _, _ = render(self.splats, self.data.viewmats[index:index + 1], self.data.Ks[index:index + 1],
+                                 self.data.width, self.data.height, self.settings.sh_degree, backend=self.backend)
+            image, target = image.clamp(0, 1), self.data.images[index:index + 1]
+            psnrs.append(float(-10 * torch.log10(((image - target) ** 2).mean())))
+            ssims.append(float(ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0)))
+            side_by_side = torch.cat([image[0], target[0]], dim=1)
+            iio.imwrite(renders_dir / self.data.names[index], (side_by_side * 255).round().byte().cpu().numpy())
+        return {"psnr": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4),
+                "eval_frames": len(frames), "held_out": bool(self.data.test)}
+
+    def save(self, path: Path) -> None:
+        """Everything a resumed run needs, written atomically."""
+        state = {"step": self.step, "splats": {k: v.detach() for k, v in self.splats.items()},
+                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                 "scheduler": self.scheduler.state_dict(), "strategy_state": self.strategy_state}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def resume(self, path: Path) -> None:
+        if not path.exists():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in state["splats"].items()})
+        for name, optimizer in self.optimizers.items():
+            optimizer.param_groups[0]["params"] = [self.splats[name]]
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.strategy_state = state["strategy_state"]
+        self.step = state["step"]
+        log.info("splats: resuming from the checkpoint at step %d", self.step)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
