@@ -50,10 +50,11 @@ def render(splats: torch.nn.ParameterDict, viewmats: torch.Tensor, Ks: torch.Ten
 
 
 def tile_size_for(backend: str, device: torch.device) -> int:
-    """gsplat's CUDA kernels are tuned for 16-pixel tiles; the torch backend is fastest with 8."""
+    """gsplat's CUDA kernels are tuned for 16-pixel tiles; the torch backend is fastest with 4
+    (benchmarks/raster.py: less work spent on pixels a Gaussian does not reach)."""
     from vid3d.splats.rasterize import resolve_backend
 
-    return 16 if resolve_backend(backend, device) == "gsplat" else 8
+    return 16 if resolve_backend(backend, device) == "gsplat" else 4
 
 
 def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:

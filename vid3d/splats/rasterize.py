@@ -98,7 +98,8 @@ def rasterization(
         if backgrounds is not None:
             backgrounds = torch.cat([backgrounds, torch.zeros_like(backgrounds[..., :1])], dim=-1)
 
-    tiles = bin_tiles(means2d.detach(), radii, depths.detach(), width, height, tile_size)
+    tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
+                      tile_size)
     render_colors, render_alphas = RasterizeToPixels.apply(
         means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
     if render_mode in ("ED", "RGB+ED"):
@@ -143,16 +144,24 @@ class Tiles:
 
 
 @torch.no_grad()
-def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int) -> Tiles:
+def bin_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, depths: Tensor, width: int,
+              height: int, tile_size: int) -> Tiles:
     n_cameras, n = depths.shape
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     device = means2d.device
 
-    # tile rectangle of each Gaussian: [min, max) in tile units, as gsplat's isect_tiles
+    # Tile rectangle of each Gaussian, [min, max) in tile units as gsplat's isect_tiles, around the
+    # ellipse outside which alpha = opacity * exp(-sigma) < 1/255 (sigma > log(255 opacity)): tighter
+    # than gsplat's 3.33-sigma radii for translucent Gaussians, and exact, since such pixels are skipped.
+    a, b, c = conics.unbind(-1)
+    det = (a * c - b * b).clamp(min=1e-12)
+    sigma_max = torch.log((opacities / ALPHA_MIN).clamp(min=1.0))
+    extent = torch.sqrt(2 * sigma_max[..., None] * torch.stack([c / det, a / det], dim=-1))  # [C, N, 2]
+    extent = torch.minimum(extent, radii.to(extent.dtype))
     limit = torch.tensor([tiles_x, tiles_y], device=device)
-    lo = torch.minimum(torch.floor((means2d - radii) / tile_size).long().clamp(min=0), limit)
-    hi = torch.minimum(torch.ceil((means2d + radii) / tile_size).long().clamp(min=0), limit)
-    visible = (radii > 0).all(dim=-1)
+    lo = torch.minimum(torch.floor((means2d - extent) / tile_size).long().clamp(min=0), limit)
+    hi = torch.minimum(torch.ceil((means2d + extent) / tile_size).long().clamp(min=0), limit)
+    visible = (radii > 0).all(dim=-1) & (opacities >= ALPHA_MIN)
     span = (hi - lo).clamp(min=0)
     per_gaussian = span[..., 0] * span[..., 1] * visible  # [C, N]
 
@@ -213,13 +222,14 @@ def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor
     g = gaussians[ids.clamp(min=0)]  # [T, K, 6]
     mu, mv = g[..., 0] - origins[..., 0], g[..., 1] - origins[..., 1]
     a, b, c = g[..., 2], g[..., 3], g[..., 4]
-    opacity = torch.where(ids >= 0, g[..., 5], 0.0)[:, None, :]  # [T, 1, K]
+    opacity = (g[..., 5] * (ids >= 0))[:, None, :]  # [T, 1, K]
     coefficients = torch.stack([0.5 * a, b, 0.5 * c, -(a * mu + b * mv), -(b * mu + c * mv),
                                 0.5 * a * mu * mu + b * mu * mv + 0.5 * c * mv * mv], dim=1)  # [T, 6, K]
     sigma = torch.matmul(features, coefficients)  # [T, P, K]
     vis = torch.exp(-sigma)
     raw = opacity * vis
-    alpha = torch.where((sigma >= 0) & (raw >= ALPHA_MIN) & ~done[..., None], raw.clamp(max=ALPHA_MAX), 0.0)
+    # (masks multiply rather than torch.where: several times faster on CPU, and the values are finite)
+    alpha = raw.clamp(max=ALPHA_MAX) * ((sigma >= 0) & (raw >= ALPHA_MIN) & ~done[..., None])
     log_keep = torch.log1p(-alpha)
     cum = log_t0[..., None] + torch.cumsum(log_keep, dim=-1)  # log transmittance after each Gaussian
     # drawing stops at the first Gaussian that would take transmittance to T_MIN or below
@@ -227,9 +237,9 @@ def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor
     stopped = stop.any(-1)
     first_stop = torch.where(stopped, stop.to(torch.uint8).argmax(-1), ids.shape[1])
     drawn = torch.arange(ids.shape[1], device=ids.device) < first_stop[..., None]
-    alpha = torch.where(drawn, alpha, 0.0)
+    alpha = alpha * drawn
     trans_before = torch.exp(cum - log_keep)  # exact for drawn slots, which are a prefix
-    log_t_end = log_t0 + torch.where(drawn, log_keep, 0.0).sum(-1)
+    log_t_end = log_t0 + (log_keep * drawn).sum(-1)
     return (mu, mv, a, b, c), vis, raw, alpha, trans_before, log_t_end, stopped
 
 
@@ -305,7 +315,8 @@ class RasterizeToPixels(torch.autograd.Function):
             behind_later[tile_ids] += slab_total
             v_alpha = trans_before * color_dot - (behind - final[tile_ids][..., None]) / (1.0 - alpha)
             unclamped = (raw <= ALPHA_MAX) & (alpha > 0)
-            v_sigma = torch.where(unclamped, -raw * v_alpha, 0.0)
+            v_alpha = v_alpha * unclamped
+            v_sigma = -raw * v_alpha
             # sigma's six coefficients get the pixel features weighted by dL/dsigma; chain rule to the
             # tile-local mean (mu, mv) and the conic (a, b, c)
             s0, s1, s2, s3, s4, s5 = torch.matmul(v_sigma.transpose(1, 2), features).unbind(-1)  # [T, K] each
@@ -315,7 +326,7 @@ class RasterizeToPixels(torch.autograd.Function):
                 0.5 * s0 - mu * s3 + 0.5 * mu * mu * s5,
                 s1 - mv * s3 - mu * s4 + mu * mv * s5,
                 0.5 * s2 - mv * s4 + 0.5 * mv * mv * s5,
-                torch.where(unclamped, vis * v_alpha, 0.0).sum(1)], dim=-1)  # [T, K, 6]
+                (vis * v_alpha).sum(1)], dim=-1)  # [T, K, 6]
             valid = ids >= 0
             index = safe[valid]
             v_gaussians.index_add_(0, index, v_slot[valid])

@@ -28,6 +28,7 @@ from vid3d.ui import log, progress
 
 # gsplat simple_trainer's learning rates (means scaled by the scene size)
 LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
+BACKGROUND_LR = 1e-2
 CHECKPOINT = "ckpt.pt"
 
 
@@ -58,6 +59,7 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
 
     metrics = trainer.evaluate(out_dir / "renders")
     metrics.update(gaussians=len(trainer.splats["means"]), steps=settings.steps, train_seconds=round(seconds, 1),
+                   background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
                    backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
     save_ply(trainer.splats, out_dir / "splats.ply")
     (out_dir / "ckpt").mkdir()
@@ -82,6 +84,10 @@ class Trainer:
         # gsplat's schedule: the means' learning rate decays to 1% over training
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizers["means"],
                                                                 gamma=0.01 ** (1.0 / settings.steps))
+        # A learned background colour stands in for what is at infinity (the sky): without it, sky
+        # pixels are painted by opaque Gaussians placed near the cameras, floaters in other views.
+        self.background = torch.nn.Parameter(torch.zeros(3, device=device))
+        self.background_optimizer = torch.optim.Adam([self.background], lr=BACKGROUND_LR)
         self.strategy = DefaultStrategy(refine_start_iter=settings.refine_start, refine_stop_iter=settings.refine_stop,
                                         refine_every=settings.refine_every, reset_every=settings.reset_every,
                                         grow_grad2d=settings.grow_grad2d, verbose=False)
@@ -117,7 +123,7 @@ class Trainer:
         settings, data = self.settings, self.data
         sh_degree = min(self.step // settings.sh_degree_interval, settings.sh_degree)
         image, _, info = render(self.splats, data.viewmats[index:index + 1], data.Ks[index:index + 1], data.width,
-                                data.height, sh_degree, backend=self.backend)
+                                data.height, sh_degree, backend=self.backend, backgrounds=self.backgrounds())
         target = data.images[index:index + 1]
         l1 = (image - target).abs().mean()
         ssim_value = ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
@@ -126,7 +132,7 @@ class Trainer:
         if settings.densify:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
         loss.backward()
-        for optimizer in self.optimizers.values():
+        for optimizer in (*self.optimizers.values(), self.background_optimizer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -134,7 +140,7 @@ class Trainer:
             self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info,
                                              packed=False)
         mse = float(((image.detach().clamp(0, 1) - target) ** 2).mean())
-        return float(loss), -10 * math.log10(max(mse, 1e-10))
+        return float(loss.detach()), -10 * math.log10(max(mse, 1e-10))
 
     @torch.no_grad()
     def evaluate(self, renders_dir: Path) -> dict[str, float]:
@@ -144,7 +150,8 @@ class Trainer:
         psnrs, ssims = [], []
         for index in frames:
             image, _, _ = render(self.splats, self.data.viewmats[index:index + 1], self.data.Ks[index:index + 1],
-                                 self.data.width, self.data.height, self.settings.sh_degree, backend=self.backend)
+                                 self.data.width, self.data.height, self.settings.sh_degree, backend=self.backend,
+                                 backgrounds=self.backgrounds())
             image, target = image.clamp(0, 1), self.data.images[index:index + 1]
             psnrs.append(float(-10 * torch.log10(((image - target) ** 2).mean())))
             ssims.append(float(ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0)))
@@ -153,11 +160,16 @@ class Trainer:
         return {"psnr": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4),
                 "eval_frames": len(frames), "held_out": bool(self.data.test)}
 
+    def backgrounds(self) -> torch.Tensor:
+        """[1, 3] colour behind every Gaussian, in [0, 1]."""
+        return torch.sigmoid(self.background)[None]
+
     def save(self, path: Path) -> None:
         """Everything a resumed run needs, written atomically."""
         state = {"step": self.step, "splats": {k: v.detach() for k, v in self.splats.items()},
                  "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                 "scheduler": self.scheduler.state_dict(), "strategy_state": self.strategy_state}
+                 "scheduler": self.scheduler.state_dict(), "strategy_state": self.strategy_state,
+                 "background": self.background.detach(), "background_optimizer": self.background_optimizer.state_dict()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -173,6 +185,8 @@ class Trainer:
             optimizer.load_state_dict(state["optimizers"][name])
         self.scheduler.load_state_dict(state["scheduler"])
         self.strategy_state = state["strategy_state"]
+        self.background.data.copy_(state["background"])
+        self.background_optimizer.load_state_dict(state["background_optimizer"])
         self.step = state["step"]
         log.info("splats: resuming from the checkpoint at step %d", self.step)
 
