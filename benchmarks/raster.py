@@ -21,11 +21,14 @@ import torch
 import trimesh
 
 ROOT = Path(__file__).parents[1]
-CASES = [(128, 5_000), (128, 20_000), (128, 100_000), (256, 5_000), (256, 20_000), (256, 100_000)]
+# (image size, Gaussians, layout): "scene" spreads them over a procedural scene's surfaces,
+# "clustered" packs them into a small ball, so a few tiles hold most of them (uneven tiles)
+CASES = [(128, 5_000, "scene"), (128, 20_000, "scene"), (128, 100_000, "scene"), (256, 5_000, "scene"),
+         (256, 20_000, "scene"), (256, 100_000, "scene"), (256, 100_000, "clustered")]
 DENSE_LIMIT = 1e8  # Gaussians x pixels above which the dense reference does not fit in memory
 
 
-def scene_gaussians(n: int, size: int, seed: int = 0):
+def scene_gaussians(n: int, size: int, layout: str = "scene", seed: int = 0):
     from scipy.spatial import cKDTree
 
     from vid3d.scenes import make_scene, orbit_cameras
@@ -33,6 +36,8 @@ def scene_gaussians(n: int, size: int, seed: int = 0):
     scene = make_scene(seed)
     points, faces = trimesh.sample.sample_surface(scene.mesh(), n, seed=seed)
     colors = scene.mesh().visual.face_colors[faces, :3] / 255.0
+    if layout == "clustered":
+        points = np.array([0.0, 0.0, 0.4]) + 0.15 * np.random.default_rng(seed).normal(size=(n, 3))
     dist, _ = cKDTree(points).query(points, k=4)
     scale = np.sqrt((dist[:, 1:] ** 2).mean(1))
     rng = np.random.default_rng(seed)
@@ -46,14 +51,14 @@ def scene_gaussians(n: int, size: int, seed: int = 0):
                 Ks=f32(camera.K), width=size, height=size)
 
 
-def run_case(size: int, n: int, which: str, tile_size: int, repeats: int = 5) -> dict:
+def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats: int = 5) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from dense_reference import dense_reference
 
     from vid3d.splats.rasterize import rasterization
 
     torch.set_num_threads(2)
-    scene = scene_gaussians(n, size)
+    scene = scene_gaussians(n, size, layout)
     names = ("means", "quats", "scales", "opacities", "colors")
     times = []
     for _ in range(1 if which == "dense" else repeats):
@@ -72,27 +77,27 @@ def run_case(size: int, n: int, which: str, tile_size: int, repeats: int = 5) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tile-size", type=int, default=16)
-    parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)  # size n which: run one case, print JSON
+    parser.add_argument("--tile-size", type=int, default=4, help="the torch backend's tile (vid3d trains with 4)")
+    parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # size n layout which: one case, as JSON
     args = parser.parse_args()
     if args.case:
-        size, n, which = int(args.case[0]), int(args.case[1]), args.case[2]
-        print(json.dumps(run_case(size, n, which, args.tile_size)))
+        size, n, layout, which = int(args.case[0]), int(args.case[1]), args.case[2], args.case[3]
+        print(json.dumps(run_case(size, n, layout, which, args.tile_size)))
         return
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("image", "Gaussians", "torch fwd+bwd (s)", "torch peak MB", "dense fwd+bwd (s)", "dense peak MB",
-                  title=f"torch backend, tile {args.tile_size}, 2 threads")
-    for size, n in CASES:
-        row = [f"{size}x{size}", f"{n:,}"]
+    table = Table("image", "Gaussians", "layout", "torch fwd+bwd (s)", "torch peak MB", "dense fwd+bwd (s)",
+                  "dense peak MB", title=f"torch backend, tile {args.tile_size}, 2 threads")
+    for size, n, layout in CASES:
+        row = [f"{size}x{size}", f"{n:,}", layout]
         for which in ("torch", "dense"):
             if which == "dense" and n * size * size > DENSE_LIMIT:
                 row += ["—", f"~{n * size * size * 4 * 12 / 2**30:.0f} GB, skipped"]
                 continue
             out = subprocess.run([sys.executable, __file__, "--tile-size", str(args.tile_size), "--case",
-                                  str(size), str(n), which], capture_output=True, text=True, check=True)
+                                  str(size), str(n), layout, which], capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             row += [f"{result['seconds']:.3f}", f"{result['peak_mb']:.0f}"]
         table.add_row(*row)
