@@ -101,7 +101,7 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             row += [f"{result['seconds']:.3f}", f"{result['peak_mb']:.0f}"]
         table.add_row(*row)
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

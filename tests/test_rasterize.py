@@ -105,6 +105,7 @@ def test_info_feeds_gsplat_default_strategy():
 def test_absgrad_bounds_the_gradient():
     """means2d.absgrad sums |per-pixel gradient|: never below |gradient|, and above it somewhere."""
     scene = random_scene(40, cameras=1)
+    scene["means"].requires_grad_(True)
     image, _, info = rasterization(**scene, absgrad=True, backend="torch")
     info["means2d"].retain_grad()
     (image * torch.linspace(-1, 1, image.numel(), dtype=image.dtype).reshape(image.shape)).sum().backward()
