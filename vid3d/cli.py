@@ -89,6 +89,56 @@ def reconstruct(project: ProjectArg,
 
 
 @app.command()
+def export(project: ProjectArg,
+           mesh: Annotated[bool, typer.Option("--mesh", help="Write a mesh (TSDF fusion of rendered depth).")] = False,
+           format: Annotated[Optional[str], typer.Option("--format", help="Mesh format: ply, obj or glb.")] = None,
+           voxel_size: Annotated[Optional[float], typer.Option("--voxel-size", help="TSDF voxel size (world units).")] = None,
+           faces: Annotated[Optional[int], typer.Option("--faces", help="Decimate the mesh to about N faces.")] = None,
+           bbox: Annotated[Optional[str], typer.Option("--bbox", help="Crop: xmin,ymin,zmin,xmax,ymax,zmax.")] = None,
+           splat: Annotated[Optional[str], typer.Option("--splat", help="Write the Gaussians: ply, splat or ply_compressed.")] = None,
+           pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
+           cameras: Annotated[bool, typer.Option("--cameras", help="Write the camera path as cameras.json.")] = False,
+           input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """Export assets from the Gaussians (runs the stages before it when missing or stale).
+
+    With any of --mesh, --splat, --pointcloud, --cameras, exactly those are written; with none,
+    the [export] settings decide (a mesh by default). Several flags write several files.
+    """
+    sets = []
+    if mesh or splat or pointcloud or cameras:
+        sets += [f"export.mesh={str(mesh).lower()}", f"export.splat={splat or ''}",
+                 f"export.pointcloud={str(pointcloud).lower()}", f"export.cameras={str(cameras).lower()}"]
+    named = {"mesh_format": format, "voxel_size": voxel_size, "faces": faces, "bbox": bbox}
+    sets += [f"export.{key}={value}" for key, value in named.items() if value is not None]
+    common = Common(config, sets + (set or []), force, json, device, verbose, wait)
+    _execute(project, common, pipeline.export, target="export", input=input)
+
+
+@app.command()
+def run(project: ProjectArg,
+        input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+        preset: Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")] = None,
+        config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+        device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """Every stage in order (frames, poses, splats, export), each cached; --force reruns them all."""
+    common = Common(config, set or [], force, json, device, verbose, wait, preset)
+    _execute(project, common, pipeline.export, target="export", input=input, force_all=True)
+
+
+@app.command()
+def demo(project: Annotated[Path, typer.Argument(help="Project folder for the demo.")] = Path("vid3d-demo"),
+         json: JsonOpt = False, device: DeviceOpt = "auto", verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
+    """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
+    from vid3d.demo import EXAMPLE_VIDEO, summary
+
+    common = Common(None, [], force, json, device, verbose, False, "fast")
+    _execute(project, common, pipeline.export, target="export", input=EXAMPLE_VIDEO, force_all=True,
+             summarize=summary)
+
+
+@app.command()
 def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Show each stage of a project: complete, stale, failed or missing, with its metrics."""
     _setup_logging(verbose)
@@ -116,7 +166,8 @@ def main() -> None:
 
 
 def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
-             target: str, input: Path | None = None) -> None:
+             target: str, input: Path | None = None, force_all: bool = False,
+             summarize: Callable[[Path], dict] | None = None) -> None:
     _setup_logging(common.verbose)
     created = not project_dir.exists()
     project = Project(project_dir)
@@ -128,8 +179,8 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
         with project.lock(wait=common.wait):
             log_state = _attach_log_file(project_dir)
             log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
-            ctx = pipeline.Context(project, _load_settings(project, common, input), common.device,
-                                   force=(target,) if common.force else ())
+            forced = (STAGES if force_all else (target,)) if common.force else ()
+            ctx = pipeline.Context(project, _load_settings(project, common, input), common.device, force=forced)
             body(ctx)
     except UserError as exc:
         _undo(project_dir, created, log_state, ctx)
@@ -142,7 +193,7 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
         _fail(message, 1, common.json)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to continue", 130, common.json)
-    _report(project_dir, ctx.results, target, common.json)
+    _report(project_dir, ctx.results, target, common.json, summarize(project_dir) if summarize else None)
 
 
 def _load_settings(project: Project, common: Common, input: Path | None):
@@ -204,20 +255,29 @@ def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, 
                 f.truncate(size)
 
 
-def _report(project_dir: Path, results: list[StageResult], target: str, as_json: bool) -> None:
+def _report(project_dir: Path, results: list[StageResult], target: str, as_json: bool,
+            summary: dict | None = None) -> None:
     final = results[-1]
     if as_json:
-        print(_dumps({"status": "ok", "project": str(project_dir),
-                      "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint,
-                                           "seconds": round(r.seconds, 3), "outputs": r.outputs,
-                                           "metrics": r.metrics} for r in results},
-                      "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}))
+        report = {"status": "ok", "project": str(project_dir),
+                  "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint, "seconds": round(r.seconds, 3),
+                                       "outputs": r.outputs, "metrics": r.metrics} for r in results},
+                  "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}
+        print(_dumps(report if summary is None else {**report, "summary": summary}))
         return
     for r in results:
         metrics = ", ".join(f"{k}={v}" for k, v in r.metrics.items())
         timing = "" if r.status == "cached" else f" in {r.seconds:.1f}s"
         console.print(f"[bold]{r.stage}[/bold]: {r.status}{timing}  {metrics}")
-    console.print(f"{target} -> {project_dir / target}")
+    if summary is not None:
+        table = Table(title="summary")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key, value in summary.items():
+            table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+    for output in final.outputs:
+        console.print(f"{target}: {project_dir / output}")
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:

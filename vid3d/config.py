@@ -73,10 +73,28 @@ class SplatsSettings:
 
 
 @dataclass
+class ExportSettings:
+    mesh: bool = setting(True, "fuse depth rendered from the Gaussians into a mesh (TSDF, marching cubes)")
+    mesh_format: Literal["ply", "obj", "glb"] = setting("ply", "mesh file format")
+    voxel_size: float = setting(0.0, "TSDF voxel size in world units; 0: the cameras' extent / 256", min=0.0)
+    faces: int = setting(0, "decimate the mesh to about this many faces; 0 keeps all", min=0)
+    bbox: str = setting("", "crop the mesh to xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame); empty: no crop")
+    min_component: float = setting(0.05, "drop connected pieces with fewer faces than this fraction of the largest",
+                                    min=0.0, max=1.0)
+    alpha_threshold: float = setting(0.5, "pixels whose rendered opacity is below this carry no depth", min=0.0,
+                                     max=1.0)
+    splat: Literal["", "ply", "splat", "ply_compressed"] = setting(
+        "", "also write the Gaussians through gsplat.exporter: ply, splat or ply_compressed; empty: no")
+    pointcloud: bool = setting(False, "also write the Gaussian centres with colours, outliers removed")
+    cameras: bool = setting(False, "also write the camera path as cameras.json")
+
+
+@dataclass
 class Settings:
     frames: FramesSettings = field(default_factory=FramesSettings)
     poses: PosesSettings = field(default_factory=PosesSettings)
     splats: SplatsSettings = field(default_factory=SplatsSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
 
 STAGE_SETTINGS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]

@@ -65,3 +65,15 @@ def splats(ctx: Context) -> StageResult:
     resume = ctx.project.resume_dir("splats", fp)
     return ctx.run("splats", fp, as_dict(settings), inputs,
                    lambda out: train_splats(ctx.project.stage_dir("poses"), settings, out, resume, ctx.device))
+
+
+def export(ctx: Context) -> StageResult:
+    """Meshes, splats, point clouds and cameras from the trained Gaussians, as export/."""
+    from vid3d.export import export_assets
+
+    upstream = splats(ctx)
+    settings, inputs = ctx.settings.export, {"splats": upstream.fingerprint}
+    fp = fingerprint("export", as_dict(settings), inputs)
+    return ctx.run("export", fp, as_dict(settings), inputs,
+                   lambda out: export_assets(ctx.project.stage_dir("splats"), ctx.project.stage_dir("poses"),
+                                             settings, out, ctx.device))

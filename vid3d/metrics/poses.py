@@ -6,16 +6,21 @@ import numpy as np
 import pycolmap
 
 
+def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(scale, rotation, translation) best mapping source points (N,3) onto target (pycolmap's Umeyama)."""
+    sim = pycolmap.estimate_sim3d(source.astype(np.float64), target.astype(np.float64))
+    if sim is None:
+        raise ValueError("the points are degenerate; no similarity fits them")
+    return float(sim.scale), sim.rotation.matrix(), np.asarray(sim.translation)
+
+
 def align_cameras(estimated_c2w: np.ndarray, true_c2w: np.ndarray) -> np.ndarray:
     """Map estimated camera-to-world poses (N,4,4; any world frame and scale, OpenCV axes) into
-    the true world with the similarity that best fits the camera centres (pycolmap's Umeyama)."""
-    sim = pycolmap.estimate_sim3d(estimated_c2w[:, :3, 3], true_c2w[:, :3, 3])
-    if sim is None:
-        raise ValueError("camera centres are degenerate; no similarity fits them")
+    the true world with the similarity that best fits the camera centres."""
+    scale, rotation, translation = similarity(estimated_c2w[:, :3, 3], true_c2w[:, :3, 3])
     aligned = estimated_c2w.copy()
-    rotation = sim.rotation.matrix()
     aligned[:, :3, :3] = rotation @ estimated_c2w[:, :3, :3]
-    aligned[:, :3, 3] = (sim.scale * (rotation @ estimated_c2w[:, :3, 3].T)).T + sim.translation
+    aligned[:, :3, 3] = scale * estimated_c2w[:, :3, 3] @ rotation.T + translation
     return aligned
 
 

@@ -1,0 +1,155 @@
+"""Export: assets from the trained Gaussians, in the world frame of poses/transforms.json.
+
+mesh (TSDF fusion of depth and colour rendered at the training cameras, marching cubes, largest
+pieces kept, optional decimation, vertex colours), splat (gsplat.exporter), point cloud
+(Gaussian centres, outliers removed) and the camera path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import torch
+import trimesh
+from gsplat.exporter import export_splats
+
+from vid3d.config import ExportSettings
+from vid3d.errors import UserError
+from vid3d.project import StageOutput
+from vid3d.splats.data import Dataset, load_dataset
+from vid3d.splats.model import PARAM_NAMES, SH_C0, load_ply, render
+from vid3d.splats.train import resolve_device
+from vid3d.ui import log, progress
+
+SPLAT_SUFFIX = {"ply": "splat.ply", "splat": "splat.splat", "ply_compressed": "splat.compressed.ply"}
+
+
+def export_assets(splats_dir: Path, poses_dir: Path, settings: ExportSettings, out_dir: Path,
+                  device: str = "auto") -> StageOutput:
+    bbox = parse_bbox(settings.bbox)
+    if not (settings.mesh or settings.splat or settings.pointcloud or settings.cameras):
+        raise UserError("export: nothing to write; pass --mesh, --splat, --pointcloud or --cameras")
+    torch_device = resolve_device(device)
+    splats = load_ply(splats_dir / "splats.ply", torch_device)
+    data = load_dataset(poses_dir, test_every=0, device=torch_device)
+    outputs, metrics, timings = [], {}, {}
+    if settings.mesh:
+        start = time.perf_counter()
+        mesh = fuse_mesh(splats, data, settings, bbox)
+        name = f"mesh.{settings.mesh_format}"
+        mesh.export(out_dir / name)
+        outputs.append(name)
+        metrics.update(mesh_faces=len(mesh.faces), mesh_vertices=len(mesh.vertices))
+        timings["mesh"] = time.perf_counter() - start
+    if settings.splat:
+        name = SPLAT_SUFFIX[settings.splat]
+        export_splats(*(splats[k].detach().cpu() for k in PARAM_NAMES), format=settings.splat,
+                      save_to=str(out_dir / name))
+        outputs.append(name)
+    if settings.pointcloud:
+        cloud = point_cloud(splats)
+        cloud.export(out_dir / "pointcloud.ply")
+        outputs.append("pointcloud.ply")
+        metrics["points"] = len(cloud.vertices)
+    if settings.cameras:
+        (out_dir / "cameras.json").write_text(json.dumps(camera_path(data), indent=1))
+        outputs.append("cameras.json")
+    return StageOutput(outputs=outputs, metrics=metrics, timings=timings)
+
+
+def parse_bbox(text: str) -> np.ndarray | None:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    box = np.array(values).reshape(2, 3) if len(values) == 6 else None
+    if box is None or (box[0] >= box[1]).any():
+        raise UserError(f"export.bbox = {text!r}: expected xmin,ymin,zmin,xmax,ymax,zmax with each min below its max")
+    return box
+
+
+def voxel_size(data: Dataset, settings: ExportSettings) -> float:
+    return settings.voxel_size or data.scene_scale() / 256
+
+
+@torch.no_grad()
+def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSettings,
+              bbox: np.ndarray | None) -> trimesh.Trimesh:
+    """Expected depth and colour at every training camera, fused in open3d's TSDF volume."""
+    voxel = voxel_size(data, settings)
+    volume = o3d.pipelines.integration.ScalableTSDFVolume(
+        voxel_length=voxel, sdf_trunc=4 * voxel, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
+    sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1
+    with progress("export: fusing depth", len(data.names)) as advance:
+        for i in range(len(data.names)):
+            rendered, alpha, _ = render(splats, data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height,
+                                        sh_degree, render_mode="RGB+ED")
+            alpha = alpha[0, ..., 0]
+            colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
+            depth = torch.where(alpha >= settings.alpha_threshold, rendered[0, ..., 3], 0.0)
+            volume.integrate(_rgbd(colour, depth, data.scene_scale() * 4), _intrinsic(data, i),
+                             data.viewmats[i].cpu().numpy().astype(np.float64))
+            advance()
+    fused = volume.extract_triangle_mesh()
+    log.info("export: marching cubes gave %d faces", len(fused.triangles))
+    if bbox is not None:
+        fused = fused.crop(o3d.geometry.AxisAlignedBoundingBox(bbox[0], bbox[1]))
+    fused = _largest_pieces(fused, settings.min_component)
+    if settings.faces and len(fused.triangles) > settings.faces:
+        fused = fused.simplify_quadric_decimation(target_number_of_triangles=settings.faces)
+    if len(fused.triangles) == 0:
+        raise UserError("export: the mesh is empty; check export.bbox, or lower export.alpha_threshold")
+    colours = (np.asarray(fused.vertex_colors) * 255).round().astype(np.uint8)
+    return trimesh.Trimesh(np.asarray(fused.vertices), np.asarray(fused.triangles),
+                           vertex_colors=colours, process=False)
+
+
+def _rgbd(colour: torch.Tensor, depth: torch.Tensor, depth_trunc: float) -> o3d.geometry.RGBDImage:
+    return o3d.geometry.RGBDImage.create_from_color_and_depth(
+        o3d.geometry.Image(np.ascontiguousarray((colour * 255).round().byte().cpu().numpy())),
+        o3d.geometry.Image(np.ascontiguousarray(depth.float().cpu().numpy())),
+        depth_scale=1.0, depth_trunc=depth_trunc, convert_rgb_to_intensity=False)
+
+
+def _intrinsic(data: Dataset, i: int) -> o3d.camera.PinholeCameraIntrinsic:
+    K = data.Ks[i].cpu().numpy()
+    return o3d.camera.PinholeCameraIntrinsic(data.width, data.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+
+
+def _largest_pieces(mesh: o3d.geometry.TriangleMesh, min_fraction: float) -> o3d.geometry.TriangleMesh:
+    """Keep connected pieces with at least `min_fraction` of the largest piece's faces."""
+    if len(mesh.triangles) == 0:
+        return mesh
+    clusters, sizes, _ = mesh.cluster_connected_triangles()
+    clusters, sizes = np.asarray(clusters), np.asarray(sizes)
+    mesh.remove_triangles_by_mask(sizes[clusters] < min_fraction * sizes.max())
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+def point_cloud(splats: torch.nn.ParameterDict) -> trimesh.PointCloud:
+    """Centres of the opaque Gaussians, coloured by their view-independent colour, outliers removed."""
+    keep = torch.sigmoid(splats["opacities"]) > 0.5
+    points = splats["means"][keep].detach().cpu().numpy().astype(np.float64)
+    colours = (splats["sh0"][keep, 0] * SH_C0 + 0.5).clamp(0, 1).detach().cpu().numpy()
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    _, inliers = cloud.remove_statistical_outlier(nb_neighbors=20, std_ratio=2.0)
+    return trimesh.PointCloud(points[inliers], colors=(colours[inliers] * 255).round().astype(np.uint8))
+
+
+def camera_path(data: Dataset) -> dict:
+    """Every camera of poses/: intrinsics, OpenCV camera-to-world and nerfstudio's transform_matrix."""
+    cameras = []
+    for i, name in enumerate(data.names):
+        cam_to_world = torch.linalg.inv(data.viewmats[i]).cpu().numpy()
+        K = data.Ks[i].cpu().numpy()
+        cameras.append({"name": name, "fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]),
+                        "cy": float(K[1, 2]), "cam_to_world_opencv": cam_to_world.tolist(),
+                        "transform_matrix": (cam_to_world @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist()})
+    return {"width": data.width, "height": data.height, "frame": "poses/transforms.json", "cameras": cameras}

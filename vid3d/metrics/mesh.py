@@ -1,0 +1,53 @@
+"""Mesh accuracy against a known mesh: symmetric Chamfer distance and F-score on surface samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from scipy.spatial import cKDTree
+
+
+def sample_surface(mesh: trimesh.Trimesh, count: int, seed: int = 0) -> np.ndarray:
+    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points)
+
+
+def chamfer_fscore(predicted: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
+    """Points sampled from a reconstruction and from the truth, in one frame.
+
+    chamfer: mean of accuracy (predicted -> true) and completeness (true -> predicted) distances;
+    fscore: harmonic mean of the fractions of each set within `threshold` of the other.
+    """
+    accuracy = cKDTree(true).query(predicted)[0]
+    completeness = cKDTree(predicted).query(true)[0]
+    precision, recall = float((accuracy < threshold).mean()), float((completeness < threshold).mean())
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"chamfer": float(0.5 * (accuracy.mean() + completeness.mean())), "accuracy": float(accuracy.mean()),
+            "completeness": float(completeness.mean()), "precision": precision, "recall": recall, "fscore": fscore}
+
+
+def crop(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Points inside an axis-aligned box (2, 3)."""
+    inside = np.all((points >= bounds[0]) & (points <= bounds[1]), axis=1)
+    return points[inside]
+
+
+def compare_to_truth(mesh: trimesh.Trimesh, estimated_c2w: np.ndarray, true_c2w: np.ndarray,
+                     truth: trimesh.Trimesh, region: np.ndarray, samples: int = 200_000) -> dict[str, float]:
+    """A reconstructed mesh against the true one, in the true world.
+
+    The reconstruction's world differs from the truth's by a similarity, found from the camera
+    centres (estimated vs true, OpenCV camera-to-world, same order). Both meshes are cropped to
+    `region` (2, 3), the part of the scene the cameras see; distances are reported as fractions of
+    the diagonal of the truth's bounding box, and the F-score at 1% of it.
+    """
+    from vid3d.metrics.poses import similarity
+
+    scale, rotation, translation = similarity(estimated_c2w[:, :3, 3], true_c2w[:, :3, 3])
+    vertices = scale * np.asarray(mesh.vertices) @ rotation.T + translation
+    aligned = trimesh.Trimesh(vertices, mesh.faces, process=False)
+    diagonal = float(np.linalg.norm(truth.bounds[1] - truth.bounds[0]))
+    result = chamfer_fscore(crop(sample_surface(aligned, samples), region), crop(sample_surface(truth, samples), region),
+                            threshold=0.01 * diagonal)
+    return {"chamfer_fraction": result["chamfer"] / diagonal, "fscore_1pct": result["fscore"],
+            "precision": result["precision"], "recall": result["recall"], "diagonal": diagonal}
