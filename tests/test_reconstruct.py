@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
+import trimesh
 from plyfile import PlyData
 
 from conftest import error_line, run_cli, run_json
@@ -115,3 +117,53 @@ def test_gsplat_backend_without_cuda_is_a_usage_error(trained, tmp_path):
     result = run_cli("reconstruct", project, "--backend", "gsplat", "--device", "cpu")
     assert result.returncode == 2 and "needs a CUDA GPU" in error_line(result.stderr)
     assert not (project / "splats").exists()
+
+
+def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
+    from vid3d.metrics.mesh import compare_to_truth
+
+    project = tmp_path / "project"
+    shutil.copytree(trained / "project", project)
+    code, report = run_json("export", project, "--mesh", "--format", "glb", "--splat", "ply", "--pointcloud",
+                            "--cameras")
+    assert code == 0, report
+    assert report["stages"]["splats"]["status"] == "cached"
+    export = project / "export"
+    assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
+        "cameras.json", "mesh.glb", "pointcloud.ply", "splat.ply"]
+
+    mesh = trimesh.load(export / "mesh.glb", force="mesh")
+    assert len(mesh.faces) == report["metrics"]["mesh_faces"] > 1000
+    colours = mesh.visual.vertex_colors[:, :3].astype(int)
+    assert colours.std() > 10  # real vertex colours, not one flat default
+    names = PlyData.read(str(export / "splat.ply"))["vertex"].data.dtype.names
+    assert {"x", "f_dc_0", "f_rest_44", "opacity", "scale_2", "rot_3"} <= set(names)
+    cameras = json.loads((export / "cameras.json").read_text())
+    transforms = json.loads((project / "poses" / "transforms.json").read_text())
+    assert len(cameras["cameras"]) == len(transforms["frames"]) and cameras["width"] == transforms["w"]
+    assert np.allclose(cameras["cameras"][0]["transform_matrix"], transforms["frames"][0]["transform_matrix"], atol=1e-5)
+    assert len(trimesh.load(export / "pointcloud.ply").vertices) == report["metrics"]["points"] > 100
+
+    # against the true scene: the mesh lies on its surfaces once the cameras are aligned
+    index = {e["file"]: e["source_index"] for e in json.loads((project / "frames" / "index.json").read_text())["frames"]}
+    estimated = np.stack([np.asarray(f["transform_matrix"]) @ np.diag([1.0, -1, -1, 1]) for f in transforms["frames"]])
+    true = orbit_cameras(32, width=128, height=128).cam_to_world[
+        [index[Path(f["file_path"]).name] for f in transforms["frames"]]]
+    scene = make_scene(3)
+    low, high = scene.object_bounds
+    region = np.array([[low[0] - 0.5, low[1] - 0.5, -0.05], [high[0] + 0.5, high[1] + 0.5, high[2] + 0.1]])
+    accuracy = compare_to_truth(mesh, estimated, true, scene.mesh(), region, samples=50_000)
+    assert accuracy["chamfer_fraction"] < 0.02 and accuracy["fscore_1pct"] > 0.5, accuracy
+
+
+def test_run_twice_is_all_cached_and_bad_bbox_is_a_usage_error(trained, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(trained / "project", project)
+    code, first = run_json("run", project)
+    assert code == 0 and first["stages"]["export"]["status"] == "complete"
+    code, second = run_json("run", project)
+    assert code == 0 and {s["status"] for s in second["stages"].values()} == {"cached"}
+    before = sorted(p.name for p in (project / "export").iterdir())
+    result = run_cli("export", project, "--bbox", "1,2,3")
+    assert result.returncode == 2 and "export.bbox" in error_line(result.stderr)
+    assert sorted(p.name for p in (project / "export").iterdir()) == before
