@@ -41,6 +41,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (st
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
+InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")]
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Common:
 
 @app.command()
 def frames(project: ProjectArg,
-           input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+           input: InputOpt = None,
            config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
            device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
     """Ingest a video or image folder into frames/: even sampling, sharpest frames, resized."""
@@ -67,7 +69,7 @@ def frames(project: ProjectArg,
 
 @app.command()
 def poses(project: ProjectArg,
-          input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+          input: InputOpt = None,
           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
     """Camera poses with pycolmap: ingest the input into frames/, then write poses/."""
@@ -77,8 +79,8 @@ def poses(project: ProjectArg,
 
 @app.command()
 def reconstruct(project: ProjectArg,
-                input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
-                preset: Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")] = None,
+                input: InputOpt = None,
+                preset: PresetOpt = None,
                 backend: Annotated[Optional[str], typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
                 config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
                 device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
@@ -98,7 +100,7 @@ def export(project: ProjectArg,
            splat: Annotated[Optional[str], typer.Option("--splat", help="Write the Gaussians: ply, splat or ply_compressed.")] = None,
            pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
            cameras: Annotated[bool, typer.Option("--cameras", help="Write the camera path as cameras.json.")] = False,
-           input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
+           input: InputOpt = None,
            config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
            device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
     """Export assets from the Gaussians (runs the stages before it when missing or stale).
@@ -118,8 +120,8 @@ def export(project: ProjectArg,
 
 @app.command()
 def run(project: ProjectArg,
-        input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")] = None,
-        preset: Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")] = None,
+        input: InputOpt = None,
+        preset: PresetOpt = None,
         config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
         device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
     """Every stage in order (frames, poses, splats, export), each cached; --force reruns them all."""
