@@ -141,6 +141,26 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
 
 
 @app.command()
+def metrics(path: Annotated[Path, typer.Argument(help="Video file, image folder or project.", show_default=False)],
+            json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Temporal consistency of a video: warping error, flicker and loop closure."""
+    from vid3d.metrics.video import load_frames, video_metrics
+
+    _setup_logging(verbose)
+    try:
+        frames = load_frames(path)
+        if len(frames) < 2:
+            raise UserError(f"{path}: needs at least two frames")
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code, json)
+    report = video_metrics(frames)
+    if json:
+        print(_dumps({"status": "ok", "path": str(path), "metrics": report}))
+        return
+    _print_measures(str(path), report)
+
+
+@app.command()
 def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Show each stage of a project: complete, stale, failed or missing, with its metrics."""
     _setup_logging(verbose)
@@ -272,14 +292,18 @@ def _report(project_dir: Path, results: list[StageResult], target: str, as_json:
         timing = "" if r.status == "cached" else f" in {r.seconds:.1f}s"
         console.print(f"[bold]{r.stage}[/bold]: {r.status}{timing}  {metrics}")
     if summary is not None:
-        table = Table(title="summary")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        for key, value in summary.items():
-            table.add_row(key.replace("_", " "), str(value))
-        console.print(table)
+        _print_measures("summary", summary)
     for output in final.outputs:
         console.print(f"{target}: {project_dir / output}")
+
+
+def _print_measures(title: str, measures: dict) -> None:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in measures.items():
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:

@@ -42,7 +42,7 @@ class Source:
 def check_input(path: Path) -> str:
     """'video' or 'images'; a missing or unsupported input is a UserError naming it."""
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
+        raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images")
     if path.is_dir():
         if not image_files(path):
             raise UserError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")

@@ -1,0 +1,57 @@
+"""Video consistency metrics on videos whose answers are known."""
+
+import numpy as np
+import pytest
+
+from vid3d.metrics.video import flicker, loop_closure, optical_flow, video_metrics, warping_error
+from vid3d.scenes import make_scene, orbit_cameras, render
+
+
+@pytest.fixture(scope="module")
+def orbit():
+    """A closed orbit: 72 frames, 5 degrees apart, of a procedural scene at 96x96."""
+    return list(render(make_scene(5), orbit_cameras(72, width=96, height=96)).images)
+
+
+def test_flow_recovers_a_known_shift():
+    rng = np.random.default_rng(0)
+    texture = (rng.random((80, 120, 3)) * 255).astype(np.uint8)
+    texture = np.repeat(np.repeat(texture, 2, 0), 2, 1)  # blobs of 2x2 pixels
+    a, b = texture[20:120, 20:180], texture[20:120, 23:183]  # b is a moved 3 pixels left
+    flow = optical_flow(a, b)
+    assert np.median(flow[..., 0]) == pytest.approx(-3, abs=0.2) and np.median(flow[..., 1]) == pytest.approx(0, abs=0.2)
+
+
+def test_a_consistent_orbit_warps_well_and_a_boiling_one_does_not(orbit):
+    rng = np.random.default_rng(1)
+    boiling = [np.clip(f.astype(int) + rng.integers(-40, 41, f.shape), 0, 255).astype(np.uint8) for f in orbit]
+    steady, noisy = warping_error(orbit), warping_error(boiling)
+    assert noisy > 5 * steady
+    assert flicker(boiling) > flicker(orbit)
+
+
+def test_loop_closure_is_about_one_for_a_closed_orbit_and_large_for_an_open_one(orbit):
+    # the closed orbit's last frame is 5 degrees before its first, like any two neighbours
+    assert loop_closure(orbit) == pytest.approx(1.0, abs=0.3)
+    quarter = list(render(make_scene(5), orbit_cameras(18, width=96, height=96, arc_deg=90)).images)
+    assert loop_closure(quarter) > 3
+
+
+def test_video_metrics_report():
+    frames = [np.full((32, 32, 3), v, np.uint8) for v in (0, 51, 102)]
+    report = video_metrics(frames)
+    assert report["frames"] == 3 and report["flicker"] == pytest.approx(0.2)
+    assert report["loop_closure"] == pytest.approx(2.0, rel=1e-3)  # |0 - 102| against a median step of 51
+
+
+def test_metrics_command_on_a_video_and_on_bad_input(tmp_path, orbit):
+    import imageio.v3 as iio
+
+    from conftest import error_line, run_cli, run_json
+
+    video = tmp_path / "orbit.mp4"
+    iio.imwrite(video, np.stack(orbit[:20]), plugin="FFMPEG", fps=12, codec="libx264", quality=9)
+    code, report = run_json("metrics", video)
+    assert code == 0 and report["metrics"]["frames"] == 20 and report["metrics"]["warping_error"] < 0.02
+    result = run_cli("metrics", tmp_path / "missing.mp4")
+    assert result.returncode == 2 and "no such file" in error_line(result.stderr)
