@@ -1,0 +1,1 @@
+"""Generation: long, temporally coherent video from a reference image with diffusers video models."""
