@@ -7,6 +7,13 @@ stdout carries exactly one JSON object.
 
 from __future__ import annotations
 
+import os
+
+# Set before numpy, OpenCV or pycolmap load their OpenBLAS: when pycolmap's worker threads call an
+# OpenBLAS that runs its own thread pool, OpenBLAS can exhaust its buffer table and print
+# "BLAS : Bad memory unallocation!" on stdout at exit (2 runs in 12 here), which breaks --json.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import json
 import logging
 import re
