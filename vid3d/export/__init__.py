@@ -86,6 +86,7 @@ def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSet
     volume = o3d.pipelines.integration.ScalableTSDFVolume(
         voxel_length=voxel, sdf_trunc=4 * voxel, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
     sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1
+    depth_trunc = 4 * data.scene_scale()
     with progress("export: fusing depth", len(data.names)) as advance:
         for i in range(len(data.names)):
             rendered, alpha, _ = render(splats, data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height,
@@ -93,7 +94,7 @@ def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSet
             alpha = alpha[0, ..., 0]
             colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
             depth = torch.where(alpha >= settings.alpha_threshold, rendered[0, ..., 3], 0.0)
-            volume.integrate(_rgbd(colour, depth, data.scene_scale() * 4), _intrinsic(data, i),
+            volume.integrate(_rgbd(colour, depth, depth_trunc), _intrinsic(data, i),
                              data.viewmats[i].cpu().numpy().astype(np.float64))
             advance()
     fused = volume.extract_triangle_mesh()

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pycolmap
 
 from vid3d.config import PosesSettings
@@ -167,7 +166,3 @@ def _undistort(model: pycolmap.Reconstruction, frames_dir: Path, scratch: Path, 
     (out_dir / "sparse").mkdir()
     shutil.move(undistorted / "sparse", out_dir / "sparse" / "0")
 
-
-def camera_centers(model: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
-    """Image name -> camera centre in the model's world frame."""
-    return {img.name: np.asarray(img.projection_center()) for img in model.images.values() if img.has_pose}
