@@ -26,7 +26,7 @@ def main() -> None:
     for stage in STAGE_SETTINGS:
         lines.append(f"[{stage}]")
         for key, default, help in describe(stage):
-            lines += [f"# {line}" for line in textwrap.wrap(help, 96)]
+            lines += [f"# {line}" for line in textwrap.wrap(help, 96, break_on_hyphens=False)]
             if key == "input":
                 lines.append('# input = "clip.mp4"    (no default: pass --input; a preset never changes it)')
             else:

@@ -127,3 +127,23 @@ def test_gsplat_and_torch_backends_agree_on_cuda():
     assert torch.allclose(image, ref_image, atol=1e-4) and torch.allclose(alpha, ref_alpha, atol=1e-4)
     for name in PARAMS:
         assert (grads[name] - ref_grads[name]).norm() / ref_grads[name].norm() < 1e-3, name
+
+
+def test_median_depth_is_the_surface_where_transmittance_halves():
+    from vid3d.splats.rasterize import median_depth
+
+    scene = random_scene(1, cameras=1)
+    # seen from the camera: a faint Gaussian in front (alpha 0.3), an opaque one behind it
+    eye = torch.linalg.inv(scene["viewmats"][0])[:3, 3]
+    forward = -eye / eye.norm()
+    means = torch.stack([eye + 2.0 * forward, eye + 3.0 * forward])
+    kwargs = dict(means=means, quats=torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
+                  scales=torch.full((2, 3), 0.5, dtype=torch.float64),
+                  opacities=torch.tensor([0.3, 0.99], dtype=torch.float64), viewmats=scene["viewmats"],
+                  Ks=scene["Ks"], width=scene["width"], height=scene["height"])
+    depth = median_depth(**kwargs)[0]
+    centre = depth[scene["height"] // 2, scene["width"] // 2]
+    assert float(centre) == pytest.approx(3.0, abs=1e-6)  # 0.7 left after the faint one: not yet half
+    kwargs["opacities"] = torch.tensor([0.6, 0.99], dtype=torch.float64)
+    assert float(median_depth(**kwargs)[0][scene["height"] // 2, scene["width"] // 2]) == pytest.approx(2.0, abs=1e-6)
+    assert float(depth[0, 0]) == 0.0  # a corner no Gaussian covers by half

@@ -76,6 +76,8 @@ class SplatsSettings:
 class ExportSettings:
     mesh: bool = setting(True, "fuse depth rendered from the Gaussians into a mesh (TSDF, marching cubes)")
     mesh_format: Literal["ply", "obj", "glb"] = setting("ply", "mesh file format")
+    depth: Literal["median", "expected"] = setting(
+        "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)")
     voxel_size: float = setting(0.0, "TSDF voxel size in world units; 0: the cameras' extent / 256", min=0.0)
     faces: int = setting(0, "decimate the mesh to about this many faces; 0 keeps all", min=0)
     bbox: str = setting("", "crop the mesh to xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame); empty: no crop")

@@ -22,6 +22,7 @@ from vid3d.errors import UserError
 from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset
 from vid3d.splats.model import PARAM_NAMES, SH_C0, load_ply, render
+from vid3d.splats.rasterize import median_depth
 from vid3d.splats.train import resolve_device
 from vid3d.ui import log, progress
 
@@ -93,7 +94,10 @@ def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSet
                                         sh_degree, render_mode="RGB+ED")
             alpha = alpha[0, ..., 0]
             colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
-            depth = torch.where(alpha >= settings.alpha_threshold, rendered[0, ..., 3], 0.0)
+            depth = rendered[0, ..., 3] if settings.depth == "expected" else median_depth(
+                splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
+                data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height)[0]
+            depth = torch.where(alpha >= settings.alpha_threshold, depth, 0.0)
             volume.integrate(_rgbd(colour, depth, depth_trunc), _intrinsic(data, i),
                              data.viewmats[i].cpu().numpy().astype(np.float64))
             advance()

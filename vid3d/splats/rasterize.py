@@ -345,6 +345,39 @@ class RasterizeToPixels(torch.autograd.Function):
                 v_backgrounds, None, None, None, None, None)
 
 
+@torch.no_grad()
+def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
+                 width: int, height: int, tile_size: int = 4, eps2d: float = 0.3) -> Tensor:
+    """[C, H, W] z-depth of the Gaussian at which each pixel's transmittance falls below 0.5
+    (0 where it never does): the surface a pixel mostly shows, sharper at edges than the expected
+    depth, which blends front and back. The same compositing as `rasterization`, without gradients."""
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d)
+    opacities = opacities.expand(len(viewmats), -1)
+    tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
+    gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+    flat_depths = depths.reshape(-1)
+    features = _pixel_features(tile_size, means.dtype, means.device)
+    n_tiles, pixels = len(viewmats) * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
+    log_t = means.new_zeros(n_tiles, pixels)
+    done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
+    median = means.new_zeros(n_tiles, pixels)
+    found = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
+    for tile_ids, begin in _chunks(tiles, done, pixels):
+        ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
+        log_t0, done0 = log_t[tile_ids], done[tile_ids]
+        _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
+            ids, _tile_origins(tiles, tile_ids, tile_size, means.dtype), features, gaussians, log_t0, done0)
+        crossed = (alpha > 0) & (trans_before * (1 - alpha) < 0.5)  # [T, P, K]
+        first = crossed.to(torch.uint8).argmax(-1)
+        new = crossed.any(-1) & ~found[tile_ids]
+        slab_depth = flat_depths[ids.clamp(min=0)]  # [T, K]
+        median[tile_ids] = torch.where(new, slab_depth.gather(1, first), median[tile_ids])
+        found[tile_ids] |= new
+        log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
+    return _untile(median[..., None], len(viewmats), tiles, tile_size, width, height)[..., 0]
+
+
 def _untile(values: Tensor, n_cameras: int, tiles: Tiles, tile_size: int, width: int, height: int) -> Tensor:
     """[n_tiles, P, D] -> [C, H, W, D]."""
     d = values.shape[-1]
