@@ -243,6 +243,23 @@ def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor
     return (mu, mv, a, b, c), vis, raw, alpha, trans_before, log_t_end, stopped
 
 
+def _pack(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
+    """[C * N, 6]: (mean x, mean y, conic a, b, c, opacity) per Gaussian, gathered once per slab."""
+    return torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+
+
+def _front_to_back(tiles: Tiles, gaussians: Tensor, features: Tensor, tile_size: int, log_t: Tensor, done: Tensor):
+    """Composite every slab front to back, yielding (tile ids, begin, Gaussian ids, log_t0, done0,
+    alpha, transmittance before each Gaussian); the per-pixel `log_t` and `done` advance in place."""
+    for tile_ids, begin in _chunks(tiles, done, features.shape[0]):
+        ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
+        log_t0, done0 = log_t[tile_ids], done[tile_ids]
+        _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
+            ids, _tile_origins(tiles, tile_ids, tile_size, gaussians.dtype), features, gaussians, log_t0, done0)
+        yield tile_ids, begin, ids, log_t0, done0, alpha, trans_before
+        log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
+
+
 class RasterizeToPixels(torch.autograd.Function):
     """Tile-based front-to-back compositing in slabs of DEPTH_CHUNK Gaussians; a tile leaves the
     loop once all its pixels have stopped, as gsplat's kernels stop. The backward pass walks the
@@ -251,7 +268,7 @@ class RasterizeToPixels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles: Tiles, width, height, tile_size, absgrad):
         n_cameras, n, channels = colors.shape
-        gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+        gaussians = _pack(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)
         n_tiles, pixels = n_cameras * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
@@ -259,13 +276,9 @@ class RasterizeToPixels(torch.autograd.Function):
         log_t = colors.new_zeros(n_tiles, pixels)
         done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=colors.device)
         slabs = []
-        for tile_ids, begin in _chunks(tiles, done, pixels):
-            ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
-            log_t0, done0 = log_t[tile_ids], done[tile_ids]
-            _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
-                ids, _tile_origins(tiles, tile_ids, tile_size, colors.dtype), features, gaussians, log_t0, done0)
+        for tile_ids, begin, ids, log_t0, done0, alpha, trans_before in _front_to_back(
+                tiles, gaussians, features, tile_size, log_t, done):
             out_color[tile_ids] += torch.bmm(alpha * trans_before, flat_colors[ids.clamp(min=0)])
-            log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
             slabs.append((tile_ids, begin, log_t0, done0))
         out_trans = torch.exp(log_t)
         if backgrounds is not None:
@@ -281,7 +294,7 @@ class RasterizeToPixels(torch.autograd.Function):
         means2d, conics, colors, opacities, backgrounds, out_trans = ctx.saved_tensors
         tiles, tile_size = ctx.tiles, ctx.tile_size
         n_cameras, n, channels = colors.shape
-        gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+        gaussians = _pack(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)
         g_color = _tile(grad_color, tiles, tile_size)  # [n_tiles, P, D]
@@ -355,7 +368,7 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d)
     opacities = opacities.expand(len(viewmats), -1)
     tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
-    gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+    gaussians = _pack(means2d, conics, opacities)
     flat_depths = depths.reshape(-1)
     features = _pixel_features(tile_size, means.dtype, means.device)
     n_tiles, pixels = len(viewmats) * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
@@ -363,18 +376,13 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
     median = means.new_zeros(n_tiles, pixels)
     found = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
-    for tile_ids, begin in _chunks(tiles, done, pixels):
-        ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
-        log_t0, done0 = log_t[tile_ids], done[tile_ids]
-        _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
-            ids, _tile_origins(tiles, tile_ids, tile_size, means.dtype), features, gaussians, log_t0, done0)
+    for tile_ids, _, ids, _, _, alpha, trans_before in _front_to_back(tiles, gaussians, features, tile_size, log_t, done):
         crossed = (alpha > 0) & (trans_before * (1 - alpha) < 0.5)  # [T, P, K]
         first = crossed.to(torch.uint8).argmax(-1)
         new = crossed.any(-1) & ~found[tile_ids]
         slab_depth = flat_depths[ids.clamp(min=0)]  # [T, K]
         median[tile_ids] = torch.where(new, slab_depth.gather(1, first), median[tile_ids])
         found[tile_ids] |= new
-        log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
     return _untile(median[..., None], len(viewmats), tiles, tile_size, width, height)[..., 0]
 
 
