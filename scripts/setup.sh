@@ -9,4 +9,4 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "torch==2.13.0"
 fi
-pip install -e ".[test]" 2> >(grep -v -e "^WARNING: Location" >&2)
+pip install -e ".[test,kernels]" 2> >(grep -v -e "^WARNING: Location" >&2)

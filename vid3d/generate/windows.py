@@ -12,6 +12,7 @@ import math
 from typing import Literal
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 Weighting = Literal["flat", "pyramid", "gaussian"]
 
@@ -56,23 +57,28 @@ def frame_weights(window: int, kind: Weighting = "pyramid") -> torch.Tensor:
 def fuse(outputs: list[torch.Tensor], frame_sets: list[torch.Tensor], num_frames: int, frame_dim: int,
          kind: Weighting = "pyramid") -> torch.Tensor:
     """Weighted average, frame by frame, of the windows' outputs (each with `window` frames along
-    `frame_dim`) into one tensor with `num_frames` frames; the weights of each frame sum to one."""
+    `frame_dim`) into one tensor with `num_frames` frames; the weights of each frame sum to one.
+    Weights are normalised before they are applied, so a frame held by one window is copied
+    bit for bit."""
     first = outputs[0]
-    shape = list(first.shape)
-    shape[frame_dim] = num_frames
-    total = first.new_zeros(shape, dtype=torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype)
-    weight_sum = torch.zeros(num_frames, dtype=total.dtype, device=first.device)
-    for output, frames in zip(outputs, frame_sets):
-        weights = frame_weights(len(frames), kind).to(total.dtype).to(first.device)
-        view = [1] * output.dim()
-        view[frame_dim] = len(frames)
-        total.index_add_(frame_dim, frames.to(first.device), output.to(total.dtype) * weights.view(view))
-        weight_sum.index_add_(0, frames.to(first.device), weights)
+    device = first.device
+    accumulate = torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype
+    weights = [frame_weights(len(frames), kind).to(device) for frames in frame_sets]
+    weight_sum = torch.zeros(num_frames, dtype=torch.float64, device=device)
+    for frames, w in zip(frame_sets, weights):
+        weight_sum.index_add_(0, frames.to(device), w)
     if (weight_sum == 0).any():
         raise ValueError("some frames are in no window")
-    view = [1] * total.dim()
-    view[frame_dim] = num_frames
-    return (total / weight_sum.view(view)).to(first.dtype)
+    shape = list(first.shape)
+    shape[frame_dim] = num_frames
+    total = first.new_zeros(shape, dtype=accumulate)
+    for output, frames, w in zip(outputs, frame_sets, weights):
+        frames = frames.to(device)
+        share = (w / weight_sum[frames]).to(accumulate)
+        view = [1] * output.dim()
+        view[frame_dim] = len(frames)
+        total.index_add_(frame_dim, frames, output.to(accumulate) * share.view(view))
+    return total.to(first.dtype)
 
 
 def shared_noise(shape: tuple[int, ...], frame_dim: int, generator: torch.Generator,
@@ -81,7 +87,7 @@ def shared_noise(shape: tuple[int, ...], frame_dim: int, generator: torch.Genera
     """One noise field for the whole video. With `freenoise_window` = W > 0, frames beyond the
     first W reuse the first W frames' noise in a shuffled order (FreeNoise), which keeps long videos
     closer to what the model saw in training."""
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    noise = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
     num_frames = shape[frame_dim]
     if freenoise_window <= 0 or num_frames <= freenoise_window:
         return noise

@@ -1,0 +1,101 @@
+"""Stable Video Diffusion (UNetSpatioTemporalConditionModel + AutoencoderKLTemporalDecoder + CLIP
+image encoder) behind the sampler's interface. Conditioning is prepared with the pipeline's own
+helpers, in the pipeline's order of random draws, so one window reproduces it exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import StableVideoDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from .base import Request, VideoModel
+
+
+@dataclass
+class SVDCondition:
+    image_embeddings: torch.Tensor  # [videos, 1, dim]; unconditional first with guidance
+    image_latents: torch.Tensor  # [videos, channels, h, w]
+    added_time_ids: torch.Tensor
+    guidance: tuple[float, float]  # min and max guidance, ramped over a window's frames
+    num_frames: int
+
+
+class SVDModel(VideoModel):
+    def __init__(self, pipe: StableVideoDiffusionPipeline, fps: int = 7, motion_bucket_id: int = 127,
+                 noise_aug_strength: float = 0.02, min_guidance: float = 1.0, max_guidance: float = 3.0,
+                 decode_chunk_size: int = 8):
+        super().__init__()
+        self.pipe, self.unet, self.scheduler = pipe, pipe.unet, pipe.scheduler
+        self.window = int(pipe.unet.config.num_frames)
+        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
+        self.fps, self.motion_bucket_id, self.noise_aug_strength = fps, motion_bucket_id, noise_aug_strength
+        self.min_guidance, self.max_guidance = min_guidance, max_guidance
+        self.decode_chunk_size = decode_chunk_size
+        self.install_stabilizers(self.unet)
+
+    def size(self, request: Request) -> tuple[int, int]:
+        default = self.unet.config.sample_size * self.pipe.vae_scale_factor
+        return request.height or default, request.width or default
+
+    @torch.no_grad()
+    def prepare(self, request: Request, generator: torch.Generator) -> SVDCondition:
+        pipe, device = self.pipe, self.device
+        max_guidance = request.guidance or self.max_guidance
+        guided = max_guidance > 1
+        image = PIL.Image.fromarray(request.image)
+        height, width = self.size(request)
+        embeddings = pipe._encode_image(image, device, 1, guided)
+        pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device)
+        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+        pixels = pixels + self.noise_aug_strength * noise
+        upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
+        if upcast:
+            pipe.vae.to(dtype=torch.float32)
+        image_latents = pipe._encode_vae_image(pixels, device, 1, guided).to(embeddings.dtype)
+        if upcast:
+            pipe.vae.to(dtype=torch.float16)
+        time_ids = pipe._get_add_time_ids(self.fps - 1, self.motion_bucket_id, self.noise_aug_strength,
+                                          embeddings.dtype, 1, 1, guided).to(device)
+        return SVDCondition(embeddings, image_latents, time_ids, (self.min_guidance, max_guidance), request.num_frames)
+
+    def latent_frames(self, num_frames: int) -> int:
+        return num_frames
+
+    def latent_shape(self, request: Request, num_latent_frames: int) -> tuple[int, ...]:
+        height, width = self.size(request)
+        scale = self.pipe.vae_scale_factor
+        return (1, num_latent_frames, self.unet.config.in_channels // 2, height // scale, width // scale)
+
+    def predict(self, latents, t, condition: SVDCondition, frames):
+        guided = condition.guidance[1] > 1
+        num = latents.shape[1]
+        model_input = torch.cat([latents] * 2) if guided else latents
+        image_latents = condition.image_latents.unsqueeze(1).repeat(1, num, 1, 1, 1)
+        model_input = torch.cat([model_input, image_latents], dim=2)
+        self.attention.videos = model_input.shape[0]
+        output = self.unet(model_input, t, encoder_hidden_states=condition.image_embeddings,
+                           added_time_ids=condition.added_time_ids, return_dict=False)[0]
+        if not guided:
+            return output
+        uncond, cond = output.chunk(2)
+        # SVD ramps guidance over the frames of the clip it denoises: here, the window
+        scale = torch.linspace(*condition.guidance, num).unsqueeze(0).to(latents.device, latents.dtype)
+        return uncond + scale.view(1, num, 1, 1, 1) * (cond - uncond)
+
+    @torch.no_grad()
+    def decode(self, latents, condition) -> np.ndarray:
+        pipe = self.pipe
+        upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
+        if upcast:
+            pipe.vae.to(dtype=torch.float16)
+        video = pipe.decode_latents(latents[:1], latents.shape[1], self.decode_chunk_size)
+        frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+        return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+    def layout_of(self, processor_name: str):
+        spatial = ".transformer_blocks." in processor_name and "temporal" not in processor_name
+        return "frames" if spatial and processor_name.endswith("attn1.processor") else None

@@ -1,0 +1,161 @@
+"""Sampling a video longer than the model's window: overlapping windows, fused every step.
+
+At each step the model predicts every window (after one pass over the anchor frames, when anchor
+attention is on), the predictions are fused frame by frame, and ONE scheduler step moves the whole
+video's latent. Stabilizers (see `Stabilizers`) are each a switch, so each can be measured alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers import (
+    CogVideoXDPMScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+from .adapters.base import Request, VideoModel
+from .windows import Weighting, fuse, shared_noise, windows
+
+SCHEDULERS = {
+    "euler": EulerDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+}
+
+
+@dataclass
+class Stabilizers:
+    shared_noise: bool = True  # one noise field sliced per window (else each window draws its own)
+    freenoise: bool = False  # frames past the first window reuse its noise, shuffled
+    anchors: tuple[int, ...] = ()  # latent frames every window also attends to
+    kv_cache_until: int = 0  # steps whose self-attention K/V are kept for later steps (0: off)
+    kv_decay: float = 0.9
+
+
+@dataclass
+class Plan:
+    steps: int = 25
+    window: int = 0  # latent frames per window; 0: the model's
+    stride: int = 0  # latent frames between window starts; 0: half a window
+    weighting: Weighting = "pyramid"
+    loop: bool = False  # circular windows: the last frames share windows with the first
+    scheduler: str = "default"  # default (the model's own), euler, ddim or dpm++
+    eta: float = 0.0  # DDIM's stochasticity
+
+
+def frame_sets(num_latent: int, model_window: int, plan: Plan) -> list[torch.Tensor]:
+    window = min(plan.window or model_window, num_latent)
+    stride = plan.stride or max(window // 2, 1)
+    if num_latent <= window:
+        return [torch.arange(num_latent)]
+    return windows(num_latent, window, stride, circular=plan.loop)
+
+
+def use_scheduler(model: VideoModel, name: str) -> None:
+    """Swap the model's scheduler for another diffusers scheduler built from the same config."""
+    if name == "default":
+        return
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}: default, {', '.join(SCHEDULERS)}")
+    model.scheduler = SCHEDULERS[name].from_config(model.scheduler.config)
+
+
+def window_noises(shape: tuple[int, ...], sets: list[torch.Tensor], frame_dim: int, stabilizers: Stabilizers,
+                  generator: torch.Generator, device, dtype) -> list[torch.Tensor]:
+    """The noise each window sees: slices of one field (shared), or one draw per window."""
+    if stabilizers.shared_noise:
+        window = len(sets[0]) if stabilizers.freenoise else 0
+        field = shared_noise(shape, frame_dim, generator, window, device, dtype)
+        return [field.index_select(frame_dim, frames.to(field.device)) for frames in sets]
+    window_shape = list(shape)
+    noises = []
+    for frames in sets:
+        window_shape[frame_dim] = len(frames)
+        noises.append(shared_noise(tuple(window_shape), frame_dim, generator, 0, device, dtype))
+    return noises
+
+
+def initial_noise(shape, sets, frame_dim, stabilizers, generator, device, dtype, weighting) -> torch.Tensor:
+    """The whole video's starting noise. Shared: the field itself. Independent: the windows' draws
+    fused, whose variance shrinks where windows overlap (what covariance-preserving noise avoids)."""
+    if stabilizers.shared_noise:
+        window = len(sets[0]) if stabilizers.freenoise else 0
+        return shared_noise(shape, frame_dim, generator, window, device, dtype)
+    noises = window_noises(shape, sets, frame_dim, stabilizers, generator, device, dtype)
+    return fuse(noises, sets, shape[frame_dim], frame_dim, weighting)
+
+
+@torch.no_grad()
+def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stabilizers: Stabilizers,
+           generator: torch.Generator, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The whole video's denoised latents."""
+    num_latent = model.latent_frames(request.num_frames)
+    shape = model.latent_shape(request, num_latent)
+    sets = frame_sets(num_latent, model.window, plan)
+    scheduler, dim = model.scheduler, model.frame_dim
+    scheduler.set_timesteps(plan.steps, device=model.device)
+    latents = initial_noise(shape, sets, dim, stabilizers, generator, model.device, model.dtype, plan.weighting)
+    latents = latents * scheduler.init_noise_sigma
+    anchors = torch.tensor(sorted(set(stabilizers.anchors)), dtype=torch.long) if stabilizers.anchors else None
+
+    state = model.attention
+    state.clear()
+    state.cache_until, state.decay = stabilizers.kv_cache_until, stabilizers.kv_decay
+    stepper = _Stepper(scheduler, generator, plan.eta, sets, dim, stabilizers, plan.weighting)
+    try:
+        for i, t in enumerate(scheduler.timesteps):
+            state.step = i
+            scaled = scheduler.scale_model_input(latents, t)
+            if anchors is not None:
+                state.window = None
+                with state.record_anchors():
+                    model.predict(scaled.index_select(dim, anchors.to(scaled.device)), t, condition, anchors)
+            outputs = []
+            for k, frames in enumerate(sets):
+                state.window = k
+                outputs.append(model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames))
+            state.window = None
+            fused = fuse(outputs, sets, num_latent, dim, plan.weighting)
+            latents = stepper.step(fused, t, latents, i).to(model.dtype)
+            if on_step:
+                on_step(i + 1, len(scheduler.timesteps))
+    finally:
+        state.clear()
+    return latents
+
+
+class _Stepper:
+    """One scheduler step over the whole latent, with the arguments each scheduler takes."""
+
+    def __init__(self, scheduler, generator, eta, sets, frame_dim, stabilizers, weighting):
+        self.scheduler, self.generator, self.eta = scheduler, generator, eta
+        self.parameters = set(inspect.signature(scheduler.step).parameters)
+        self.sets, self.frame_dim, self.stabilizers, self.weighting = sets, frame_dim, stabilizers, weighting
+        self.old_pred_original_sample = None
+
+    def step(self, output, t, latents, index):
+        kwargs = {}
+        if "generator" in self.parameters:
+            kwargs["generator"] = self.generator
+        if "eta" in self.parameters:
+            kwargs["eta"] = self.eta
+        if "variance_noise" in self.parameters and not self.stabilizers.shared_noise and self._stochastic():
+            kwargs["variance_noise"] = initial_noise(latents.shape, self.sets, self.frame_dim, self.stabilizers,
+                                                     self.generator, latents.device, latents.dtype, self.weighting)
+        if isinstance(self.scheduler, CogVideoXDPMScheduler):
+            timesteps = self.scheduler.timesteps
+            previous = timesteps[index - 1] if index > 0 else None
+            latents, self.old_pred_original_sample = self.scheduler.step(
+                output, self.old_pred_original_sample, t, previous, latents, **kwargs, return_dict=False)
+            return latents
+        return self.scheduler.step(output, t, latents, **kwargs, return_dict=False)[0]
+
+    def _stochastic(self) -> bool:
+        config = self.scheduler.config
+        return self.eta > 0 or "sde" in str(config.get("algorithm_type", ""))
