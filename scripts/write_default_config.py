@@ -29,6 +29,8 @@ def main() -> None:
             lines += [f"# {line}" for line in textwrap.wrap(help, 96, break_on_hyphens=False)]
             if key == "input":
                 lines.append('# input = "clip.mp4"    (no default: pass --input; a preset never changes it)')
+            elif key == "image":
+                lines.append('# image = "reference.png"    (no default: pass --image; a preset never changes it)')
             else:
                 lines.append(tomli_w.dumps({key: default}).strip())
         lines.append("")

@@ -65,6 +65,24 @@ class Common:
 
 
 @app.command()
+def generate(project: ProjectArg,
+             image: Annotated[Optional[Path], typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
+             prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
+             model: Annotated[Optional[str], typer.Option(
+                 "--model", help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V); "
+                                 "default: the embedded orbit model.")] = None,
+             frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to generate.")] = None,
+             loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
+             config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
+             device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+    """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
+    named = {"prompt": prompt, "model": model, "frames": frames, "loop": None if loop is None else str(loop).lower()}
+    sets = [f"generate.{key}={value}" for key, value in named.items() if value is not None]
+    common = Common(config, sets + (set or []), force, json, device, verbose, wait)
+    _execute(project, common, pipeline.generate, target="generate", image=image)
+
+
+@app.command()
 def frames(project: ProjectArg,
            input: InputOpt = None,
            config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
@@ -195,7 +213,7 @@ def main() -> None:
 
 
 def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
-             target: str, input: Path | None = None, force_all: bool = False,
+             target: str, input: Path | None = None, force_all: bool = False, image: Path | None = None,
              summarize: Callable[[Path], dict] | None = None) -> None:
     _setup_logging(common.verbose)
     created = not project_dir.exists()
@@ -209,7 +227,8 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
             log_state = _attach_log_file(project_dir)
             log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
             forced = (STAGES if force_all else (target,)) if common.force else ()
-            ctx = pipeline.Context(project, _load_settings(project, common, input), common.device, force=forced)
+            ctx = pipeline.Context(project, _load_settings(project, common, input, image), common.device,
+                                   force=forced)
             body(ctx)
     except UserError as exc:
         _undo(project_dir, created, log_state, ctx)
@@ -225,8 +244,8 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
     _report(project_dir, ctx.results, target, common.json, summarize(project_dir) if summarize else None)
 
 
-def _load_settings(project: Project, common: Common, input: Path | None):
-    """Defaults < the project's last settings (project.toml) < --preset < --config < --input < --set."""
+def _load_settings(project: Project, common: Common, input: Path | None, image: Path | None = None):
+    """Defaults < the project's last settings (project.toml) < --preset < --config < --input/--image < --set."""
     layers = [project.saved_settings()]
     if common.preset:
         layers.append(read_preset(common.preset))
@@ -234,6 +253,8 @@ def _load_settings(project: Project, common: Common, input: Path | None):
         layers.append(read_toml(common.config))
     if input is not None:
         layers.append(({"frames": {"input": str(input.resolve())}}, "--input"))
+    if image is not None:
+        layers.append(({"generate": {"image": str(image.resolve())}}, "--image"))
     return load_settings(*layers, overrides=common.sets)
 
 

@@ -27,6 +27,40 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 
 
 @dataclass
+class GenerateSettings:
+    image: str = setting("", "reference image (PNG or JPEG) the video starts from; remembered by the project")
+    prompt: str = setting("", "text prompt, for models that take one (CogVideoX)")
+    model: str = setting("", "diffusers pipeline folder or Hugging Face id already in the local cache; empty: the "
+                             "embedded orbit model; tiny-svd or tiny-cogvideox: random-weight models for tests")
+    frames: int = setting(48, "video frames to generate (a camera-conditioned model sweeps one orbit over them)", min=2)
+    height: int = setting(0, "frame height in pixels; 0: the model's own", min=0)
+    width: int = setting(0, "frame width in pixels; 0: the model's own", min=0)
+    steps: int = setting(20, "denoising steps", min=1)
+    guidance: float = setting(0.0, "classifier-free guidance scale; 0: the model's default", min=0.0)
+    scheduler: Literal["default", "euler", "ddim", "dpm++"] = setting(
+        "default", "diffusers scheduler: the model's own, Euler, DDIM or DPM-Solver++ (built from its config)")
+    window: int = setting(0, "latent frames per window; 0: the model's own length", min=0)
+    stride: int = setting(0, "latent frames between window starts; 0: half a window", min=0)
+    weighting: Literal["flat", "pyramid", "gaussian"] = setting(
+        "pyramid", "how overlapping windows' predictions are fused, frame by frame")
+    loop: bool = setting(False, "circular windows: the last frames share windows with the first (closed orbits)")
+    shared_noise: bool = setting(True, "one noise field for the whole video, sliced per window (covariance-"
+                                       "preserving); false: each window draws its own noise")
+    freenoise: bool = setting(False, "frames past the first window reuse its noise, shuffled (FreeNoise)")
+    anchor_every: int = setting(0, "anchor attention: the first frame and every Nth video frame are anchors every "
+                                   "window attends to; 0: off", min=0)
+    anchor_frames: str = setting("", "anchor attention on these video frames instead (comma-separated indices)")
+    kv_cache_until: int = setting(0, "cross-step K/V cache: self-attention keys and values of steps before this one "
+                                     "are kept and attended to in later steps; 0: off", min=0)
+    kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
+                              min=1e-6, max=1.0)
+    seed: int = setting(0, "random seed of the noise", min=0)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
+        "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX), float32 on the CPU")
+    fps: int = setting(12, "frame rate of generate/video.mp4", min=1)
+
+
+@dataclass
 class FramesSettings:
     input: str = setting("", "video file (mp4, mov, webm, avi, mkv) or folder of images; remembered by the project")
     count: int = setting(120, "frames to keep, sampled evenly: the sharpest (variance of the Laplacian) in each interval", min=2)
@@ -93,6 +127,7 @@ class ExportSettings:
 
 @dataclass
 class Settings:
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
     frames: FramesSettings = field(default_factory=FramesSettings)
     poses: PosesSettings = field(default_factory=PosesSettings)
     splats: SplatsSettings = field(default_factory=SplatsSettings)

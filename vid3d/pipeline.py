@@ -25,13 +25,39 @@ class Context:
         return result
 
 
+def generate(ctx: Context) -> StageResult:
+    """A video from the reference image with a video diffusion model, as generate/."""
+    from vid3d.generate.stage import generate_video, model_fingerprint, read_image
+    from vid3d.ingest import input_fingerprint
+    from vid3d.splats.train import resolve_device
+
+    settings = ctx.settings.generate
+    if not settings.image:
+        raise UserError("no reference image: pass --image REF.png (it is remembered by the project)")
+    image = Path(settings.image)
+    read_image(image)
+    values = as_dict(settings)
+    inputs = {"image": input_fingerprint(image), "model": model_fingerprint(settings.model)}
+    fp = fingerprint("generate", {k: v for k, v in values.items() if k != "image"}, inputs)
+    device = resolve_device(ctx.device)
+    return ctx.run("generate", fp, values, inputs, lambda out: generate_video(settings, out, device))
+
+
 def frames(ctx: Context) -> StageResult:
-    """Ingest the input video or image folder into frames/."""
+    """Ingest the input video or image folder (or the generated video) into frames/."""
     from vid3d.ingest import ingest, input_fingerprint
 
     settings = ctx.settings.frames
+    if not settings.input and ctx.settings.generate.image:
+        upstream = generate(ctx)
+        path = ctx.project.stage_dir("generate") / "frames"
+        inputs = {"generate": upstream.fingerprint}
+        values = as_dict(settings)
+        fp = fingerprint("frames", values, inputs)
+        return ctx.run("frames", fp, values, inputs, lambda out: ingest(path, settings, out))
     if not settings.input:
-        raise UserError("no input: pass --input VIDEO_OR_IMAGE_FOLDER (it is remembered by the project)")
+        raise UserError("no input: pass --input VIDEO_OR_IMAGE_FOLDER, or --image REF.png to `vid3d generate` "
+                        "(it is remembered by the project)")
     path = Path(settings.input)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")

@@ -26,6 +26,7 @@ class CogVideoXCondition:
     guidance: float
     height: int
     width: int
+    num_frames: int
 
 
 class CogVideoXModel(VideoModel):
@@ -64,7 +65,7 @@ class CogVideoXModel(VideoModel):
             latent = latent / pipe.vae_scaling_factor_image
         else:
             latent = latent * pipe.vae_scaling_factor_image
-        return CogVideoXCondition(prompt_embeds, latent, guidance, height, width)
+        return CogVideoXCondition(prompt_embeds, latent, guidance, height, width, request.num_frames)
 
     def latent_frames(self, num_frames: int) -> int:
         return (num_frames - 1) // self.pipe.vae_scale_factor_temporal + 1
@@ -101,6 +102,7 @@ class CogVideoXModel(VideoModel):
     def decode(self, latents, condition) -> np.ndarray:
         video = self.pipe.decode_latents(latents[:1].to(self.pipe.vae.dtype))
         frames = self.pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+        frames = frames[:condition.num_frames]  # the decoder's temporal upsampling may round up
         return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
     def layout_of(self, processor_name: str):

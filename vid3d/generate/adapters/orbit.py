@@ -1,0 +1,113 @@
+"""The embedded orbit model: a small latent video diffusion model that turns a reference image into
+a turntable orbit around it, on a CPU (see docs/model.md and vid3d/model/)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+from vid3d.model.autoencoder import OrbitAutoencoder
+from vid3d.model.network import OrbitTransformer, spatial_layout
+from vid3d.scenes import orbit_cameras
+
+from .base import Request, VideoModel
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
+SIZE = 64  # the model's only frame size
+
+
+@dataclass
+class OrbitCondition:
+    reference: torch.Tensor  # scaled reference latents [1, C, 16, 16]
+    azimuth: torch.Tensor  # [num_frames] radians relative to the reference
+
+
+class OrbitVideoModel(VideoModel):
+    def __init__(self, transformer: OrbitTransformer, autoencoder: OrbitAutoencoder, scheduler, window: int,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        self.transformer, self.autoencoder, self.scheduler = transformer.eval(), autoencoder.eval(), scheduler
+        self.window = window
+        self.device, self.dtype = torch.device(device), torch.float32
+        self.install_stabilizers(self.transformer)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: torch.device | str = "cpu") -> "OrbitVideoModel":
+        """The weights folder written by scripts/train_model.py; default: the shipped weights."""
+        import json
+
+        path = Path(path) if path else WEIGHTS
+        transformer = OrbitTransformer.from_pretrained(path / "transformer").to(device)
+        autoencoder = OrbitAutoencoder.from_pretrained(path / "autoencoder").to(device)
+        scheduler = DDIMScheduler.from_pretrained(path)
+        window = int(json.loads((path / "settings.json").read_text())["window"])
+        return cls(transformer, autoencoder, scheduler, window, device)
+
+    @property
+    def scaling(self) -> float:
+        return float(self.autoencoder.config.scaling_factor)
+
+    def azimuths(self, request: Request) -> np.ndarray:
+        """Degrees of each frame relative to the reference, counter-clockwise; frame 0 = the reference."""
+        return np.arange(request.num_frames) * request.orbit_degrees / request.num_frames
+
+    @torch.no_grad()
+    def prepare(self, request: Request, generator: torch.Generator) -> OrbitCondition:
+        image = to_model_image(request.image)
+        x = torch.from_numpy(image).float().permute(2, 0, 1)[None] / 127.5 - 1
+        reference = self.autoencoder.encode(x.to(self.device)) * self.scaling
+        azimuth = torch.from_numpy(np.radians(self.azimuths(request))).float().to(self.device)
+        return OrbitCondition(reference, azimuth)
+
+    def latent_frames(self, num_frames: int) -> int:
+        return num_frames
+
+    def latent_shape(self, request: Request, num_latent_frames: int) -> tuple[int, ...]:
+        c = self.autoencoder.config.latent_channels
+        return (1, num_latent_frames, c, SIZE // 4, SIZE // 4)
+
+    @torch.no_grad()
+    def predict(self, latents, t, condition: OrbitCondition, frames):
+        videos = latents.shape[0]
+        self.attention.videos = videos
+        azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
+        reference = condition.reference.expand(videos, -1, -1, -1)
+        return self.transformer(latents, t, reference, azimuth)
+
+    @torch.no_grad()
+    def decode(self, latents, condition) -> np.ndarray:
+        images = self.autoencoder.decode(latents[0] / self.scaling)
+        return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def layout_of(self, processor_name: str):
+        return spatial_layout(processor_name)
+
+    def cameras(self, request: Request) -> list[dict]:
+        cfg = self.transformer.config
+        rig = dict(radius=cfg.radius, elevation_deg=cfg.elevation_deg, fov_deg=cfg.fov_deg, look_at=tuple(cfg.look_at))
+        cams = orbit_cameras(request.num_frames, width=SIZE, height=SIZE, start_deg=0.0,
+                             arc_deg=request.orbit_degrees, **rig)
+        return [{"frame": i, "azimuth_deg": float(azimuth), "elevation_deg": rig["elevation_deg"],
+                 "radius": rig["radius"], "fov_deg": rig["fov_deg"], "look_at": list(rig["look_at"]),
+                 "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
+                 "width": SIZE, "height": SIZE}
+                for i, azimuth in enumerate(self.azimuths(request))]
+
+
+def to_model_image(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> the centre square resized to 64x64 (area filter when shrinking)."""
+    image = np.asarray(image)[..., :3]
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = np.ascontiguousarray(image[top:top + side, left:left + side])
+    if side == SIZE:
+        return square
+    interpolation = cv2.INTER_AREA if side > SIZE else cv2.INTER_CUBIC
+    return cv2.resize(square, (SIZE, SIZE), interpolation=interpolation)
