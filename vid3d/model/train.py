@@ -1,0 +1,274 @@
+"""Training of the shipped orbit model: the autoencoder first, then the latent diffusion transformer.
+
+Reproducible by seed: every batch is drawn from a generator seeded by (seed, stage, step), so a run
+resumed from its checkpoint draws the same batches as an uninterrupted one. Checkpoints, the
+rendered data and the cached latents live under the run folder; `export` writes the final weights
+(safetensors + configs), the scheduler config, loss.csv and settings.json to one folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+
+from ..generate.attention import AttentionState, install_processors
+from .autoencoder import OrbitAutoencoder
+from .data import FRAMES, RIG, render_set
+from .network import OrbitTransformer, spatial_layout
+
+SHARD = 500  # scenes per cached render file
+
+
+@dataclass
+class Settings:
+    seed: int = 0
+    scenes: int = 2000  # training scenes: seeds 0 .. scenes-1
+    latent_channels: int = 8
+    ae_steps: int = 1000
+    ae_batch: int = 32
+    ae_crop: int = 32  # the autoencoder is convolutional: it trains on crops, runs on 64x64
+    ae_lr: float = 1e-3
+    steps: int = 3000
+    batch: int = 8
+    window: int = 8  # frames per training clip = the sampler's window
+    lr: float = 3e-4
+    warmup: int = 200
+    anchor_probability: float = 0.75  # batches trained with the reference frame's K/V as anchors
+    ema_decay: float = 0.998
+    dim: int = 128
+    depth: int = 6
+    heads: int = 4
+    checkpoint_every: int = 200
+
+
+def make_scheduler() -> DDIMScheduler:
+    # x0 ("sample") prediction; "trailing" spacing starts sampling at the last training timestep.
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                         clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+
+
+def batch_generator(settings: Settings, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(settings.seed * 1_000_003 + stage * 100_003 + step)
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1
+    return x.movedim(-1, -3)
+
+
+def load_clips(settings: Settings, data_dir: Path) -> np.ndarray:
+    shards = [render_set(range(lo, min(lo + SHARD, settings.scenes)), data_dir / f"orbits_{lo:07d}_{lo + SHARD:07d}.npy")
+              for lo in range(0, settings.scenes, SHARD)]
+    return np.concatenate([np.asarray(s) for s in shards])
+
+
+class Log:
+    """loss.csv rows (stage, step, loss, seconds); kept in the checkpoint so resumes continue it."""
+
+    def __init__(self, path: Path, rows: list | None = None):
+        self.path, self.rows = path, rows or []
+
+    def add(self, stage: str, step: int, loss: float, seconds: float) -> None:
+        self.rows.append((stage, step, round(loss, 6), round(seconds, 1)))
+
+    def write(self) -> None:
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows([("stage", "step", "loss", "seconds"), *self.rows])
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.rename(path)
+
+
+# ---------------------------------------------------------------- autoencoder
+
+
+def train_autoencoder(settings: Settings, clips: np.ndarray, run: Path, log: Log) -> OrbitAutoencoder:
+    torch.manual_seed(settings.seed)
+    ae = OrbitAutoencoder(latent_channels=settings.latent_channels)
+    opt = torch.optim.AdamW(ae.parameters(), lr=settings.ae_lr, weight_decay=0.0)
+    ckpt, start = run / "autoencoder.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        ae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, log.rows = state["step"], state["log"]
+    began = time.time()
+    for step in range(start, settings.ae_steps):
+        g = batch_generator(settings, 1, step)
+        images = ae_batch(clips, settings, g)
+        lr = settings.ae_lr * 0.5 * (1 + math.cos(math.pi * step / settings.ae_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = F.l1_loss(ae(images), images)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            log.add("autoencoder", step, loss.item(), time.time() - began)
+            print(f"ae step {step} loss {loss.item():.4f} {time.time() - began:.0f}s", flush=True)
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.ae_steps:
+            save_checkpoint(ckpt, model=ae.state_dict(), optimizer=opt.state_dict(), step=step + 1, log=log.rows)
+            log.write()
+    return ae
+
+
+def ae_batch(clips: np.ndarray, settings: Settings, g: torch.Generator) -> torch.Tensor:
+    n, crop = settings.ae_batch, settings.ae_crop
+    scene = torch.randint(0, len(clips), (n,), generator=g)
+    frame = torch.randint(0, clips.shape[1], (n,), generator=g)
+    offset = torch.randint(0, (clips.shape[2] - crop) // 4 + 1, (n, 2), generator=g) * 4
+    crops = [clips[s, f, y:y + crop, x:x + crop] for s, f, (y, x) in zip(scene.tolist(), frame.tolist(), offset.tolist())]
+    return to_unit(np.stack(crops))
+
+
+@torch.no_grad()
+def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path) -> np.ndarray:
+    """Unscaled latents of every frame [scenes, frames, C, 16, 16] as float16, cached at `path`."""
+    if path.exists():
+        return np.load(path)
+    out = np.empty((len(clips), clips.shape[1], ae.config.latent_channels, 16, 16), np.float16)
+    for i in range(0, len(clips), 8):
+        images = to_unit(clips[i:i + 8]).flatten(0, 1)
+        out[i:i + 8] = ae.encode(images).view(-1, clips.shape[1], *out.shape[2:]).numpy()
+    np.save(path, out)
+    return out
+
+
+# ---------------------------------------------------------------- diffusion
+
+
+def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, run: Path, log: Log,
+                      max_minutes: float | None = None) -> tuple[OrbitTransformer, int]:
+    torch.manual_seed(settings.seed)
+    model = OrbitTransformer(latent_channels=settings.latent_channels, dim=settings.dim, depth=settings.depth,
+                             heads=settings.heads, **RIG)
+    ema = OrbitTransformer.from_config(model.config)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    state = AttentionState()
+    install_processors(model, state, spatial_layout)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    scheduler = make_scheduler()
+    ckpt, start = run / "transformer.pt", 0
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        start, log.rows = saved["step"], saved["log"]
+    began, step = time.time(), start
+    for step in range(start, settings.steps):
+        if max_minutes is not None and time.time() - began > 60 * max_minutes:
+            print(f"stopping at step {step}: --max-minutes reached", flush=True)
+            break
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(settings, step)
+        g = batch_generator(settings, 2, step)
+        loss = diffusion_loss(model, state, scheduler, latents, scaling, settings, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - settings.ema_decay)
+        if step % 10 == 0:
+            log.add("transformer", step, loss.item(), time.time() - began)
+            print(f"step {step} loss {loss.item():.4f} {time.time() - began:.0f}s", flush=True)
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                            step=step + 1, log=log.rows)
+            log.write()
+    else:
+        step = settings.steps
+    save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                    step=step, log=log.rows)
+    log.write()
+    return ema, step
+
+
+def learning_rate(settings: Settings, step: int) -> float:
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def diffusion_loss(model, state, scheduler, latents, scaling, settings, g) -> torch.Tensor:
+    """x0-prediction MSE on a batch of windows at random azimuth offsets from the reference (frame 0)."""
+    b, w, frames = settings.batch, settings.window, latents.shape[1]
+    scene = torch.randint(0, len(latents), (b,), generator=g)
+    start = torch.randint(0, frames, (b,), generator=g)
+    index = (start[:, None] + torch.arange(w)) % frames  # [b, w]
+    clean = torch.from_numpy(latents[scene[:, None].numpy(), index.numpy()].astype(np.float32)) * scaling
+    reference = torch.from_numpy(latents[scene.numpy(), 0].astype(np.float32)) * scaling
+    azimuth = index.float() * (2 * math.pi / frames)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g)
+    noise = torch.randn(clean.shape, generator=g)
+    noisy = add_noise(scheduler, clean, noise, t)
+    use_anchor = torch.rand((), generator=g).item() < settings.anchor_probability
+    anchor_noise = torch.randn(reference.shape, generator=g)
+    state.videos = b
+    state.anchors.clear()
+    if use_anchor:
+        # The anchor is the reference frame at the same noise level, as the sampler records it.
+        anchor = add_noise(scheduler, reference[:, None], anchor_noise[:, None], t)
+        with state.record_anchors():
+            model(anchor, t, reference, torch.zeros(b, 1))
+    pred = model(noisy, t, reference, azimuth)
+    state.anchors.clear()
+    return F.mse_loss(pred, clean)
+
+
+def add_noise(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Noise [B, F, ...] latents at one timestep per video."""
+    alpha = scheduler.alphas_cumprod[t].view(-1, *[1] * (clean.dim() - 1))
+    return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | None = None) -> Path:
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)  # zero-initialised gates make denormals, 20x slower on this CPU
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    log = Log(run_dir / "loss.csv")
+    began = time.time()
+    clips = load_clips(settings, data_dir)
+    print(f"data: {clips.shape} in {time.time() - began:.0f}s", flush=True)
+    ae = train_autoencoder(settings, clips, run_dir, log)
+    latents = encode_clips(ae.eval(), clips, run_dir / "latents.npy")
+    scaling = float(1.0 / latents[:200].astype(np.float32).std())
+    ae.register_to_config(scaling_factor=scaling)
+    print(f"latents {latents.shape}, scaling {scaling:.4f} at {time.time() - began:.0f}s", flush=True)
+    del clips
+    model, steps = train_transformer(settings, latents, scaling, run_dir, log, max_minutes)
+    return export(ae, model, settings, steps, log, run_dir / "weights", time.time() - began)
+
+
+def export(ae, model, settings, steps, log, out: Path, seconds: float) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    ae.save_pretrained(out / "autoencoder", safe_serialization=True)
+    model.save_pretrained(out / "transformer", safe_serialization=True)
+    make_scheduler().save_pretrained(out)  # scheduler_config.json
+    shutil.copy(log.path, out / "loss.csv")
+    info = {**asdict(settings), "steps_done": steps, "wall_seconds": round(seconds), "torch_threads": 2}
+    (out / "settings.json").write_text(json.dumps(info, indent=2))
+    return out
