@@ -14,7 +14,7 @@ import pycolmap
 import pytest
 from plyfile import PlyData
 
-from conftest import error_line, run_json
+from conftest import error_line, run_cli, run_json, tree
 from vid3d.metrics.poses import pose_errors
 from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
 from vid3d.scenes import make_scene, orbit_cameras, render
@@ -153,3 +153,46 @@ def test_unrelated_frames_fail_with_advice(tmp_path):
     code, status = run_json("status", tmp_path / "p")
     assert status["stages"]["poses"]["status"] == "failed"
     assert status["stages"]["frames"]["status"] == "complete"
+
+
+def test_known_cameras_replace_colmap_for_frames_too_small_for_it(tmp_path):
+    """A 64x64 orbit with its true cameras (as vid3d generate writes them): poses/ carries exactly
+    those cameras in nerfstudio's convention, and the initial points surround the objects."""
+    import imageio.v3 as iio
+    from plyfile import PlyData
+
+    from vid3d.poses.dataset import OPENCV_TO_OPENGL
+    from vid3d.scenes import make_scene, orbit_cameras, render
+
+    scene, cams = make_scene(5, simple=True), orbit_cameras(16, width=64, height=64)
+    images = render(scene, cams).images
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        iio.imwrite(folder / f"{i:05d}.png", image)
+    entries = [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
+                "width": 64, "height": 64} for i in range(len(cams))]
+    (tmp_path / "cameras.json").write_text(json.dumps({"frames": entries}))
+
+    code, report = run_json("poses", tmp_path / "p", "--input", folder, "--poses", tmp_path / "cameras.json",
+                            "--set", "frames.count=8", "--set", "frames.min_frames=8")
+    assert code == 0, report
+    transforms = json.loads((tmp_path / "p" / "poses" / "transforms.json").read_text())
+    assert len(transforms["frames"]) == 8
+    for frame in transforms["frames"]:
+        source = int(frame["file_path"].split("/")[-1].split(".")[0])
+        kept = json.loads((tmp_path / "p" / "frames" / "index.json").read_text())["frames"][source]
+        number = int(kept["source"].split(".")[0])
+        expected = cams.cam_to_world[number] @ OPENCV_TO_OPENGL
+        assert np.allclose(frame["transform_matrix"], expected)
+        assert frame["fl_x"] == pytest.approx(cams.K[number][0, 0])
+    vertex = PlyData.read(str(tmp_path / "p" / "poses" / "sparse_pc.ply"))["vertex"]
+    centre = np.array([vertex["x"].mean(), vertex["y"].mean(), vertex["z"].mean()])
+    assert np.linalg.norm(centre - np.array([0.0, 0.0, 0.4])) < 0.2  # orbit_cameras look at (0, 0, 0.4)
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"frames": [{"frame": 0}]}')
+    before = tree(tmp_path / "p")
+    result = run_cli("poses", tmp_path / "p", "--poses", broken)
+    assert result.returncode == 2 and "broken.json" in error_line(result.stderr)
+    assert tree(tmp_path / "p") == before

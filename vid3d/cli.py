@@ -49,6 +49,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")]
+PosesOpt = Annotated[Optional[Path], typer.Option(
+    "--poses", help="Known cameras (vid3d generate's cameras.json) instead of COLMAP.")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")]
 
 
@@ -95,10 +97,11 @@ def frames(project: ProjectArg,
 @app.command()
 def poses(project: ProjectArg,
           input: InputOpt = None,
+          poses: PosesOpt = None,
           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
-    """Camera poses with pycolmap: ingest the input into frames/, then write poses/."""
-    common = Common(config, set or [], force, json, device, verbose, wait)
+    """Camera poses with pycolmap (or known cameras): ingest the input into frames/, then write poses/."""
+    common = Common(config, _poses_set(poses) + (set or []), force, json, device, verbose, wait)
     _execute(project, common, pipeline.poses, target="poses", input=input)
 
 
@@ -107,10 +110,11 @@ def reconstruct(project: ProjectArg,
                 input: InputOpt = None,
                 preset: PresetOpt = None,
                 backend: Annotated[Optional[str], typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
+                poses: PosesOpt = None,
                 config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
                 device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
     """3D Gaussian Splatting: runs frames and poses when missing or stale, then trains splats/."""
-    sets = ([f"splats.backend={backend}"] if backend else []) + (set or [])
+    sets = ([f"splats.backend={backend}"] if backend else []) + _poses_set(poses) + (set or [])
     common = Common(config, sets, force, json, device, verbose, wait, preset)
     _execute(project, common, pipeline.splats, target="splats", input=input)
 
@@ -258,6 +262,10 @@ def _load_settings(project: Project, common: Common, input: Path | None, image: 
     return load_settings(*layers, overrides=common.sets)
 
 
+def _poses_set(poses: Path | None) -> list[str]:
+    return [f"poses.cameras={poses.resolve()}"] if poses else []
+
+
 def _check_device(device: str) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N")
@@ -290,7 +298,7 @@ def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, 
         if isinstance(handler, logging.FileHandler):
             handler.close()
             log.removeHandler(handler)
-    if ctx is not None and ctx.results:
+    if ctx is not None and any(result.status == "complete" for result in ctx.results):
         return
     if created:
         shutil.rmtree(project_dir, ignore_errors=True)

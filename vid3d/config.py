@@ -83,6 +83,8 @@ class PosesSettings:
     min_registered: float = setting(0.5, "fraction of frames that must register; below it matching is retried "
                                          "exhaustively once, then the stage fails", min=0.0, max=1.0)
     seed: int = setting(0, "random seed of the mapper, for repeatable poses", min=0)
+    cameras: str = setting("", "known cameras (vid3d generate's cameras.json) used instead of COLMAP; empty: "
+                               "COLMAP, or generate/cameras.json when the frames come from a camera-conditioned model")
 
 
 @dataclass

@@ -76,9 +76,33 @@ def poses(ctx: Context) -> StageResult:
     frames_dir = ctx.project.stage_dir("frames")
     kind = json.loads((frames_dir / "index.json").read_text())["kind"]
     settings, inputs = ctx.settings.poses, {"frames": upstream.fingerprint}
+    cameras = _known_cameras(ctx)
+    if cameras is not None:
+        from vid3d.poses.given import poses_from_cameras, read_cameras
+        from vid3d.project import file_fingerprint
+
+        read_cameras(cameras)
+        inputs["cameras"] = file_fingerprint(cameras)
+        fp = fingerprint("poses", as_dict(settings), inputs)
+        return ctx.run("poses", fp, as_dict(settings), inputs,
+                       lambda out: poses_from_cameras(frames_dir, cameras, out, seed=settings.seed))
     fp = fingerprint("poses", as_dict(settings), inputs)
     return ctx.run("poses", fp, as_dict(settings), inputs,
                    lambda out: estimate_poses(frames_dir, kind, settings, out, ctx.device))
+
+
+def _known_cameras(ctx: Context) -> Path | None:
+    """poses.cameras, else the generated video's cameras when the frames come from it."""
+    if ctx.settings.poses.cameras:
+        path = Path(ctx.settings.poses.cameras)
+        if not path.is_file():
+            raise UserError(f"{path}: no such cameras file (poses.cameras / --poses); pass vid3d generate's "
+                            "cameras.json")
+        return path
+    generated = ctx.project.stage_dir("generate") / "cameras.json"
+    if not ctx.settings.frames.input and ctx.settings.generate.image and generated.is_file():
+        return generated
+    return None
 
 
 def splats(ctx: Context) -> StageResult:
