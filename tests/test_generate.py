@@ -13,7 +13,7 @@ from conftest import error_line, run_cli, run_json
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.cogvideox import CogVideoXModel
 from vid3d.generate.adapters.svd import SVDModel
-from vid3d.generate.sampler import Plan, Stabilizers, frame_sets, initial_noise, sample, window_noises
+from vid3d.generate.sampler import SCHEDULERS, Plan, Stabilizers, frame_sets, initial_noise, sample, window_noises
 from vid3d.generate.tiny import tiny_cogvideox, tiny_svd
 
 
@@ -33,8 +33,11 @@ def test_one_svd_window_reproduces_the_diffusers_pipeline_bit_for_bit(image):
     assert torch.equal(latents, expected)
 
 
-def test_one_cogvideox_window_reproduces_the_diffusers_pipeline_bit_for_bit(image):
+@pytest.mark.parametrize("scheduler", ["default", "euler", "ddim", "dpm++"])
+def test_one_cogvideox_window_reproduces_the_diffusers_pipeline_bit_for_bit(image, scheduler):
     pipe = tiny_cogvideox()
+    if scheduler != "default":
+        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     expected = pipe(PIL.Image.fromarray(image), prompt="an orbit", height=32, width=32, num_frames=9,
                     num_inference_steps=3, max_sequence_length=16, generator=torch.Generator().manual_seed(3),
                     output_type="latent").frames
