@@ -162,11 +162,20 @@ def run(project: ProjectArg,
 def demo(project: Annotated[Path, typer.Argument(help="Project folder for the demo.")] = Path("vid3d-demo"),
          json: JsonOpt = False, device: DeviceOpt = "auto", verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
     """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
-    from vid3d.demo import EXAMPLE_VIDEO, summary
+    from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, generated_summary, summary
 
     common = Common(None, [], force, json, device, verbose, False, "fast")
-    _execute(project, common, pipeline.export, target="export", input=EXAMPLE_VIDEO, force_all=True,
-             summarize=summary)
+    video = _execute(project, common, pipeline.export, target="export", input=EXAMPLE_VIDEO, force_all=True,
+                     summarize=summary, report=False)
+    common = Common(None, GENERATED_SETTINGS, force, json, device, verbose, False, "fast")
+    generated = _execute(project / "generated", common, pipeline.export, target="export", force_all=True,
+                         image=EXAMPLE_REFERENCE, summarize=generated_summary, report=False)
+    if json:
+        print(_dumps({**video, "generated": generated}))
+        return
+    _print_report(video, "export")
+    console.print("[bold]generated[/bold]: the reference image -> orbit video -> Gaussians -> mesh")
+    _print_report(generated, "export")
 
 
 @app.command()
@@ -218,7 +227,7 @@ def main() -> None:
 
 def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
              target: str, input: Path | None = None, force_all: bool = False, image: Path | None = None,
-             summarize: Callable[[Path], dict] | None = None) -> None:
+             summarize: Callable[[Path], dict] | None = None, report: bool = True) -> dict:
     _setup_logging(common.verbose)
     created = not project_dir.exists()
     project = Project(project_dir)
@@ -245,7 +254,12 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
         _fail(message, 1, common.json)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to continue", 130, common.json)
-    _report(project_dir, ctx.results, target, common.json, summarize(project_dir) if summarize else None)
+    outcome = _outcome(project_dir, ctx.results, summarize(project_dir) if summarize else None)
+    if report and common.json:
+        print(_dumps(outcome))
+    elif report:
+        _print_report(outcome, target)
+    return outcome
 
 
 def _load_settings(project: Project, common: Common, input: Path | None, image: Path | None = None):
@@ -313,24 +327,25 @@ def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, 
                 f.truncate(size)
 
 
-def _report(project_dir: Path, results: list[StageResult], target: str, as_json: bool,
-            summary: dict | None = None) -> None:
+def _outcome(project_dir: Path, results: list[StageResult], summary: dict | None = None) -> dict:
+    """What a command did, as --json prints it."""
     final = results[-1]
-    if as_json:
-        report = {"status": "ok", "project": str(project_dir),
-                  "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint, "seconds": round(r.seconds, 3),
-                                       "outputs": r.outputs, "metrics": r.metrics} for r in results},
-                  "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}
-        print(_dumps(report if summary is None else {**report, "summary": summary}))
-        return
-    for r in results:
-        metrics = ", ".join(f"{k}={v}" for k, v in r.metrics.items())
-        timing = "" if r.status == "cached" else f" in {r.seconds:.1f}s"
-        console.print(f"[bold]{r.stage}[/bold]: {r.status}{timing}  {metrics}")
-    if summary is not None:
-        _print_measures("summary", summary)
-    for output in final.outputs:
-        console.print(f"{target}: {project_dir / output}")
+    outcome = {"status": "ok", "project": str(project_dir),
+               "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint, "seconds": round(r.seconds, 3),
+                                    "outputs": r.outputs, "metrics": r.metrics} for r in results},
+               "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}
+    return outcome if summary is None else {**outcome, "summary": summary}
+
+
+def _print_report(outcome: dict, target: str) -> None:
+    for stage, r in outcome["stages"].items():
+        metrics = ", ".join(f"{k}={v}" for k, v in r["metrics"].items())
+        timing = "" if r["status"] == "cached" else f" in {r['seconds']:.1f}s"
+        console.print(f"[bold]{stage}[/bold]: {r['status']}{timing}  {metrics}")
+    if "summary" in outcome:
+        _print_measures("summary", outcome["summary"])
+    for output in outcome["outputs"]:
+        console.print(f"{target}: {output}")
 
 
 def _print_measures(title: str, measures: dict) -> None:
