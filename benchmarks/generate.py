@@ -25,9 +25,9 @@ CASES = {
     "plain": dict(shared_noise=False),
     "shared noise": dict(shared_noise=True),
     "freenoise": dict(shared_noise=True, freenoise=True),
-    "anchors": dict(shared_noise=False, anchor_every=8),
+    "anchors": dict(shared_noise=False, anchor_frames="0"),
     "kv cache": dict(shared_noise=False, kv_cache_until=2),
-    "all": dict(shared_noise=True, freenoise=True, anchor_every=8, kv_cache_until=2),
+    "all": dict(shared_noise=True, freenoise=True, anchor_frames="0", kv_cache_until=2),
 }
 
 

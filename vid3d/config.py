@@ -50,8 +50,8 @@ class GenerateSettings:
     anchor_every: int = setting(0, "anchor attention: the first frame and every Nth video frame are anchors every "
                                    "window attends to; 0: off", min=0)
     anchor_frames: str = setting("", "anchor attention on these video frames instead (comma-separated indices)")
-    kv_cache_until: int = setting(0, "cross-step K/V cache: self-attention keys and values of steps before this one "
-                                     "are kept and attended to in later steps; 0: off", min=0)
+    kv_cache_until: int = setting(0, "cross-step K/V cache: self-attention keys and values of the last step before "
+                                     "this one are kept and attended to in later steps; 0: off", min=0)
     kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
                               min=1e-6, max=1.0)
     seed: int = setting(0, "random seed of the noise", min=0)

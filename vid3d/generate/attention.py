@@ -7,7 +7,8 @@ own processors are). Every installed processor shares one `AttentionState`, whic
   its keys and values; in the windows' passes every query also attends to them. Anchors are
   computed once per step and layer and reused by all windows.
 - cross-step K/V cache: while `step < cache_until`, each layer keeps the keys and values of each
-  window; later steps append them with their logits weighted by log(decay ** steps since cached).
+  window (the latest such step's); later steps append them with their logits weighted by
+  log(decay ** steps since cached).
 
 Two layouts of self-attention are handled:
 - "frames": batch = videos x frames, tokens = one frame's tokens (SVD's spatial attention, the
@@ -74,9 +75,9 @@ class AttentionState:
     def keep_in_cache(self, name: str, key: torch.Tensor, value: torch.Tensor) -> None:
         if self.window is None or self.recording or self.step >= self.cache_until:
             return
-        entries = self.cache.setdefault((name, self.window), [])
-        if not entries or entries[-1][0] != self.step:
-            entries.append((self.step, key.detach(), value.detach()))
+        # Only the latest cached step is kept: one extra source per layer, whatever cache_until is,
+        # bounds the cost and the memory (the earlier steps' keys are noisier anyway).
+        self.cache[(name, self.window)] = [(self.step, key.detach(), value.detach())]
 
 
 def _attend(query, key, value, extra, attention_mask=None):
