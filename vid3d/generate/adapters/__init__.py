@@ -19,14 +19,19 @@ PIPELINES = {
 
 
 def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> VideoModel:
-    """`spec`: empty for the embedded orbit model; tiny-svd / tiny-cogvideox for random-weight test
-    models; else a diffusers pipeline folder or a Hugging Face id already in the local cache."""
+    """`spec`: empty for the embedded orbit model (or a folder of orbit weights); tiny-svd /
+    tiny-cogvideox for random-weight test models; else a diffusers pipeline folder or a Hugging Face
+    id already in the local cache."""
     if not spec:
         from .orbit import OrbitVideoModel
 
         return OrbitVideoModel.load(device=device)
     if spec in TINY:
         return _tiny(spec, device)
+    if (Path(spec) / "transformer").is_dir() and (Path(spec) / "settings.json").is_file():
+        from .orbit import OrbitVideoModel  # orbit weights written by scripts/train_model.py
+
+        return OrbitVideoModel.load(spec, device=device)
     family, pipe = _load_pipeline(spec, dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
