@@ -34,7 +34,7 @@ class Settings:
     seed: int = 0
     scenes: int = 2000  # training scenes: seeds 0 .. scenes-1
     latent_channels: int = 8
-    ae_steps: int = 1000
+    ae_steps: int = 3000
     ae_batch: int = 32
     ae_crop: int = 32  # the autoencoder is convolutional: it trains on crops, runs on 64x64
     ae_lr: float = 1e-3
