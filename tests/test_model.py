@@ -1,0 +1,71 @@
+"""The shipped orbit model on a held-out procedural scene: the orbit starts at the reference and
+turns the way the camera turns."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vid3d.generate.adapters.base import Request
+from vid3d.generate.adapters.orbit import OrbitVideoModel
+from vid3d.generate.sampler import Plan, Stabilizers, sample
+from vid3d.model.data import HELD_OUT_SEED, orbit, render_orbit
+from vid3d.scenes import make_scene, render
+
+SEED = HELD_OUT_SEED + 50  # held out, and not one of the quality gate's scenes
+FRAMES = 16  # 7.5 degrees apart, as in training: 112.5 degrees of orbit
+WEIGHTS = os.environ.get("VID3D_ORBIT_WEIGHTS")  # default: the shipped weights
+
+
+@pytest.fixture(scope="module")
+def orbit_video():
+    cams = orbit(SEED)[np.arange(FRAMES)]
+    truth = render(make_scene(SEED, simple=True), cams, supersample=2)
+    objects = truth.mask & (cams.backproject(truth.depth)[..., 2] > 0.02)  # above the ground
+
+    model = OrbitVideoModel.load(WEIGHTS)
+    request = Request(image=truth.images[0], num_frames=FRAMES, orbit_degrees=FRAMES * 7.5)
+    generator = torch.Generator().manual_seed(0)
+    condition = model.prepare(request, generator)
+    latents = sample(model, condition, request, Plan(steps=20), Stabilizers(anchors=(0,)), generator)
+    return truth.images, objects, model.decode(latents, condition)
+
+
+def mae(a, b) -> float:
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255)
+
+
+def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mean horizontal Farneback flow over the object region, for each pair of consecutive frames."""
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    region = [cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in masks]
+    flows = []
+    for i in range(len(frames) - 1):
+        flow = cv2.calcOpticalFlowFarneback(gray[i], gray[i + 1], None, 0.5, 2, 9, 3, 5, 1.1, 0)
+        flows.append(flow[..., 0][region[i]].mean())
+    return np.array(flows)
+
+
+def test_first_frame_is_the_reference(orbit_video):
+    truth, _, generated = orbit_video
+    other_scene = render_orbit(SEED + 1, frames=1)[0]
+    assert mae(generated[0], truth[0]) < 0.5 * mae(generated[0], other_scene)
+    assert mae(generated[0], truth[0]) < 0.06
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped weights fail the quality gate: objects come out as "
+                   "scattered blocks whose flow has no consistent direction (docs/model.md)")
+def test_frames_move_the_way_the_camera_turns(orbit_video):
+    truth, objects, generated = orbit_video
+    # Objects nearer than the orbit's pivot move one way, farther ones the other: the direction is
+    # taken from the true renders, pair by pair, where the objects clearly move.
+    true_flow = horizontal_flow(truth, objects)
+    moving = np.abs(true_flow) > 0.15
+    assert moving.sum() >= 5, true_flow
+    sign = np.sign(true_flow[moving])
+
+    flow = horizontal_flow(generated, objects)[moving]
+    assert (np.sign(flow) == sign).mean() >= 0.75, (flow, true_flow)
+    assert (flow * sign).mean() > 0.3 * np.abs(true_flow[moving]).mean(), (flow, true_flow)
