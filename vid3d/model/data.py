@@ -26,8 +26,8 @@ def start_azimuth(seed: int) -> float:
 
 
 def orbit(seed: int, frames: int = FRAMES, size: int = SIZE):
-    cams = orbit_cameras(frames, width=size, height=size, start_deg=start_azimuth(seed), **RIG)
-    return cams
+    """The scene's orbit cameras; frame 0 is the reference."""
+    return orbit_cameras(frames, width=size, height=size, start_deg=start_azimuth(seed), **RIG)
 
 
 def render_orbit(seed: int, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:

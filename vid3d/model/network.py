@@ -10,7 +10,6 @@ azimuth embedding is also added to the tokens so temporal attention knows where 
 
 from __future__ import annotations
 
-import math
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config

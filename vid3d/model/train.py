@@ -23,7 +23,7 @@ from diffusers import DDIMScheduler
 
 from ..generate.attention import AttentionState, install_processors
 from .autoencoder import OrbitAutoencoder
-from .data import FRAMES, RIG, render_set
+from .data import RIG, render_set
 from .network import OrbitTransformer, spatial_layout
 
 SHARD = 500  # scenes per cached render file

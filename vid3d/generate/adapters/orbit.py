@@ -3,7 +3,6 @@ a turntable orbit around it, on a CPU (see docs/model.md and vid3d/model/)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
