@@ -49,8 +49,8 @@ def summary(project_dir: Path) -> dict:
 # The generation part: a held-out procedural scene's reference frame (examples/reference.json says
 # which), never seen in training, turned into an orbit by the embedded model, then into Gaussians and a mesh.
 EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
-GENERATED_SETTINGS = ["frames.count=48", "splats.steps=600", "splats.sh_degree=1", "splats.refine_stop=500",
-                      "splats.test_every=8"]
+GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1", "splats.refine_stop=250",
+                      "splats.test_every=8", "export.faces=20000"]
 
 
 def generated_summary(project_dir: Path) -> dict:
