@@ -1,5 +1,10 @@
-import json
 import os
+
+# Before anything loads numpy's or pycolmap's OpenBLAS (see vid3d/cli.py): in-process tests and
+# the commands they start inherit these.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
 import subprocess
 import sys
 from pathlib import Path

@@ -226,7 +226,20 @@ def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = Fal
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)  # render farms stop jobs with SIGTERM: clean up as on Ctrl-C
+    _keep_stdout_for_results()
     app()
+
+
+def _keep_stdout_for_results() -> None:
+    """Native libraries may write to file descriptor 1 (OpenBLAS's "BLAS : Bad memory unallocation!"
+    under pycolmap's threads, seen in test runs despite OPENBLAS_NUM_THREADS=1): point descriptor 1
+    at stderr and keep the real stdout for what vid3d itself prints, so --json output stays one line."""
+    try:
+        results = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no stdout or stderr to redirect
+        return
+    sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
 def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
