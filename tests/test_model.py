@@ -2,6 +2,9 @@
 turns the way the camera turns."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,7 +23,22 @@ WEIGHTS = os.environ.get("VID3D_ORBIT_WEIGHTS")  # default: the shipped weights
 
 
 @pytest.fixture(scope="module")
-def orbit_video():
+def orbit_video(tmp_path_factory):
+    """Generated in a child process: loading the model sets process-wide state (flush-to-zero for
+    denormals) after which a later test in the same pytest process crashed (segfault) in CI runs."""
+    out = tmp_path_factory.mktemp("orbit") / "video.npz"
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_model; test_model.generate_to(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=600)
+    data = np.load(out)
+    return data["truth"], data["objects"], data["generated"]
+
+
+def generate_to(path: str) -> None:
+    truth, objects, generated = _generate()
+    np.savez(path, truth=truth, objects=objects, generated=generated)
+
+
+def _generate():
     cams = orbit(SEED)[np.arange(FRAMES)]
     truth = render(make_scene(SEED, simple=True), cams, supersample=2)
     objects = truth.mask & (cams.backproject(truth.depth)[..., 2] > 0.02)  # above the ground
