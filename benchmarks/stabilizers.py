@@ -29,7 +29,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import imageio.v3 as iio
 import numpy as np
 import torch
@@ -42,7 +41,8 @@ from vid3d.generate.stage import generate, plan_of
 from vid3d.metrics.video import loop_closure
 from vid3d.model.data import FRAMES, held_out_seeds, render_orbit
 
-MIN_DEGREES, BLUR_SIGMA = 45.0, 1.5
+from model_gate import MIN_DEGREES, mae  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
+
 PLAIN = dict(shared_noise=False, freenoise=False, anchor_every=0, anchor_frames="", kv_cache_until=0)
 
 
@@ -54,14 +54,6 @@ def cases(steps: int) -> dict[str, dict]:
         "K/V cache": {**PLAIN, "kv_cache_until": max(1, steps // 4)},
         "all together": {**PLAIN, "shared_noise": True, "anchor_frames": "0", "kv_cache_until": max(1, steps // 4)},
     }
-
-
-def mae(a: np.ndarray, b: np.ndarray, blur: bool = False) -> float:
-    a, b = a.astype(np.float32) / 255, b.astype(np.float32) / 255
-    if blur:
-        a = np.stack([cv2.GaussianBlur(x, (0, 0), BLUR_SIGMA) for x in a])
-        b = np.stack([cv2.GaussianBlur(x, (0, 0), BLUR_SIGMA) for x in b])
-    return float(np.abs(a - b).mean())
 
 
 def seam_error(generated: np.ndarray, truth: np.ndarray, joins: list[int]) -> float:
