@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # tests run beside other work; see README
 
 
 def run_cli(*args, timeout=600):

@@ -13,10 +13,6 @@ import os
 # OpenBLAS that runs its own thread pool, OpenBLAS can exhaust its buffer table and print
 # "BLAS : Bad memory unallocation!" on stdout at exit (2 runs in 12 here), which breaks --json.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# Idle OpenMP threads sleep instead of spinning. With the default (spin), torch's many small ops
-# ran 4-50x slower whenever another process held a core (two farm jobs on a node, a training run):
-# 48 generated frames took 100+ s instead of 29 s here with one core busy.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
 import logging
