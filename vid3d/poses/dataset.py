@@ -58,8 +58,13 @@ def write_points_ply(model: pycolmap.Reconstruction, path: Path) -> None:
     xyz = np.array([p.xyz for p in points], dtype=np.float64).reshape(-1, 3)
     xyz = xyz @ APPLIED_TRANSFORM[:, :3].T + APPLIED_TRANSFORM[:, 3]
     rgb = np.array([p.color for p in points], dtype=np.uint8).reshape(-1, 3)
-    vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
-                                          ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    write_ply(xyz, rgb, path)
+
+
+def write_ply(xyz: np.ndarray, rgb: np.ndarray, path: Path) -> None:
+    """A coloured point cloud (x y z red green blue), as nerfstudio's sparse_pc.ply."""
+    vertex = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
+                                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     vertex["x"], vertex["y"], vertex["z"] = xyz.T
     vertex["red"], vertex["green"], vertex["blue"] = rgb.T
     PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-from plyfile import PlyData, PlyElement
 
 from vid3d.errors import UserError
 from vid3d.project import StageOutput
 
-from .dataset import OPENCV_TO_OPENGL
+from .dataset import OPENCV_TO_OPENGL, write_ply
 
 
 def read_cameras(path: Path) -> dict[int, dict]:
@@ -62,7 +61,7 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
                   "ply_file_path": "sparse_pc.ply"}
     (out_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
     xyz, rgb = _coloured_ball(used, points, seed)
-    _write_ply(xyz, rgb, out_dir / "sparse_pc.ply")
+    write_ply(xyz, rgb, out_dir / "sparse_pc.ply")
     report = {"source": "cameras", "cameras_file": str(cameras_file), "registered": len(frames),
               "total": len(frames), "initial_points": len(xyz)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -107,10 +106,3 @@ def _coloured_ball(used: list[tuple[Path, dict]], count: int, seed: int) -> tupl
     colours = np.where(seen[:, None] > 0, colours / np.maximum(seen, 1)[:, None], 0.5)
     return xyz, (colours * 255).round().astype(np.uint8)
 
-
-def _write_ply(xyz: np.ndarray, rgb: np.ndarray, path: Path) -> None:
-    vertex = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
-                                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    vertex["x"], vertex["y"], vertex["z"] = xyz.T
-    vertex["red"], vertex["green"], vertex["blue"] = rgb.T
-    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
