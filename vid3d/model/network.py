@@ -68,10 +68,12 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 8, sample_size: int = 16, patch_size: int = 2, dim: int = 128,
                  depth: int = 6, heads: int = 4, radius: float = 3.0, elevation_deg: float = 30.0,
-                 fov_deg: float = 50.0, look_at: tuple = (0.0, 0.0, 0.4)):
+                 fov_deg: float = 50.0, look_at: tuple = (0.0, 0.0, 0.4), plane_heights: tuple = (),
+                 refine_width: int = 0):
         super().__init__()
         c, p = latent_channels, patch_size
-        self.patchify = nn.Conv2d(3 * c, dim, p, stride=p)
+        inputs = (3 + len(plane_heights)) * c
+        self.patchify = nn.Conv2d(inputs, dim, p, stride=p)
         grid = sample_size // p
         pos = get_2d_sincos_pos_embed(dim, grid, output_type="pt")
         self.register_buffer("pos_embed", pos.float()[None], persistent=False)
@@ -86,12 +88,14 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         for layer in (self.modulation_out, self.proj_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.refine = Refine(inputs + c, refine_width, c, dim) if refine_width else None
 
-    def warp(self, reference: torch.Tensor, azimuth: torch.Tensor) -> torch.Tensor:
-        """The reference latents [B, C, H, W] reprojected to the cameras at azimuth [B, F] (radians)."""
+    def warp(self, reference: torch.Tensor, azimuth: torch.Tensor, height: float = 0.0) -> torch.Tensor:
+        """The reference latents [B, C, H, W] reprojected to the cameras at azimuth [B, F] (radians)
+        over the horizontal plane z = height."""
         cfg = self.config
         grid = warp_grid(azimuth.detach().cpu(), reference.shape[-1], cfg.radius, cfg.elevation_deg,
-                         cfg.fov_deg, tuple(cfg.look_at))
+                         cfg.fov_deg, tuple(cfg.look_at), height)
         return warp_reference(reference, grid.to(reference.device))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, reference: torch.Tensor,
@@ -102,8 +106,9 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         videos, frames, c, h, w = sample.shape
         p = self.config.patch_size
         reference_frames = reference[:, None].expand(-1, frames, -1, -1, -1)
-        x = torch.cat([sample, reference_frames, self.warp(reference, azimuth)], dim=2).flatten(0, 1)
-        x = self.patchify(x).flatten(2).transpose(1, 2) + self.pos_embed
+        warps = [self.warp(reference, azimuth, h) for h in (0.0, *self.config.plane_heights)]
+        inputs = torch.cat([sample, reference_frames, *warps], dim=2).flatten(0, 1)
+        x = self.patchify(inputs).flatten(2).transpose(1, 2) + self.pos_embed
 
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(videos)
         t_emb = self.time_embed(self.time_proj(timestep).to(sample.dtype))
@@ -118,7 +123,32 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))
         # unpatchify: [n, (h/p)(w/p), p*p*c] -> [n, c, h, w]
         x = x.view(-1, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, h, w)
+        if self.refine is not None:
+            x = x + self.refine(torch.cat([x, inputs], dim=1), cond)
         return x.view(videos, frames, c, h, w)
+
+
+class Refine(nn.Module):
+    """Convolutions at the latent resolution after the 2x2-patch transformer: they see its prediction
+    and the inputs (noisy latent, reference, warps) pixel by pixel, so detail is not decided per
+    token. The timestep/camera condition scales and shifts the hidden features; the last layer
+    starts at zero, so a model grown from one without it starts out unchanged."""
+
+    def __init__(self, inputs: int, width: int, out: int, dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(inputs, width, 3, padding=1)
+        self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, out, 3, padding=1)
+        self.modulation = nn.Linear(dim, 2 * width)
+        for layer in (self.modulation, self.conv_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(nn.functional.silu(cond))[:, :, None, None].chunk(2, dim=1)
+        x = nn.functional.silu(self.conv_in(x))
+        x = nn.functional.silu(modulate(self.conv_mid(x), shift, scale))
+        return self.conv_out(x)
 
 
 def camera_features(azimuth: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,13 @@ class Settings:
     depth: int = 6
     heads: int = 4
     checkpoint_every: int = 200
+    plane_heights: str = ""  # extra reprojections of the reference over planes at these heights, "0.3,0.6"
+    refine_width: int = 0  # channels of the convolutional refinement after the transformer (0: none)
+    init_from: str = ""  # a transformer folder to start from (grown to these settings), "" for scratch
+
+    @property
+    def heights(self) -> tuple[float, ...]:
+        return tuple(float(h) for h in self.plane_heights.split(",") if h.strip())
 
 
 def make_scheduler() -> DDIMScheduler:
@@ -155,7 +162,10 @@ def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, r
                       max_minutes: float | None = None) -> tuple[OrbitTransformer, int]:
     torch.manual_seed(settings.seed)
     model = OrbitTransformer(latent_channels=settings.latent_channels, dim=settings.dim, depth=settings.depth,
-                             heads=settings.heads, **RIG)
+                             heads=settings.heads, plane_heights=settings.heights,
+                             refine_width=settings.refine_width, **RIG)
+    if settings.init_from:
+        grow(model, OrbitTransformer.from_pretrained(settings.init_from))
     ema = OrbitTransformer.from_config(model.config)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -199,6 +209,20 @@ def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, r
                     step=step, log=log.rows)
     log.write()
     return ema, step
+
+
+def grow(model: OrbitTransformer, smaller: OrbitTransformer) -> None:
+    """Start `model` from a trained `smaller` one: same-shaped parameters are copied, the patchify
+    weights of inputs it lacked (extra plane warps, appended last) start at zero, and new layers keep
+    their zero-initialised outputs, so the grown model computes exactly what `smaller` did."""
+    own, theirs = model.state_dict(), smaller.state_dict()
+    for name, value in theirs.items():
+        if own[name].shape == value.shape:
+            own[name].copy_(value)
+        else:  # patchify.weight [dim, inputs, p, p]
+            own[name].zero_()
+            own[name][:, :value.shape[1]].copy_(value)
+    model.load_state_dict(own)
 
 
 def learning_rate(settings: Settings, step: int) -> float:

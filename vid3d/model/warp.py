@@ -31,23 +31,24 @@ def reference_camera(radius: float, elevation_deg: float, look_at) -> tuple[torc
 
 
 def warp_grid(azimuth: torch.Tensor, size: int, radius: float, elevation_deg: float, fov_deg: float,
-              look_at) -> torch.Tensor:
+              look_at, height: float = 0.0) -> torch.Tensor:
     """grid_sample grids [..., size, size, 2] (align_corners=False) that reproject the reference
-    (azimuth 0) to the cameras at `azimuth` (radians, any shape)."""
+    (azimuth 0) to the cameras at `azimuth` (radians, any shape) over the horizontal plane z = height
+    (the ground by default; higher planes place the parts of objects at that height)."""
     eye, rotation = reference_camera(radius, elevation_deg, look_at)
     tan = math.tan(math.radians(fov_deg) / 2)
     centres = ((torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1) * tan
     y, x = torch.meshgrid(centres, centres, indexing="ij")
     rays = torch.stack([x, y, torch.ones_like(x)], -1) @ rotation.T  # world directions [S, S, 3]
-    t = -eye[2] / rays[..., 2]
+    t = (height - eye[2]) / rays[..., 2]
     ground = eye + t[..., None] * rays
-    sees_ground = (rays[..., 2] < -1e-6) & (ground[..., :2].abs().amax(-1) <= GROUND_HALF_SIZE)
+    sees_ground = (t > 1e-6) & (ground[..., :2].abs().amax(-1) <= GROUND_HALF_SIZE)
 
     theta = azimuth.to(torch.float64)[..., None, None]
     cos, sin = torch.cos(theta), torch.sin(theta)
     px, py = ground[..., 0], ground[..., 1]
     mx, my = cos * px - sin * py, sin * px + cos * py
-    moved = torch.stack([mx, my, torch.zeros_like(mx)], -1)
+    moved = torch.stack([mx, my, torch.full_like(mx, height)], -1)
     cam = (moved - eye) @ rotation  # reference-camera coordinates
     z = cam[..., 2].clamp_min(1e-3)
     grid = torch.stack([cam[..., 0] / z, cam[..., 1] / z], -1) / tan
