@@ -162,9 +162,9 @@ def run(project: ProjectArg,
 def demo(project: Annotated[Path, typer.Argument(help="Project folder for the demo.")] = Path("vid3d-demo"),
          json: JsonOpt = False, device: DeviceOpt = "auto", verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
     """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
-    from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, generated_summary, summary
+    from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, VIDEO_SETTINGS, generated_summary, summary
 
-    common = Common(None, [], force, json, device, verbose, False, "fast")
+    common = Common(None, VIDEO_SETTINGS, force, json, device, verbose, False, "fast")
     video = _execute(project, common, pipeline.export, target="export", input=EXAMPLE_VIDEO, force_all=True,
                      summarize=summary, report=False)
     common = Common(None, GENERATED_SETTINGS, force, json, device, verbose, False, "fast")

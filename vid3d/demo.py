@@ -49,6 +49,9 @@ def summary(project_dir: Path) -> dict:
 # The generation part: a held-out procedural scene's reference frame (examples/reference.json says
 # which), never seen in training, turned into an orbit by the embedded model, then into Gaussians and a mesh.
 EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
+# The fast preset's 1,500 Gaussian steps took the demo to 12 minutes on a 2-core CPU; 1,000 keep it
+# within 10 (docs/benchmarks.md has the full preset's figures).
+VIDEO_SETTINGS = ["splats.steps=1000", "splats.refine_stop=800"]
 GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1", "splats.refine_stop=250",
                       "splats.test_every=8", "export.faces=20000"]
 
