@@ -1,11 +1,12 @@
-"""Ground-plane reprojection of the reference to other cameras of the turntable rig.
+"""Reprojection of the reference over a horizontal plane to other cameras of the turntable rig.
 
 Every camera of the rig looks at a point on the vertical axis from the same elevation and
 distance, so the camera at relative azimuth theta is the reference camera turned by theta about
-that axis. A reference pixel that sees the ground (z = 0) at P is seen by the other camera where
-it sees Rz(theta) P. Sampling the reference there gives each frame a geometry-aware first guess:
-exact for the ground and the objects' footprints, sheared for everything above the ground.
-Pixels that see the sky keep their place (the sky only depends on the elevation of the ray).
+that axis. A reference pixel that sees a point P of the plane z = h is seen by the other camera
+where it sees Rz(theta) P. Sampling the reference there gives each frame a geometry-aware first
+guess: over the ground (h = 0) exact for the ground and the objects' footprints, over a higher
+plane exact for the parts of objects at that height. Pixels whose ray misses the plane (the sky)
+keep their place (the sky only depends on the elevation of the ray).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def warp_grid(azimuth: torch.Tensor, size: int, radius: float, elevation_deg: fl
     y, x = torch.meshgrid(centres, centres, indexing="ij")
     rays = torch.stack([x, y, torch.ones_like(x)], -1) @ rotation.T  # world directions [S, S, 3]
     t = (height - eye[2]) / rays[..., 2]
-    ground = eye + t[..., None] * rays
-    sees_ground = (t > 1e-6) & (ground[..., :2].abs().amax(-1) <= GROUND_HALF_SIZE)
+    on_plane = eye + t[..., None] * rays
+    sees_plane = (t > 1e-6) & (on_plane[..., :2].abs().amax(-1) <= GROUND_HALF_SIZE)
 
     theta = azimuth.to(torch.float64)[..., None, None]
     cos, sin = torch.cos(theta), torch.sin(theta)
-    px, py = ground[..., 0], ground[..., 1]
+    px, py = on_plane[..., 0], on_plane[..., 1]
     mx, my = cos * px - sin * py, sin * px + cos * py
     moved = torch.stack([mx, my, torch.full_like(mx, height)], -1)
     cam = (moved - eye) @ rotation  # reference-camera coordinates
@@ -54,7 +55,7 @@ def warp_grid(azimuth: torch.Tensor, size: int, radius: float, elevation_deg: fl
     grid = torch.stack([cam[..., 0] / z, cam[..., 1] / z], -1) / tan
     grid = torch.where((cam[..., 2] > 1e-3)[..., None], grid, torch.full_like(grid, 2.0))
     identity = torch.stack([x, y], -1) / tan
-    grid = torch.where(sees_ground[..., None], grid, identity.expand_as(grid))
+    grid = torch.where(sees_plane[..., None], grid, identity.expand_as(grid))
     return grid.clamp(-2, 2).float()
 
 
