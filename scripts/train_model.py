@@ -2,6 +2,7 @@
 
     python scripts/train_model.py --run runs/orbit            # resumes if runs/orbit has checkpoints
     python scripts/train_model.py --run runs/orbit --install  # then copy the weights into the package
+    python scripts/train_model.py --run runs/orbit --device cuda  # on a GPU (same batches as on the CPU)
 
 Settings are the defaults of vid3d.model.train.Settings unless overridden (--steps 100 etc.).
 """
@@ -28,12 +29,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/data"))
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the diffusion stage after this long (the stop is recorded in settings.json)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1, ...")
     parser.add_argument("--install", action="store_true", help="copy the exported weights into vid3d/model/weights")
     for field in fields(Settings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu")
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
-    out = run(settings, args.run, args.data, args.max_minutes)
+    out = run(settings, args.run, args.data, args.max_minutes, args.device)
     print(f"weights in {out}")
     if args.install:
         shutil.copytree(out, PACKAGE_WEIGHTS, dirs_exist_ok=True)

@@ -27,6 +27,7 @@ from .data import RIG, render_set
 from .network import OrbitTransformer, spatial_layout
 
 SHARD = 500  # scenes per cached render file
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Settings:
     plane_heights: str = ""  # extra reprojections of the reference over planes at these heights, "0.3,0.6"
     refine_width: int = 0  # channels of the convolutional refinement after the transformer (0: none)
     init_from: str = ""  # a transformer folder to start from (grown to these settings), "" for scratch
+    temporal_weight: float = 0.0  # weight of the loss on frame-to-frame differences (0: off)
 
     @property
     def heights(self) -> tuple[float, ...]:
@@ -103,20 +105,21 @@ def save_checkpoint(path: Path, **state) -> None:
 # ---------------------------------------------------------------- autoencoder
 
 
-def train_autoencoder(settings: Settings, clips: np.ndarray, run: Path, log: Log) -> OrbitAutoencoder:
+def train_autoencoder(settings: Settings, clips: np.ndarray, run: Path, log: Log,
+                      device: torch.device = CPU) -> OrbitAutoencoder:
     torch.manual_seed(settings.seed)
-    ae = OrbitAutoencoder(latent_channels=settings.latent_channels)
+    ae = OrbitAutoencoder(latent_channels=settings.latent_channels).to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=settings.ae_lr, weight_decay=0.0)
     ckpt, start = run / "autoencoder.pt", 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=False)
         ae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, log.rows = state["step"], state["log"]
     began = time.time()
     for step in range(start, settings.ae_steps):
         g = batch_generator(settings, 1, step)
-        images = ae_batch(clips, settings, g)
+        images = ae_batch(clips, settings, g).to(device)
         lr = settings.ae_lr * 0.5 * (1 + math.cos(math.pi * step / settings.ae_steps))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -143,14 +146,14 @@ def ae_batch(clips: np.ndarray, settings: Settings, g: torch.Generator) -> torch
 
 
 @torch.no_grad()
-def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path) -> np.ndarray:
+def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path, device: torch.device = CPU) -> np.ndarray:
     """Unscaled latents of every frame [scenes, frames, C, 16, 16] as float16, cached at `path`."""
     if path.exists():
         return np.load(path)
     out = np.empty((len(clips), clips.shape[1], ae.config.latent_channels, 16, 16), np.float16)
     for i in range(0, len(clips), 8):
-        images = to_unit(clips[i:i + 8]).flatten(0, 1)
-        out[i:i + 8] = ae.encode(images).view(-1, clips.shape[1], *out.shape[2:]).numpy()
+        images = to_unit(clips[i:i + 8]).flatten(0, 1).to(device)
+        out[i:i + 8] = ae.encode(images).view(-1, clips.shape[1], *out.shape[2:]).cpu().numpy()
     np.save(path, out)
     return out
 
@@ -159,14 +162,15 @@ def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path) -> np.ndar
 
 
 def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, run: Path, log: Log,
-                      max_minutes: float | None = None) -> tuple[OrbitTransformer, int]:
+                      max_minutes: float | None = None, device: torch.device = CPU) -> tuple[OrbitTransformer, int]:
     torch.manual_seed(settings.seed)
     model = OrbitTransformer(latent_channels=settings.latent_channels, dim=settings.dim, depth=settings.depth,
                              heads=settings.heads, plane_heights=settings.heights,
                              refine_width=settings.refine_width, **RIG)
     if settings.init_from:
         grow(model, OrbitTransformer.from_pretrained(settings.init_from))
-    ema = OrbitTransformer.from_config(model.config)
+    model.to(device)
+    ema = OrbitTransformer.from_config(model.config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     state = AttentionState()
@@ -175,7 +179,7 @@ def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, r
     scheduler = make_scheduler()
     ckpt, start = run / "transformer.pt", 0
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["optimizer"])
@@ -188,7 +192,7 @@ def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, r
         for group in opt.param_groups:
             group["lr"] = learning_rate(settings, step)
         g = batch_generator(settings, 2, step)
-        loss = diffusion_loss(model, state, scheduler, latents, scaling, settings, g)
+        loss = diffusion_loss(model, state, scheduler, latents, scaling, settings, g, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -232,8 +236,9 @@ def learning_rate(settings: Settings, step: int) -> float:
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def diffusion_loss(model, state, scheduler, latents, scaling, settings, g) -> torch.Tensor:
-    """x0-prediction MSE on a batch of windows at random azimuth offsets from the reference (frame 0)."""
+def diffusion_loss(model, state, scheduler, latents, scaling, settings, g, device: torch.device = CPU) -> torch.Tensor:
+    """x0-prediction MSE on a batch of windows at random azimuth offsets from the reference (frame 0),
+    plus the frame-difference loss when `temporal_weight` > 0."""
     b, w, frames = settings.batch, settings.window, latents.shape[1]
     scene = torch.randint(0, len(latents), (b,), generator=g)
     start = torch.randint(0, frames, (b,), generator=g)
@@ -246,29 +251,42 @@ def diffusion_loss(model, state, scheduler, latents, scaling, settings, g) -> to
     noisy = add_noise(scheduler, clean, noise, t)
     use_anchor = torch.rand((), generator=g).item() < settings.anchor_probability
     anchor_noise = torch.randn(reference.shape, generator=g)
+    # Batches are drawn on the CPU, so a run on a GPU trains on the same batches as one on the CPU.
+    clean, reference, azimuth, t, noisy, anchor_noise = (
+        x.to(device) for x in (clean, reference, azimuth, t, noisy, anchor_noise))
     state.videos = b
     state.anchors.clear()
     if use_anchor:
         # The anchor is the reference frame at the same noise level, as the sampler records it.
         anchor = add_noise(scheduler, reference[:, None], anchor_noise[:, None], t)
         with state.record_anchors():
-            model(anchor, t, reference, torch.zeros(b, 1))
+            model(anchor, t, reference, torch.zeros(b, 1, device=device))
     pred = model(noisy, t, reference, azimuth)
     state.anchors.clear()
-    return F.mse_loss(pred, clean)
+    return F.mse_loss(pred, clean) + settings.temporal_weight * temporal_loss(pred, clean)
+
+
+def temporal_loss(pred: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """MSE of the frame-to-frame differences of clips [B, F, ...]. It has the same minimiser as the
+    per-frame loss but weighs errors that change from frame to frame (an object that stays put or
+    wobbles while the camera turns) more than errors the whole clip shares."""
+    return F.mse_loss(pred[:, 1:] - pred[:, :-1], clean[:, 1:] - clean[:, :-1])
 
 
 def add_noise(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Noise [B, F, ...] latents at one timestep per video."""
-    alpha = scheduler.alphas_cumprod[t].view(-1, *[1] * (clean.dim() - 1))
+    alpha = scheduler.alphas_cumprod.to(t.device)[t].view(-1, *[1] * (clean.dim() - 1))
     return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
 
 
 # ---------------------------------------------------------------- the whole run
 
 
-def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | None = None) -> Path:
-    torch.set_num_threads(2)
+def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | None = None,
+        device: torch.device | str = "cpu") -> Path:
+    device = torch.device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
     torch.set_flush_denormal(True)  # zero-initialised gates make denormals, 20x slower on this CPU
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
@@ -276,23 +294,24 @@ def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | 
     began = time.time()
     clips = load_clips(settings, data_dir)
     print(f"data: {clips.shape} in {time.time() - began:.0f}s", flush=True)
-    ae = train_autoencoder(settings, clips, run_dir, log)
-    latents = encode_clips(ae.eval(), clips, run_dir / "latents.npy")
+    ae = train_autoencoder(settings, clips, run_dir, log, device)
+    latents = encode_clips(ae.eval(), clips, run_dir / "latents.npy", device)
     scaling = float(1.0 / latents[:200].astype(np.float32).std())
     ae.register_to_config(scaling_factor=scaling)
     print(f"latents {latents.shape}, scaling {scaling:.4f} at {time.time() - began:.0f}s", flush=True)
     del clips
-    model, steps = train_transformer(settings, latents, scaling, run_dir, log, max_minutes)
-    return export(ae, model, settings, steps, log, run_dir / "weights", time.time() - began)
+    model, steps = train_transformer(settings, latents, scaling, run_dir, log, max_minutes, device)
+    return export(ae, model, settings, steps, log, run_dir / "weights", time.time() - began, device)
 
 
-def export(ae, model, settings, steps, log, out: Path, seconds: float) -> Path:
+def export(ae, model, settings, steps, log, out: Path, seconds: float, device: torch.device = CPU) -> Path:
     if out.exists():
         shutil.rmtree(out)
     ae.save_pretrained(out / "autoencoder", safe_serialization=True)
     model.save_pretrained(out / "transformer", safe_serialization=True)
     make_scheduler().save_pretrained(out)  # scheduler_config.json
     shutil.copy(log.path, out / "loss.csv")
-    info = {**asdict(settings), "steps_done": steps, "wall_seconds": round(seconds), "torch_threads": 2}
+    info = {**asdict(settings), "steps_done": steps, "wall_seconds": round(seconds),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu, 2 threads"}
     (out / "settings.json").write_text(json.dumps(info, indent=2))
     return out
