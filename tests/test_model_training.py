@@ -54,3 +54,17 @@ def test_frame_difference_loss_sees_a_frozen_clip_not_a_shared_offset():
     assert temporal_loss(shifted, clip) < 1e-10
     assert torch.nn.functional.mse_loss(shifted, clip) == pytest.approx(0.25)
     assert temporal_loss(frozen, clip) == pytest.approx(float((clip[:, 1:] - clip[:, :-1]).pow(2).mean()))
+
+
+def test_a_ddim_step_from_the_true_sample_lands_on_the_forward_noising():
+    """The own-prediction inputs are made by this step: from a perfect prediction it gives what
+    noising the clean latents directly gives; a wrong prediction carries its error into the input."""
+    scheduler = train.make_scheduler()
+    torch.manual_seed(1)
+    clean, noise = torch.randn(3, 4, 8, 4, 4), torch.randn(3, 4, 8, 4, 4)
+    t, earlier = torch.tensor([10, 400, 800]), torch.tensor([200, 600, 999])
+    start = train.add_noise(scheduler, clean, noise, earlier)
+    step = train.ddim_step(scheduler, start, clean, earlier, t)
+    assert torch.allclose(step, train.add_noise(scheduler, clean, noise, t), atol=1e-4)
+    wrong = train.ddim_step(scheduler, start, clean + 1.0, earlier, t)
+    assert ((wrong - step).mean(dim=(1, 2, 3, 4)) > 0.1).all()

@@ -54,6 +54,8 @@ class Settings:
     refine_width: int = 0  # channels of the convolutional refinement after the transformer (0: none)
     init_from: str = ""  # a transformer folder to start from (grown to these settings), "" for scratch
     temporal_weight: float = 0.0  # weight of the loss on frame-to-frame differences (0: off)
+    own_input_probability: float = 0.0  # batches whose input is a DDIM step from the model's own prediction
+    own_input_gap: int = 200  # ... made at up to this many timesteps more noise
 
     @property
     def heights(self) -> tuple[float, ...]:
@@ -238,7 +240,9 @@ def learning_rate(settings: Settings, step: int) -> float:
 
 def diffusion_loss(model, state, scheduler, latents, scaling, settings, g, device: torch.device = CPU) -> torch.Tensor:
     """x0-prediction MSE on a batch of windows at random azimuth offsets from the reference (frame 0),
-    plus the frame-difference loss when `temporal_weight` > 0."""
+    plus the frame-difference loss when `temporal_weight` > 0. With `own_input_probability`, some
+    batches start one DDIM step earlier, from the model's own (blurrier) prediction at more noise,
+    as in sampling: the input the sampler gives it, not the ideal one."""
     b, w, frames = settings.batch, settings.window, latents.shape[1]
     scene = torch.randint(0, len(latents), (b,), generator=g)
     start = torch.randint(0, frames, (b,), generator=g)
@@ -251,19 +255,44 @@ def diffusion_loss(model, state, scheduler, latents, scaling, settings, g, devic
     noisy = add_noise(scheduler, clean, noise, t)
     use_anchor = torch.rand((), generator=g).item() < settings.anchor_probability
     anchor_noise = torch.randn(reference.shape, generator=g)
+    earlier = None
+    if settings.own_input_probability > 0 and torch.rand((), generator=g).item() < settings.own_input_probability:
+        gap = torch.randint(1, settings.own_input_gap + 1, (b,), generator=g)
+        earlier = (t + gap).clamp(max=scheduler.config.num_train_timesteps - 1)
     # Batches are drawn on the CPU, so a run on a GPU trains on the same batches as one on the CPU.
-    clean, reference, azimuth, t, noisy, anchor_noise = (
-        x.to(device) for x in (clean, reference, azimuth, t, noisy, anchor_noise))
+    clean, reference, azimuth, t, noise, noisy, anchor_noise = (
+        x.to(device) for x in (clean, reference, azimuth, t, noise, noisy, anchor_noise))
     state.videos = b
+    anchors = anchor_noise if use_anchor else None
+    if earlier is not None:
+        earlier = earlier.to(device)
+        with torch.no_grad():
+            guess = denoise(model, state, scheduler, add_noise(scheduler, clean, noise, earlier), earlier,
+                            reference, azimuth, anchors)
+        noisy = ddim_step(scheduler, add_noise(scheduler, clean, noise, earlier), guess, earlier, t)
+    pred = denoise(model, state, scheduler, noisy, t, reference, azimuth, anchors)
+    return F.mse_loss(pred, clean) + settings.temporal_weight * temporal_loss(pred, clean)
+
+
+def denoise(model, state, scheduler, noisy, t, reference, azimuth, anchor_noise) -> torch.Tensor:
+    """The model's x0 prediction; with `anchor_noise`, it also attends to the reference frame at the
+    same noise level, as the sampler records its anchors."""
     state.anchors.clear()
-    if use_anchor:
-        # The anchor is the reference frame at the same noise level, as the sampler records it.
+    if anchor_noise is not None:
         anchor = add_noise(scheduler, reference[:, None], anchor_noise[:, None], t)
         with state.record_anchors():
-            model(anchor, t, reference, torch.zeros(b, 1, device=device))
+            model(anchor, t, reference, torch.zeros(len(t), 1, device=t.device))
     pred = model(noisy, t, reference, azimuth)
     state.anchors.clear()
-    return F.mse_loss(pred, clean) + settings.temporal_weight * temporal_loss(pred, clean)
+    return pred
+
+
+def ddim_step(scheduler, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM from timestep t to the lower `to`, given the x0 prediction (per video)."""
+    alphas = scheduler.alphas_cumprod.to(t.device)
+    a_t, a_to = (alphas[x].view(-1, *[1] * (noisy.dim() - 1)) for x in (t, to))
+    epsilon = (noisy - a_t.sqrt() * pred) / (1 - a_t).sqrt()
+    return a_to.sqrt() * pred + (1 - a_to).sqrt() * epsilon
 
 
 def temporal_loss(pred: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
