@@ -266,10 +266,10 @@ def diffusion_loss(model, state, scheduler, latents, scaling, settings, g, devic
     anchors = anchor_noise if use_anchor else None
     if earlier is not None:
         earlier = earlier.to(device)
+        before = add_noise(scheduler, clean, noise, earlier)
         with torch.no_grad():
-            guess = denoise(model, state, scheduler, add_noise(scheduler, clean, noise, earlier), earlier,
-                            reference, azimuth, anchors)
-        noisy = ddim_step(scheduler, add_noise(scheduler, clean, noise, earlier), guess, earlier, t)
+            guess = denoise(model, state, scheduler, before, earlier, reference, azimuth, anchors)
+        noisy = ddim_step(scheduler, before, guess, earlier, t)
     pred = denoise(model, state, scheduler, noisy, t, reference, azimuth, anchors)
     return F.mse_loss(pred, clean) + settings.temporal_weight * temporal_loss(pred, clean)
 
@@ -288,7 +288,8 @@ def denoise(model, state, scheduler, noisy, t, reference, azimuth, anchor_noise)
 
 
 def ddim_step(scheduler, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM from timestep t to the lower `to`, given the x0 prediction (per video)."""
+    """Deterministic DDIM from timestep t to the lower `to`, given the x0 prediction. By hand because
+    diffusers' DDIMScheduler.step takes one timestep for the batch; here each video has its own."""
     alphas = scheduler.alphas_cumprod.to(t.device)
     a_t, a_to = (alphas[x].view(-1, *[1] * (noisy.dim() - 1)) for x in (t, to))
     epsilon = (noisy - a_t.sqrt() * pred) / (1 - a_t).sqrt()
