@@ -45,9 +45,11 @@ def psnr(a, b):
 
 def test_training_reaches_a_quality_floor_on_held_out_frames(trained):
     metrics = json.loads((trained / "project" / "splats" / "metrics.json").read_text())
-    assert metrics["held_out"] and metrics["eval_frames"] == 4 and metrics["steps"] == 500
-    # what the frames give without learning: every held-out frame predicted by its mean colour
     data = load_dataset(trained / "project" / "poses", test_every=8)
+    # pycolmap's multi-threaded mapper does not register the same frames every run (one CI run: under 25 of 32)
+    assert len(data.names) >= 16
+    assert metrics["held_out"] and metrics["eval_frames"] == len(data.test) and metrics["steps"] == 500
+    # what the frames give without learning: every held-out frame predicted by its mean colour
     flat = [psnr(data.images[i].mean((0, 1)).expand_as(data.images[i]), data.images[i]) for i in data.test]
     assert metrics["psnr"] >= 20.0 and metrics["psnr"] >= sum(flat) / len(flat) + 7
     assert metrics["gaussians"] > 0 and metrics["backend"] == "torch"
