@@ -14,14 +14,6 @@ TINY = Settings(scenes=2, ae_steps=2, ae_batch=2, steps=4, batch=2, window=4, wa
                 checkpoint_every=2, plane_heights="0.5", refine_width=8, temporal_weight=1.0)
 
 
-@pytest.fixture(autouse=True)
-def restore_denormals():
-    """Training flushes denormals to zero for the whole process; later tests in this pytest process
-    crashed (segfault in the Gaussian training) when it was left on."""
-    yield
-    torch.set_flush_denormal(False)
-
-
 def weights(run_dir):
     return load_file(run_dir / "weights" / "transformer" / "diffusion_pytorch_model.safetensors")
 

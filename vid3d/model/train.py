@@ -290,8 +290,7 @@ def denoise(model, state, scheduler, noisy, t, reference, azimuth, anchor_noise)
 def ddim_step(scheduler, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM from timestep t to the lower `to`, given the x0 prediction. By hand because
     diffusers' DDIMScheduler.step takes one timestep for the batch; here each video has its own."""
-    alphas = scheduler.alphas_cumprod.to(t.device)
-    a_t, a_to = (alphas[x].view(-1, *[1] * (noisy.dim() - 1)) for x in (t, to))
+    a_t, a_to = alpha_at(scheduler, t, noisy), alpha_at(scheduler, to, noisy)
     epsilon = (noisy - a_t.sqrt() * pred) / (1 - a_t).sqrt()
     return a_to.sqrt() * pred + (1 - a_to).sqrt() * epsilon
 
@@ -305,8 +304,13 @@ def temporal_loss(pred: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 def add_noise(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Noise [B, F, ...] latents at one timestep per video."""
-    alpha = scheduler.alphas_cumprod.to(t.device)[t].view(-1, *[1] * (clean.dim() - 1))
+    alpha = alpha_at(scheduler, t, clean)
     return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+
+
+def alpha_at(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The cumulative alpha of each video's timestep, shaped to broadcast over `like` [B, ...]."""
+    return scheduler.alphas_cumprod.to(t.device)[t].view(-1, *[1] * (like.dim() - 1))
 
 
 # ---------------------------------------------------------------- the whole run
@@ -315,9 +319,6 @@ def add_noise(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tens
 def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | None = None,
         device: torch.device | str = "cpu") -> Path:
     device = torch.device(device)
-    if device.type == "cpu":
-        torch.set_num_threads(2)
-    torch.set_flush_denormal(True)  # zero-initialised gates make denormals, 20x slower on this CPU
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
     log = Log(run_dir / "loss.csv")
@@ -341,7 +342,7 @@ def export(ae, model, settings, steps, log, out: Path, seconds: float, device: t
     model.save_pretrained(out / "transformer", safe_serialization=True)
     make_scheduler().save_pretrained(out)  # scheduler_config.json
     shutil.copy(log.path, out / "loss.csv")
-    info = {**asdict(settings), "steps_done": steps, "wall_seconds": round(seconds),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu, 2 threads"}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    info = {**asdict(settings), "steps_done": steps, "wall_seconds": round(seconds), "device": where}
     (out / "settings.json").write_text(json.dumps(info, indent=2))
     return out
