@@ -73,8 +73,6 @@ def test_first_frame_is_the_reference(orbit_video):
     assert mae(generated[0], truth[0]) < 0.06
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped weights pass the quality gate, but sampling loses most of the "
-                   "objects' motion: right direction in about 2 of 3 frame pairs (docs/model.md, 'Where the motion is lost')")
 def test_frames_move_the_way_the_camera_turns(orbit_video):
     truth, objects, generated = orbit_video
     # Objects nearer than the orbit's pivot move one way, farther ones the other: the direction is

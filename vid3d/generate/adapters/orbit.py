@@ -19,19 +19,22 @@ from .base import Request, VideoModel
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 SIZE = 64  # the model's only frame size
+GUIDANCE = 2.0  # autoguidance scale when the weights folder has a guide/ transformer (docs/model.md)
 
 
 @dataclass
 class OrbitCondition:
     reference: torch.Tensor  # scaled reference latents [1, C, 16, 16]
     azimuth: torch.Tensor  # [num_frames] radians relative to the reference
+    guidance: float  # 1: the transformer alone
 
 
 class OrbitVideoModel(VideoModel):
     def __init__(self, transformer: OrbitTransformer, autoencoder: OrbitAutoencoder, scheduler, window: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", guide: OrbitTransformer | None = None):
         super().__init__()
         self.transformer, self.autoencoder, self.scheduler = transformer.eval(), autoencoder.eval(), scheduler
+        self.guide = guide.eval() if guide is not None else None
         self.window = window
         self.device, self.dtype = torch.device(device), torch.float32
         self.install_stabilizers(self.transformer)
@@ -47,7 +50,10 @@ class OrbitVideoModel(VideoModel):
         autoencoder = OrbitAutoencoder.from_pretrained(path / "autoencoder").to(device)
         scheduler = DDIMScheduler.from_pretrained(path)
         window = int(json.loads((path / "settings.json").read_text())["window"])
-        return cls(transformer, autoencoder, scheduler, window, device)
+        guide = None
+        if (path / "guide").is_dir():
+            guide = OrbitTransformer.from_pretrained(path / "guide", torch_dtype=torch.float32).to(device)
+        return cls(transformer, autoencoder, scheduler, window, device, guide)
 
     @property
     def scaling(self) -> float:
@@ -63,7 +69,8 @@ class OrbitVideoModel(VideoModel):
         x = torch.from_numpy(image).float().permute(2, 0, 1)[None] / 127.5 - 1
         reference = self.autoencoder.encode(x.to(self.device)) * self.scaling
         azimuth = torch.from_numpy(np.radians(self.azimuths(request))).float().to(self.device)
-        return OrbitCondition(reference, azimuth)
+        guidance = (request.guidance or GUIDANCE) if self.guide is not None else 1.0
+        return OrbitCondition(reference, azimuth, guidance)
 
     def latent_frames(self, num_frames: int) -> int:
         return num_frames
@@ -78,7 +85,13 @@ class OrbitVideoModel(VideoModel):
         self.attention.videos = videos
         azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
         reference = condition.reference.expand(videos, -1, -1, -1)
-        return self.transformer(latents, t, reference, azimuth)
+        prediction = self.transformer(latents, t, reference, azimuth)
+        if condition.guidance == 1.0:
+            return prediction
+        # Autoguidance (Karras et al. 2024): extrapolate away from a weaker model's prediction, as
+        # classifier-free guidance does from the unconditional one.
+        weaker = self.guide(latents, t, reference, azimuth)
+        return weaker + condition.guidance * (prediction - weaker)
 
     @torch.no_grad()
     def decode(self, latents, condition) -> np.ndarray:
