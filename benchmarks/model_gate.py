@@ -34,8 +34,8 @@ REQUIRED_REDUCTION = 0.30
 
 
 def generate(model: OrbitVideoModel, reference: np.ndarray, steps: int, seed: int, anchors: tuple[int, ...],
-             loop: bool) -> np.ndarray:
-    request = Request(image=reference, num_frames=FRAMES)
+             loop: bool, guidance: float = 0.0) -> np.ndarray:
+    request = Request(image=reference, num_frames=FRAMES, guidance=guidance)
     generator = torch.Generator().manual_seed(seed)
     condition = model.prepare(request, generator)
     latents = sample(model, condition, request, Plan(steps=steps, loop=loop), Stabilizers(anchors=anchors), generator)
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--anchors", default="0", help="anchor frames, comma-separated ('' for none)")
     parser.add_argument("--no-loop", action="store_true", help="open windows instead of circular ones")
+    parser.add_argument("--guidance", type=float, default=0.0, help="autoguidance scale (0: the model's default, 1: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/model_gate.json"))
     args = parser.parse_args()
     anchors = tuple(int(a) for a in args.anchors.split(",") if a.strip())
@@ -85,7 +86,7 @@ def main() -> None:
     for seed in held_out_seeds(args.scenes):
         truth = render_orbit(seed)
         began = time.time()
-        generated = generate(model, truth[0], args.steps, seed, anchors, not args.no_loop)
+        generated = generate(model, truth[0], args.steps, seed, anchors, not args.no_loop, args.guidance)
         seconds.append(time.time() - began)
         guesses = {"model": generated, "copy reference": np.repeat(truth[:1], FRAMES, 0),
                    "ground warp": pixel_warp(truth[0], degrees), "autoencoder floor": reconstruct(model, truth)}
@@ -108,12 +109,13 @@ def main() -> None:
         print(f"{name:<20}{row['mae']:>8.4f}{row['vs_copy']:>+10.1%}{row['mae_blur']:>10.4f}{row['vs_copy_blur']:>+10.1%}")
     print(f"gate (model >= {REQUIRED_REDUCTION:.0%} below copy): {'PASS' if passed else 'FAIL'}; "
           f"48 frames in {np.mean(seconds):.1f}s mean ({args.steps} steps, anchors {anchors}, "
-          f"loop {not args.no_loop})")
+          f"loop {not args.no_loop}, guidance {args.guidance or 'default'})")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "scenes": list(held_out_seeds(args.scenes)), "min_degrees": MIN_DEGREES, "blur_sigma_px": BLUR_SIGMA,
-        "steps": args.steps, "anchors": list(anchors), "loop": not args.no_loop, "summary": summary,
+        "steps": args.steps, "anchors": list(anchors), "loop": not args.no_loop, "guidance": args.guidance,
+        "summary": summary,
         "per_scene": errors, "passed": passed,
         "seconds_per_48_frames": seconds, "required_reduction": REQUIRED_REDUCTION}, indent=2))
 
