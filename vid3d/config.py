@@ -36,7 +36,7 @@ class GenerateSettings:
     height: int = setting(0, "frame height in pixels; 0: the model's own", min=0)
     width: int = setting(0, "frame width in pixels; 0: the model's own", min=0)
     steps: int = setting(20, "denoising steps", min=1)
-    guidance: float = setting(0.0, "classifier-free guidance scale; 0: the model's default", min=0.0)
+    guidance: float = setting(0.0, "guidance scale (classifier-free; autoguidance for the embedded model); 0: the model's default, 1: off", min=0.0)
     scheduler: Literal["default", "euler", "ddim", "dpm++"] = setting(
         "default", "diffusers scheduler: the model's own, Euler, DDIM or DPM-Solver++ (built from its config)")
     window: int = setting(0, "latent frames per window; 0: the model's own length", min=0)
