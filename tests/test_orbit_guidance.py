@@ -4,13 +4,13 @@ the transformer's own prediction."""
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import GUIDANCE, OrbitVideoModel
 from vid3d.model.autoencoder import OrbitAutoencoder
 from vid3d.model.data import RIG
 from vid3d.model.network import OrbitTransformer
-from diffusers import DDIMScheduler
 
 
 def transformer(seed: int) -> OrbitTransformer:
