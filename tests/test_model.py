@@ -1,6 +1,7 @@
 """The shipped orbit model on a held-out procedural scene: the orbit starts at the reference and
 turns the way the camera turns."""
 
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from vid3d.scenes import make_scene, render
 
 SEED = HELD_OUT_SEED + 50  # held out, and not one of the quality gate's scenes
 FRAMES = 16  # 7.5 degrees apart, as in training: 112.5 degrees of orbit
+SAMPLER_SEEDS = range(5)  # one orbit is a single draw: the direction is judged over several
 WEIGHTS = os.environ.get("VID3D_ORBIT_WEIGHTS")  # default: the shipped weights
 
 
@@ -45,10 +47,13 @@ def _generate():
 
     model = OrbitVideoModel.load(WEIGHTS)
     request = Request(image=truth.images[0], num_frames=FRAMES, orbit_degrees=FRAMES * 7.5)
-    generator = torch.Generator().manual_seed(0)
-    condition = model.prepare(request, generator)
-    latents = sample(model, condition, request, Plan(steps=20), Stabilizers(anchors=(0,)), generator)
-    return truth.images, objects, model.decode(latents, condition)
+    videos = []
+    for seed in SAMPLER_SEEDS:
+        generator = torch.Generator().manual_seed(seed)
+        condition = model.prepare(request, generator)
+        latents = sample(model, condition, request, Plan(steps=20), Stabilizers(anchors=(0,)), generator)
+        videos.append(model.decode(latents, condition))
+    return truth.images, objects, np.stack(videos)
 
 
 def mae(a, b) -> float:
@@ -66,15 +71,25 @@ def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.array(flows)
 
 
+def chance_threshold(pairs: int, p_value: float = 0.01) -> float:
+    """The fraction of right signs that a directionless model (a coin toss per pair) reaches with
+    probability below p_value."""
+    for k in range(pairs + 1):
+        if sum(math.comb(pairs, j) for j in range(k, pairs + 1)) / 2**pairs < p_value:
+            return k / pairs
+    return 1.0
+
+
 def test_first_frame_is_the_reference(orbit_video):
-    truth, _, generated = orbit_video
+    truth, _, videos = orbit_video
     other_scene = render_orbit(SEED + 1, frames=1)[0]
-    assert mae(generated[0], truth[0]) < 0.5 * mae(generated[0], other_scene)
-    assert mae(generated[0], truth[0]) < 0.06
+    for generated in videos:
+        assert mae(generated[0], truth[0]) < 0.5 * mae(generated[0], other_scene)
+        assert mae(generated[0], truth[0]) < 0.06
 
 
 def test_frames_move_the_way_the_camera_turns(orbit_video):
-    truth, objects, generated = orbit_video
+    truth, objects, videos = orbit_video
     # Objects nearer than the orbit's pivot move one way, farther ones the other: the direction is
     # taken from the true renders, pair by pair, where the objects clearly move.
     true_flow = horizontal_flow(truth, objects)
@@ -82,6 +97,7 @@ def test_frames_move_the_way_the_camera_turns(orbit_video):
     assert moving.sum() >= 5, true_flow
     sign = np.sign(true_flow[moving])
 
-    flow = horizontal_flow(generated, objects)[moving]
-    assert (np.sign(flow) == sign).mean() >= 0.75, (flow, true_flow)
+    flow = np.stack([horizontal_flow(generated, objects)[moving] for generated in videos])
+    right = np.sign(flow) == sign
+    assert right.mean() >= chance_threshold(right.size), (right.mean(axis=1), true_flow)
     assert (flow * sign).mean() > 0.3 * np.abs(true_flow[moving]).mean(), (flow, true_flow)

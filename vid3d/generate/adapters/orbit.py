@@ -20,6 +20,9 @@ from .base import Request, VideoModel
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 SIZE = 64  # the model's only frame size
 GUIDANCE = 2.0  # autoguidance scale when the weights folder has a guide/ transformer (docs/model.md)
+# Guidance only at high noise, where the layout and the motion are decided: guiding the later steps
+# too sharpened details that disagreed between views and cost 3D consistency (docs/model.md).
+GUIDANCE_FROM_T = 700
 
 
 @dataclass
@@ -36,6 +39,7 @@ class OrbitVideoModel(VideoModel):
         self.transformer, self.autoencoder, self.scheduler = transformer.eval(), autoencoder.eval(), scheduler
         self.guide = guide.eval() if guide is not None else None
         self.window = window
+        self.guidance_from_t = GUIDANCE_FROM_T
         self.device, self.dtype = torch.device(device), torch.float32
         self.install_stabilizers(self.transformer)
 
@@ -86,7 +90,7 @@ class OrbitVideoModel(VideoModel):
         azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
         reference = condition.reference.expand(videos, -1, -1, -1)
         prediction = self.transformer(latents, t, reference, azimuth)
-        if condition.guidance == 1.0:
+        if condition.guidance == 1.0 or float(t) < self.guidance_from_t:
             return prediction
         # Autoguidance (Karras et al. 2024): extrapolate away from a weaker model's prediction, as
         # classifier-free guidance does from the unconditional one.
