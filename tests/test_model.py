@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,7 @@ from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.model.data import HELD_OUT_SEED, orbit, render_orbit
+from vid3d.metrics.video import horizontal_flow
 from vid3d.scenes import make_scene, render
 
 SEED = HELD_OUT_SEED + 50  # held out, and not one of the quality gate's scenes
@@ -32,12 +32,12 @@ def orbit_video(tmp_path_factory):
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_model; test_model.generate_to(sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=600)
     data = np.load(out)
-    return data["truth"], data["objects"], data["generated"]
+    return data["truth"], data["objects"], data["videos"]
 
 
 def generate_to(path: str) -> None:
-    truth, objects, generated = _generate()
-    np.savez(path, truth=truth, objects=objects, generated=generated)
+    truth, objects, videos = _generate()
+    np.savez(path, truth=truth, objects=objects, videos=videos)
 
 
 def _generate():
@@ -58,17 +58,6 @@ def _generate():
 
 def mae(a, b) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255)
-
-
-def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Mean horizontal Farneback flow over the object region, for each pair of consecutive frames."""
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    region = [cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in masks]
-    flows = []
-    for i in range(len(frames) - 1):
-        flow = cv2.calcOpticalFlowFarneback(gray[i], gray[i + 1], None, 0.5, 2, 9, 3, 5, 1.1, 0)
-        flows.append(flow[..., 0][region[i]].mean())
-    return np.array(flows)
 
 
 def chance_threshold(pairs: int, p_value: float = 0.01) -> float:

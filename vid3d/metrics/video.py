@@ -1,4 +1,4 @@
-"""Temporal consistency of a video: warping error, flicker and loop closure.
+"""Temporal consistency of a video: warping error, flicker, loop closure, and object motion.
 
 Frames are HxWx3 uint8 arrays; errors are in [0, 1] colour units.
 """
@@ -16,6 +16,18 @@ def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense flow from frame a to frame b (HxWx2, pixels), OpenCV's DIS at medium preset."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     return dis.calc(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None)
+
+
+def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mean horizontal flow (pixels) over each mask region, dilated by 2 px, for each pair of
+    consecutive frames: Farneback's flow, which follows the small blurred objects of 64x64 frames."""
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    region = [cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in masks]
+    flows = []
+    for i in range(len(frames) - 1):
+        flow = cv2.calcOpticalFlowFarneback(gray[i], gray[i + 1], None, 0.5, 2, 9, 3, 5, 1.1, 0)
+        flows.append(flow[..., 0][region[i]].mean())
+    return np.array(flows)
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
