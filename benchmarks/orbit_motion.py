@@ -23,12 +23,10 @@ import torch
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import GUIDANCE_FROM_T, OrbitVideoModel
 from vid3d.generate.sampler import Plan, Stabilizers, sample
-from vid3d.metrics.video import horizontal_flow
-from vid3d.model.data import HELD_OUT_SEED, orbit
-from vid3d.scenes import make_scene, render
+from vid3d.metrics.video import object_motion
+from vid3d.model.data import HELD_OUT_SEED, render_orbit_start
 
 FRAMES = 16
-MOVING_PX = 0.15
 RUNS = {"12 runs": [(HELD_OUT_SEED + 50 + k, s) for k in range(4) for s in range(3)],
         "16 other runs": [(HELD_OUT_SEED + 54 + k, s) for k in range(8) for s in range(2)]}
 SAMPLINGS = {f"autoguidance at t >= {GUIDANCE_FROM_T} (default)": GUIDANCE_FROM_T,
@@ -36,21 +34,15 @@ SAMPLINGS = {f"autoguidance at t >= {GUIDANCE_FROM_T} (default)": GUIDANCE_FROM_
 
 
 def measure(model: OrbitVideoModel, scene: int, seed: int) -> dict[str, float]:
-    cams = orbit(scene)[np.arange(FRAMES)]
-    truth = render(make_scene(scene, simple=True), cams, supersample=2)
-    objects = truth.mask & (cams.backproject(truth.depth)[..., 2] > 0.02)  # above the ground
-    request = Request(image=truth.images[0], num_frames=FRAMES, orbit_degrees=FRAMES * 7.5)
+    truth, objects = render_orbit_start(scene, FRAMES)
+    request = Request(image=truth[0], num_frames=FRAMES, orbit_degrees=FRAMES * 7.5)
     generator = torch.Generator().manual_seed(seed)
     condition = model.prepare(request, generator)
-    generated = model.decode(sample(model, condition, request, Plan(steps=20), Stabilizers(anchors=(0,)), generator),
-                             condition)
-    true_flow = horizontal_flow(truth.images, objects)
-    moving = np.abs(true_flow) > MOVING_PX
-    sign = np.sign(true_flow[moving])
-    flow = horizontal_flow(generated, objects)[moving]
-    error = np.abs(generated[1:].astype(np.float32) - truth.images[1:].astype(np.float32)).mean() / 255
-    return {"pairs_right": float((np.sign(flow) == sign).mean()),
-            "motion": float((flow * sign).mean() / np.abs(true_flow[moving]).mean()), "error": float(error)}
+    latents = sample(model, condition, request, Plan(steps=20), Stabilizers(anchors=(0,)), generator)
+    generated = model.decode(latents, condition)
+    right, share = object_motion(generated, truth, objects)
+    error = np.abs(generated[1:].astype(np.float32) - truth[1:].astype(np.float32)).mean() / 255
+    return {"pairs_right": float(right.mean()), "motion": share, "error": float(error)}
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vid3d.metrics.video import flicker, loop_closure, optical_flow, video_metrics, warping_error
+from vid3d.metrics.video import flicker, loop_closure, object_motion, optical_flow, video_metrics, warping_error
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 
@@ -20,6 +20,22 @@ def test_flow_recovers_a_known_shift():
     a, b = texture[20:120, 20:180], texture[20:120, 23:183]  # b is a moved 3 pixels left
     flow = optical_flow(a, b)
     assert np.median(flow[..., 0]) == pytest.approx(-3, abs=0.2) and np.median(flow[..., 1]) == pytest.approx(0, abs=0.2)
+
+
+def test_object_motion_of_a_square_moving_right():
+    """A textured blob moving 1 px a frame to the right: the same video moves the right way in every
+    pair by the true amount, the reversed one the wrong way, a still one not at all."""
+    rng = np.random.default_rng(2)
+    blob = np.repeat(np.repeat((rng.random((6, 6, 3)) * 255).astype(np.uint8), 2, 0), 2, 1)
+    frames, masks = np.full((8, 64, 64, 3), 90, np.uint8), np.zeros((8, 64, 64), bool)
+    for i in range(8):
+        frames[i, 26:38, 20 + i:32 + i], masks[i, 26:38, 20 + i:32 + i] = blob, True
+    right, share = object_motion(frames, frames, masks)
+    assert right.all() and right.size == 7 and share == pytest.approx(1.0)
+    right, share = object_motion(frames[::-1], frames, masks)
+    assert not right.any() and share < 0
+    right, share = object_motion(np.repeat(frames[:1], 8, 0), frames, masks)
+    assert abs(share) < 0.2
 
 
 def test_a_consistent_orbit_warps_well_and_a_boiling_one_does_not(orbit):

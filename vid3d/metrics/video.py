@@ -30,6 +30,17 @@ def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.array(flows)
 
 
+def object_motion(generated: np.ndarray, truth: np.ndarray, objects: np.ndarray,
+                  moving_px: float = 0.15) -> tuple[np.ndarray, float]:
+    """For each frame pair where the true objects move (more than moving_px), whether the generated
+    ones move the same way; and their signed motion as a share of the true amount."""
+    true_flow = horizontal_flow(truth, objects)
+    moving = np.abs(true_flow) > moving_px
+    sign = np.sign(true_flow[moving])
+    flow = horizontal_flow(generated, objects)[moving]
+    return np.sign(flow) == sign, float((flow * sign).mean() / np.abs(true_flow[moving]).mean())
+
+
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample `image` at x + flow(x): brings the next frame back onto the current one."""
     h, w = flow.shape[:2]

@@ -35,6 +35,14 @@ def render_orbit(seed: int, frames: int = FRAMES, size: int = SIZE) -> np.ndarra
     return render(make_scene(seed, simple=True), orbit(seed, frames, size), supersample=2).images
 
 
+def render_orbit_start(seed: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `frames` frames of the orbit (7.5 degrees apart, uint8) and the masks of the scene's
+    objects in them (what stands above the ground)."""
+    cams = orbit(seed)[np.arange(frames)]
+    truth = render(make_scene(seed, simple=True), cams, supersample=2)
+    return truth.images, truth.mask & (cams.backproject(truth.depth)[..., 2] > 0.02)
+
+
 def render_set(seeds, path: Path) -> np.ndarray:
     """Render (or load the cached) orbits of `seeds`: uint8 [scenes, frames, H, W, 3]."""
     path = Path(path)
