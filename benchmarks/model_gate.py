@@ -25,8 +25,8 @@ import torch
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
 from vid3d.generate.sampler import Plan, Stabilizers, sample
-from vid3d.model.data import FRAMES, RIG, held_out_seeds, render_orbit
-from vid3d.model.warp import warp_grid, warp_reference
+from vid3d.generate.model.data import FRAMES, RIG, held_out_seeds, render_orbit
+from vid3d.generate.model.warp import warp_grid, warp_reference
 
 MIN_DEGREES = 45.0
 BLUR_SIGMA = 1.5

@@ -24,7 +24,7 @@ from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import GUIDANCE_FROM_T, OrbitVideoModel
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.metrics.video import object_motion
-from vid3d.model.data import HELD_OUT_SEED, render_orbit_start
+from vid3d.generate.model.data import HELD_OUT_SEED, render_orbit_start
 
 FRAMES = 16
 RUNS = {"12 runs": [(HELD_OUT_SEED + 50 + k, s) for k in range(4) for s in range(3)],

@@ -36,10 +36,10 @@ import torch
 from vid3d.config import GenerateSettings, SplatsSettings
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
-from vid3d.generate.sampler import frame_sets
-from vid3d.generate.stage import generate, plan_of
+from vid3d.generate.sampler import Plan, frame_sets
+from vid3d.generate.stage import generate
 from vid3d.metrics.video import loop_closure
-from vid3d.model.data import FRAMES, held_out_seeds, render_orbit
+from vid3d.generate.model.data import FRAMES, held_out_seeds, render_orbit
 
 from model_gate import MIN_DEGREES, mae  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
 
@@ -63,7 +63,7 @@ def seam_error(generated: np.ndarray, truth: np.ndarray, joins: list[int]) -> fl
 
 
 def window_joins(model: OrbitVideoModel, settings: GenerateSettings) -> list[int]:
-    sets = frame_sets(FRAMES, model.window, plan_of(settings))
+    sets = frame_sets(FRAMES, model.window, Plan.of(settings))
     edges = {int(s[0]) for s in sets} | {int(s[-1]) + 1 for s in sets}
     return sorted(j for j in edges if 0 < j < FRAMES)
 

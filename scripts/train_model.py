@@ -4,7 +4,7 @@
     python scripts/train_model.py --run runs/orbit --install  # then copy the weights into the package
     python scripts/train_model.py --run runs/orbit --device cuda  # on a GPU (same batches as on the CPU)
 
-Settings are the defaults of vid3d.model.train.Settings unless overridden (--steps 100 etc.).
+Settings are the defaults of vid3d.generate.model.train.Settings unless overridden (--steps 100 etc.).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from vid3d.model.train import Settings, run  # noqa: E402
+from vid3d.generate.model.train import Settings, run  # noqa: E402
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "vid3d" / "model" / "weights"
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the diffusion stage after this long (the stop is recorded in settings.json)")
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--install", action="store_true", help="copy the exported weights into vid3d/model/weights")
+    parser.add_argument("--install", action="store_true", help="copy the exported weights into vid3d/generate/model/weights")
     for field in fields(Settings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args()

@@ -3,9 +3,9 @@ starts from exactly the smaller model's function, and the new inputs are then li
 
 import torch
 
-from vid3d.model.data import RIG
-from vid3d.model.network import OrbitTransformer
-from vid3d.model.train import grow
+from vid3d.generate.model.data import RIG
+from vid3d.generate.model.network import OrbitTransformer
+from vid3d.generate.model.train import grow
 
 
 def small(**extra) -> OrbitTransformer:

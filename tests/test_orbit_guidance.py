@@ -8,9 +8,9 @@ from diffusers import DDIMScheduler
 
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import GUIDANCE, GUIDANCE_FROM_T, OrbitVideoModel
-from vid3d.model.autoencoder import OrbitAutoencoder
-from vid3d.model.data import RIG
-from vid3d.model.network import OrbitTransformer
+from vid3d.generate.model.autoencoder import OrbitAutoencoder
+from vid3d.generate.model.data import RIG
+from vid3d.generate.model.network import OrbitTransformer
 
 
 def transformer(seed: int) -> OrbitTransformer:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vid3d.model.data import RIG
-from vid3d.model.warp import GROUND_HALF_SIZE, warp_grid
+from vid3d.generate.model.data import RIG
+from vid3d.generate.model.warp import GROUND_HALF_SIZE, warp_grid
 from vid3d.scenes import orbit_cameras
 
 SIZE = 32

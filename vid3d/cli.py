@@ -14,14 +14,15 @@ import os
 # "BLAS : Bad memory unallocation!" on stdout at exit (2 runs in 12 here), which breaks --json.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import functools
+import inspect
 import json
 import logging
-import re
 import shutil
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from vid3d import __version__, pipeline
 from vid3d.config import load_settings, read_preset, read_toml
+from vid3d.device import check_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d import ui
@@ -56,17 +58,42 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="fast (CPU pr
 
 @dataclass
 class Common:
-    config: Path | None
-    sets: list[str]
-    force: bool
-    json: bool
-    device: str
-    verbose: bool
-    wait: bool
+    """The options every stage command takes (COMMON_OPTIONS), and its preset where it has one."""
+
+    config: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    force: bool = False
+    json: bool = False
+    device: str = "auto"
+    verbose: bool = False
+    wait: bool = False
     preset: str | None = None
 
 
-@app.command()
+COMMON_OPTIONS = {"config": (ConfigOpt, None), "set": (SetOpt, None), "force": (ForceOpt, False),
+                  "json": (JsonOpt, False), "device": (DeviceOpt, "auto"), "verbose": (VerboseOpt, False),
+                  "wait": (WaitOpt, False)}
+
+
+def stage_command(function: Callable[..., None]) -> Callable[..., None]:
+    """Register `function(..., common: Common)` as a command that takes COMMON_OPTIONS besides its own."""
+    own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "common"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+              for name, (annotation, default) in COMMON_OPTIONS.items()]
+
+    @functools.wraps(function)
+    def command(**values):
+        common = Common(config=values.pop("config"), sets=values.pop("set") or [], force=values.pop("force"),
+                        json=values.pop("json"), device=values.pop("device"), verbose=values.pop("verbose"),
+                        wait=values.pop("wait"))
+        function(**values, common=common)
+
+    command.__signature__ = inspect.Signature(own + shared)
+    command.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return app.command()(command)
+
+
+@stage_command
 def generate(project: ProjectArg,
              image: Annotated[Optional[Path], typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
              prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
@@ -75,51 +102,39 @@ def generate(project: ProjectArg,
                                  "default: the embedded orbit model.")] = None,
              frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to generate.")] = None,
              loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
-             config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-             device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+             *, common: Common) -> None:
     """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
     named = {"prompt": prompt, "model": model, "frames": frames, "loop": None if loop is None else str(loop).lower()}
     sets = [f"generate.{key}={value}" for key, value in named.items() if value is not None]
-    common = Common(config, sets + (set or []), force, json, device, verbose, wait)
-    _execute(project, common, pipeline.generate, target="generate", image=image)
+    _execute(project, common, "generate", sets=sets, image=image)
 
 
-@app.command()
-def frames(project: ProjectArg,
-           input: InputOpt = None,
-           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+@stage_command
+def frames(project: ProjectArg, input: InputOpt = None, *, common: Common) -> None:
     """Ingest a video or image folder into frames/: even sampling, sharpest frames, resized."""
-    common = Common(config, set or [], force, json, device, verbose, wait)
-    _execute(project, common, pipeline.frames, target="frames", input=input)
+    _execute(project, common, "frames", input=input)
 
 
-@app.command()
-def poses(project: ProjectArg,
-          input: InputOpt = None,
-          poses: PosesOpt = None,
-          config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-          device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+@stage_command
+def poses(project: ProjectArg, input: InputOpt = None, poses: PosesOpt = None, *, common: Common) -> None:
     """Camera poses with pycolmap (or known cameras): ingest the input into frames/, then write poses/."""
-    common = Common(config, _poses_set(poses) + (set or []), force, json, device, verbose, wait)
-    _execute(project, common, pipeline.poses, target="poses", input=input)
+    _execute(project, common, "poses", sets=_poses_set(poses), input=input)
 
 
-@app.command()
+@stage_command
 def reconstruct(project: ProjectArg,
                 input: InputOpt = None,
                 preset: PresetOpt = None,
                 backend: Annotated[Optional[str], typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
                 poses: PosesOpt = None,
-                config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-                device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+                *, common: Common) -> None:
     """3D Gaussian Splatting: runs frames and poses when missing or stale, then trains splats/."""
-    sets = ([f"splats.backend={backend}"] if backend else []) + _poses_set(poses) + (set or [])
-    common = Common(config, sets, force, json, device, verbose, wait, preset)
-    _execute(project, common, pipeline.splats, target="splats", input=input)
+    sets = ([f"splats.backend={backend}"] if backend else []) + _poses_set(poses)
+    common.preset = preset
+    _execute(project, common, "splats", sets=sets, input=input)
 
 
-@app.command()
+@stage_command
 def export(project: ProjectArg,
            mesh: Annotated[bool, typer.Option("--mesh", help="Write a mesh (TSDF fusion of rendered depth).")] = False,
            format: Annotated[Optional[str], typer.Option("--format", help="Mesh format: ply, obj or glb.")] = None,
@@ -130,8 +145,7 @@ def export(project: ProjectArg,
            pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
            cameras: Annotated[bool, typer.Option("--cameras", help="Write the camera path as cameras.json.")] = False,
            input: InputOpt = None,
-           config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-           device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+           *, common: Common) -> None:
     """Export assets from the Gaussians (runs the stages before it when missing or stale).
 
     With any of --mesh, --splat, --pointcloud, --cameras, exactly those are written; with none,
@@ -143,19 +157,14 @@ def export(project: ProjectArg,
                  f"export.pointcloud={str(pointcloud).lower()}", f"export.cameras={str(cameras).lower()}"]
     named = {"mesh_format": format, "voxel_size": voxel_size, "faces": faces, "bbox": bbox}
     sets += [f"export.{key}={value}" for key, value in named.items() if value is not None]
-    common = Common(config, sets + (set or []), force, json, device, verbose, wait)
-    _execute(project, common, pipeline.export, target="export", input=input)
+    _execute(project, common, "export", sets=sets, input=input)
 
 
-@app.command()
-def run(project: ProjectArg,
-        input: InputOpt = None,
-        preset: PresetOpt = None,
-        config: ConfigOpt = None, set: SetOpt = None, force: ForceOpt = False, json: JsonOpt = False,
-        device: DeviceOpt = "auto", verbose: VerboseOpt = False, wait: WaitOpt = False) -> None:
+@stage_command
+def run(project: ProjectArg, input: InputOpt = None, preset: PresetOpt = None, *, common: Common) -> None:
     """Every stage in order (frames, poses, splats, export), each cached; --force reruns them all."""
-    common = Common(config, set or [], force, json, device, verbose, wait, preset)
-    _execute(project, common, pipeline.export, target="export", input=input, force_all=True)
+    common.preset = preset
+    _execute(project, common, "export", input=input, force_all=True)
 
 
 @app.command()
@@ -164,11 +173,10 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
     """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
     from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, VIDEO_SETTINGS, generated_summary, summary
 
-    common = Common(None, VIDEO_SETTINGS, force, json, device, verbose, False, "fast")
-    video = _execute(project, common, pipeline.export, target="export", input=EXAMPLE_VIDEO, force_all=True,
+    common = Common(force=force, json=json, device=device, verbose=verbose, preset="fast")
+    video = _execute(project, common, "export", sets=VIDEO_SETTINGS, input=EXAMPLE_VIDEO, force_all=True,
                      summarize=summary, report=False)
-    common = Common(None, GENERATED_SETTINGS, force, json, device, verbose, False, "fast")
-    generated = _execute(project / "generated", common, pipeline.export, target="export", force_all=True,
+    generated = _execute(project / "generated", common, "export", sets=GENERATED_SETTINGS, force_all=True,
                          image=EXAMPLE_REFERENCE, summarize=generated_summary, report=False)
     if json:
         print(_dumps({**video, "generated": generated}))
@@ -238,28 +246,29 @@ def _keep_stdout_for_results() -> None:
     sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
-def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context], StageResult],
-             target: str, input: Path | None = None, force_all: bool = False, image: Path | None = None,
+def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (), input: Path | None = None,
+             force_all: bool = False, image: Path | None = None,
              summarize: Callable[[Path], dict] | None = None, report: bool = True) -> dict:
+    """Run stage `target` (and the stages it reads) on the project; `sets` come before --set."""
     _setup_logging(common.verbose)
     created = not project_dir.exists()
     project = Project(project_dir)
     ctx = None
     log_state: tuple[Path, int] | None = None
     try:
-        _check_device(common.device)
+        check_device(common.device)
         _check_project_folder(project_dir, must_exist=False)
         with project.lock(wait=common.wait):
             log_state = _attach_log_file(project_dir)
             log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
             forced = (STAGES if force_all else (target,)) if common.force else ()
-            ctx = pipeline.Context(project, _load_settings(project, common, input, image), common.device,
-                                   force=forced)
-            body(ctx)
+            settings = _load_settings(project, common, [*sets, *common.sets], input, image)
+            ctx = pipeline.Context(project, settings, common.device, force=forced)
+            pipeline.run(ctx, target)
     except UserError as exc:
         _undo(project_dir, created, log_state, ctx)
         _fail(str(exc), 2, common.json)
-    except (StageError, Exception) as exc:
+    except Exception as exc:
         log.debug("failed", exc_info=True)
         if common.verbose:
             traceback.print_exc()
@@ -275,7 +284,7 @@ def _execute(project_dir: Path, common: Common, body: Callable[[pipeline.Context
     return outcome
 
 
-def _load_settings(project: Project, common: Common, input: Path | None, image: Path | None = None):
+def _load_settings(project: Project, common: Common, sets: list[str], input: Path | None, image: Path | None = None):
     """Defaults < the project's last settings (project.toml) < --preset < --config < --input/--image < --set."""
     layers = [project.saved_settings()]
     if common.preset:
@@ -286,16 +295,11 @@ def _load_settings(project: Project, common: Common, input: Path | None, image: 
         layers.append(({"frames": {"input": str(input.resolve())}}, "--input"))
     if image is not None:
         layers.append(({"generate": {"image": str(image.resolve())}}, "--image"))
-    return load_settings(*layers, overrides=common.sets)
+    return load_settings(*layers, overrides=sets)
 
 
 def _poses_set(poses: Path | None) -> list[str]:
     return [f"poses.cameras={poses.resolve()}"] if poses else []
-
-
-def _check_device(device: str) -> None:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N")
 
 
 def _check_project_folder(path: Path, must_exist: bool) -> None:

@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import trimesh
+
+from vid3d.export import mesh_path
+from vid3d.generate.output import GeneratedVideo
+from vid3d.ingest import FramesIndex
+from vid3d.poses import read_dataset
+from vid3d.project import Project
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_VIDEO = EXAMPLES / "orbit.mp4"
@@ -22,22 +27,19 @@ def summary(project_dir: Path) -> dict:
     from vid3d.metrics.mesh import compare_to_truth
     from vid3d.scenes import make_scene, orbit_cameras
 
-    stages = json.loads((project_dir / "manifest.json").read_text())["stages"]
+    project = Project(project_dir)
+    stages = project.manifest()["stages"]
     truth = json.loads(EXAMPLE_VIDEO.with_suffix(".json").read_text())
     scene = make_scene(truth["scene_seed"])
     true_cameras = orbit_cameras(truth["frames"], width=truth["width"], height=truth["height"])
-    transforms = json.loads((project_dir / "poses" / "transforms.json").read_text())
-    index = {e["file"]: e["source_index"] for e in
-             json.loads((project_dir / "frames" / "index.json").read_text())["frames"]}
-    estimated = np.stack([np.asarray(f["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])
-                          for f in transforms["frames"]])
-    true = true_cameras.cam_to_world[[index[Path(f["file_path"]).name] for f in transforms["frames"]]]
-    mesh_file = next(p for p in stages["export"]["outputs"] if Path(p).name.startswith("mesh."))
-    mesh = trimesh.load(project_dir / mesh_file, force="mesh")
+    poses = read_dataset(project.stage_dir("poses"))
+    source_index = {e.file: e.source_index for e in FramesIndex.read(project.stage_dir("frames")).frames}
+    true = true_cameras.cam_to_world[[source_index[name] for name in poses.names]]
+    mesh = trimesh.load(mesh_path(project.stage_dir("export")), force="mesh")
     low, high = scene.object_bounds
     margin = 0.5 * scene.extent
     region = np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
-    accuracy = compare_to_truth(mesh, estimated, true, scene.mesh(), region)
+    accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), region)
     return {"frames": stages["frames"]["metrics"]["frames"],
             "registered": f'{stages["poses"]["metrics"]["registered"]}/{stages["poses"]["metrics"]["total"]}',
             "held_out_psnr": stages["splats"]["metrics"]["psnr"], "gaussians": stages["splats"]["metrics"]["gaussians"],
@@ -59,17 +61,16 @@ GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1
 def generated_summary(project_dir: Path) -> dict:
     """Generation time and consistency, the generated frames' error against the true renders (and
     copying the reference, for scale), held-out PSNR of the Gaussians, mesh faces."""
-    from vid3d.model.data import render_orbit
+    from vid3d.generate.model.data import render_orbit
 
-    stages = json.loads((project_dir / "manifest.json").read_text())["stages"]
+    project = Project(project_dir)
+    stages = project.manifest()["stages"]
     seed = json.loads(EXAMPLE_REFERENCE.with_suffix(".json").read_text())["scene_seed"]
-    frames_dir = project_dir / "generate" / "frames"
-    generated = np.stack([iio.imread(p) for p in sorted(frames_dir.glob("*.png"))]).astype(np.float32) / 255
+    generated = GeneratedVideo.read(project.stage_dir("generate")).frames().astype(np.float32) / 255
     truth = render_orbit(seed, frames=len(generated)).astype(np.float32) / 255
     degrees = np.arange(len(generated)) * 360.0 / len(generated)
     far = np.minimum(degrees, 360 - degrees) >= 45
-    mesh_file = next(p for p in stages["export"]["outputs"] if Path(p).name.startswith("mesh."))
-    mesh = trimesh.load(project_dir / mesh_file, force="mesh")
+    mesh = trimesh.load(mesh_path(project.stage_dir("export")), force="mesh")
     return {"generated_frames": len(generated),
             "generate_seconds": stages["generate"]["timings"]["total"],
             "error_vs_truth_45deg": round(float(np.abs(generated[far] - truth[far]).mean()), 4),

@@ -1,14 +1,19 @@
-"""The chain of stages: each one's fingerprint, its inputs, and how it runs (cached when unchanged)."""
+"""The chain of stages as a table: each stage's name, what it reads, and its work.
+
+`run(ctx, name)` runs the stages `name` reads first, computes its fingerprint (its settings, its
+inputs' fingerprints and the vid3d version) and runs it, or returns it cached when nothing changed.
+Each stage's package owns the folder the stage writes (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
-from vid3d.project import Project, StageResult, fingerprint
+from vid3d.project import Project, StageOutput, StageResult, file_fingerprint, fingerprint
 
 
 @dataclass
@@ -18,112 +23,138 @@ class Context:
     device: str = "auto"
     force: tuple[str, ...] = ()  # stages to rerun even when cached
     results: list[StageResult] = field(default_factory=list)
-
-    def run(self, stage: str, fp: str, settings: dict, inputs: dict, work) -> StageResult:
-        result = self.project.run_stage(stage, fp, settings, inputs, work, force=stage in self.force)
-        self.results.append(result)
-        return result
+    fingerprints: dict[str, str] = field(default_factory=dict)  # of the stages run (or cached) so far
 
 
-def generate(ctx: Context) -> StageResult:
-    """A video from the reference image with a video diffusion model, as generate/."""
-    from vid3d.generate.stage import generate_video, model_fingerprint, read_image
+@dataclass(frozen=True)
+class Stage:
+    name: str  # also its folder in the project and its [section] of the settings
+    inputs: Callable[[Context], dict[str, str]]  # fingerprints of what it reads; runs the stages it reads
+    work: Callable[[Context, Path], StageOutput]  # writes its outputs into the given (temporary) folder
+    # Settings that name an input file: when set, the file's content is fingerprinted (in `inputs`)
+    # and its path is not, so a moved video with the same content stays cached.
+    input_paths: tuple[str, ...] = ()
+
+
+def run(ctx: Context, name: str) -> StageResult:
+    """Stage `name` and, first, every stage it reads; each one cached when unchanged."""
+    stage = STAGE_TABLE[name]
+    inputs = stage.inputs(ctx)
+    values = as_dict(getattr(ctx.settings, name))
+    hashed = {k: v for k, v in values.items() if not (k in stage.input_paths and v)}
+    fp = ctx.fingerprints[name] = fingerprint(name, hashed, inputs)
+    result = ctx.project.run_stage(name, fp, values, inputs, lambda out: stage.work(ctx, out),
+                                   force=name in ctx.force)
+    ctx.results.append(result)
+    return result
+
+
+# -- generate: a video from the reference image with a video diffusion model -------------------------
+def _generate_inputs(ctx: Context) -> dict[str, str]:
+    from vid3d.generate.stage import model_fingerprint, read_reference
     from vid3d.ingest import input_fingerprint
-    from vid3d.splats.train import resolve_device
 
     settings = ctx.settings.generate
     if not settings.image:
         raise UserError("no reference image: pass --image REF.png (it is remembered by the project)")
     image = Path(settings.image)
-    read_image(image)
-    values = as_dict(settings)
-    inputs = {"image": input_fingerprint(image), "model": model_fingerprint(settings.model)}
-    fp = fingerprint("generate", {k: v for k, v in values.items() if k != "image"}, inputs)
-    device = resolve_device(ctx.device)
-    return ctx.run("generate", fp, values, inputs, lambda out: generate_video(settings, out, device))
+    read_reference(image)
+    return {"image": input_fingerprint(image), "model": model_fingerprint(settings.model)}
 
 
-def frames(ctx: Context) -> StageResult:
-    """Ingest the input video or image folder (or the generated video) into frames/."""
-    from vid3d.ingest import ingest, input_fingerprint
+def _generate(ctx: Context, out: Path) -> StageOutput:
+    from vid3d.device import resolve_device
+    from vid3d.generate.stage import generate_video
 
-    settings = ctx.settings.frames
-    if not settings.input and ctx.settings.generate.image:
-        upstream = generate(ctx)
-        path = ctx.project.stage_dir("generate") / "frames"
-        inputs = {"generate": upstream.fingerprint}
-        values = as_dict(settings)
-        fp = fingerprint("frames", values, inputs)
-        return ctx.run("frames", fp, values, inputs, lambda out: ingest(path, settings, out))
-    if not settings.input:
+    return generate_video(ctx.settings.generate, out, resolve_device(ctx.device))
+
+
+# -- frames: the input video or image folder (or the generated video), sampled -----------------------
+def _from_generated(ctx: Context) -> bool:
+    return not ctx.settings.frames.input and bool(ctx.settings.generate.image)
+
+
+def _frames_inputs(ctx: Context) -> dict[str, str]:
+    from vid3d.ingest import input_fingerprint
+
+    if _from_generated(ctx):
+        return {"generate": run(ctx, "generate").fingerprint}
+    if not ctx.settings.frames.input:
         raise UserError("no input: pass --input VIDEO_OR_IMAGE_FOLDER, or --image REF.png to `vid3d generate` "
                         "(it is remembered by the project)")
-    path = Path(settings.input)
+    path = Path(ctx.settings.frames.input)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
-    values = as_dict(settings)
-    inputs = {"input": input_fingerprint(path)}
-    # The input's path is not part of the fingerprint: a moved video with the same content stays cached.
-    fp = fingerprint("frames", {k: v for k, v in values.items() if k != "input"}, inputs)
-    return ctx.run("frames", fp, values, inputs, lambda out: ingest(path, settings, out))
+    return {"input": input_fingerprint(path)}
 
 
-def poses(ctx: Context) -> StageResult:
-    """Camera poses of the frames with pycolmap, as poses/ (COLMAP + nerfstudio dataset)."""
-    from vid3d.poses import estimate_poses
+def _frames(ctx: Context, out: Path) -> StageOutput:
+    from vid3d.generate.output import GeneratedVideo
+    from vid3d.ingest import ingest
 
-    upstream = frames(ctx)
-    frames_dir = ctx.project.stage_dir("frames")
-    kind = json.loads((frames_dir / "index.json").read_text())["kind"]
-    settings, inputs = ctx.settings.poses, {"frames": upstream.fingerprint}
-    cameras = _known_cameras(ctx)
-    if cameras is not None:
-        from vid3d.poses.given import poses_from_cameras, read_cameras
-        from vid3d.project import file_fingerprint
-
-        read_cameras(cameras)
-        inputs["cameras"] = file_fingerprint(cameras)
-        fp = fingerprint("poses", as_dict(settings), inputs)
-        return ctx.run("poses", fp, as_dict(settings), inputs,
-                       lambda out: poses_from_cameras(frames_dir, cameras, out, seed=settings.seed))
-    fp = fingerprint("poses", as_dict(settings), inputs)
-    return ctx.run("poses", fp, as_dict(settings), inputs,
-                   lambda out: estimate_poses(frames_dir, kind, settings, out, ctx.device))
+    path = (GeneratedVideo.read(ctx.project.stage_dir("generate")).frames_dir if _from_generated(ctx)
+            else Path(ctx.settings.frames.input))
+    return ingest(path, ctx.settings.frames, out)
 
 
+# -- poses: cameras of the frames with pycolmap, or known cameras -------------------------------------
 def _known_cameras(ctx: Context) -> Path | None:
     """poses.cameras, else the generated video's cameras when the frames come from it."""
+    from vid3d.generate.output import GeneratedVideo
+
     if ctx.settings.poses.cameras:
         path = Path(ctx.settings.poses.cameras)
         if not path.is_file():
             raise UserError(f"{path}: no such cameras file (poses.cameras / --poses); pass vid3d generate's "
                             "cameras.json")
         return path
-    generated = ctx.project.stage_dir("generate") / "cameras.json"
-    if not ctx.settings.frames.input and ctx.settings.generate.image and generated.is_file():
-        return generated
+    if _from_generated(ctx):
+        return GeneratedVideo.read(ctx.project.stage_dir("generate")).cameras_file
     return None
 
 
-def splats(ctx: Context) -> StageResult:
-    """3D Gaussians trained on poses/, as splats/; resumes from its last checkpoint."""
+def _poses_inputs(ctx: Context) -> dict[str, str]:
+    from vid3d.generate.output import read_cameras
+
+    inputs = {"frames": run(ctx, "frames").fingerprint}
+    cameras = _known_cameras(ctx)
+    if cameras is not None:
+        read_cameras(cameras)  # a malformed file fails before any work
+        inputs["cameras"] = file_fingerprint(cameras)
+    return inputs
+
+
+def _poses(ctx: Context, out: Path) -> StageOutput:
+    frames_dir, settings, cameras = ctx.project.stage_dir("frames"), ctx.settings.poses, _known_cameras(ctx)
+    if cameras is not None:
+        from vid3d.poses.given import poses_from_cameras
+
+        return poses_from_cameras(frames_dir, cameras, out, seed=settings.seed)
+    from vid3d.poses.colmap import estimate_poses
+
+    return estimate_poses(frames_dir, settings, out, ctx.device)
+
+
+# -- splats: 3D Gaussians trained on poses/; resumes from its last checkpoint -------------------------
+def _splats(ctx: Context, out: Path) -> StageOutput:
     from vid3d.splats.train import train_splats
 
-    upstream = poses(ctx)
-    settings, inputs = ctx.settings.splats, {"poses": upstream.fingerprint}
-    fp = fingerprint("splats", as_dict(settings), inputs)
-    resume = ctx.project.resume_dir("splats", fp)
-    return ctx.run("splats", fp, as_dict(settings), inputs,
-                   lambda out: train_splats(ctx.project.stage_dir("poses"), settings, out, resume, ctx.device))
+    resume = ctx.project.resume_dir("splats", ctx.fingerprints["splats"])
+    return train_splats(ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device)
 
 
-def export(ctx: Context) -> StageResult:
-    """Meshes, splats, point clouds and cameras from the trained Gaussians, as export/."""
+# -- export: meshes, splats, point clouds and cameras from the Gaussians ------------------------------
+def _export(ctx: Context, out: Path) -> StageOutput:
     from vid3d.export import export_assets
 
-    upstream = splats(ctx)
-    settings, inputs = ctx.settings.export, {"splats": upstream.fingerprint}
-    fp = fingerprint("export", as_dict(settings), inputs)
-    return ctx.run("export", fp, as_dict(settings), inputs,
-                   lambda out: export_assets(ctx.project.stage_dir("splats"), ctx.project.stage_dir("poses"),
-                                             settings, out, ctx.device))
+    return export_assets(ctx.project.stage_dir("splats"), ctx.project.stage_dir("poses"), ctx.settings.export,
+                         out, ctx.device)
+
+
+STAGE_TABLE: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("generate", _generate_inputs, _generate, input_paths=("image",)),
+    Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
+    Stage("poses", _poses_inputs, _poses),
+    Stage("splats", lambda ctx: {"poses": run(ctx, "poses").fingerprint}, _splats),
+    Stage("export", lambda ctx: {"splats": run(ctx, "splats").fingerprint}, _export),
+)}

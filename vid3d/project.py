@@ -80,6 +80,10 @@ class Project:
         self.root = Path(root)
 
     # -- reading ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """A vid3d project: a folder with a manifest."""
+        return (self.root / MANIFEST).is_file()
+
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
         if not path.exists():

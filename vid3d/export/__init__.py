@@ -18,15 +18,33 @@ import trimesh
 from gsplat.exporter import export_splats
 
 from vid3d.config import ExportSettings
+from vid3d.device import resolve_device
 from vid3d.errors import UserError
 from vid3d.project import StageOutput
+from vid3d.poses import PosesDataset, read_dataset
+from vid3d.poses.dataset import TRANSFORMS_FILE, flip_camera_axes
 from vid3d.splats.data import Dataset, load_dataset
-from vid3d.splats.model import PARAM_NAMES, SH_C0, load_ply, render
+from vid3d.splats.model import PARAM_NAMES, SH_C0, read_splats, render
 from vid3d.splats.rasterize import median_depth
-from vid3d.splats.train import resolve_device
 from vid3d.ui import log, progress
 
 SPLAT_SUFFIX = {"ply": "splat.ply", "splat": "splat.splat", "ply_compressed": "splat.compressed.ply"}
+MESH_STEM = "mesh"  # mesh.ply, mesh.obj or mesh.glb
+POINTCLOUD_FILE = "pointcloud.ply"
+CAMERAS_FILE = "cameras.json"
+VOXELS_PER_SCENE = 256  # default TSDF resolution: the cameras' extent over this many voxels
+SDF_TRUNCATION_VOXELS = 4  # the TSDF's band either side of a surface, in voxels (open3d's examples use 4-5)
+# Rendered depth farther than this many scene scales (the cameras' spread) is background, not fused.
+DEPTH_LIMIT_SCENE_SCALES = 4
+OPAQUE = 0.5  # Gaussians above this opacity are points of the point cloud
+# Statistical outlier removal as open3d's tutorial does it: a point whose mean distance to its 20
+# neighbours is more than 2 standard deviations above the average is dropped.
+OUTLIER_NEIGHBOURS, OUTLIER_STD_RATIO = 20, 2.0
+
+
+def mesh_path(export_dir: Path) -> Path | None:
+    """The exported mesh in an export/ folder, if there is one."""
+    return next(iter(sorted(export_dir.glob(f"{MESH_STEM}.*"))), None)
 
 
 def export_assets(splats_dir: Path, poses_dir: Path, settings: ExportSettings, out_dir: Path,
@@ -35,13 +53,13 @@ def export_assets(splats_dir: Path, poses_dir: Path, settings: ExportSettings, o
     if not (settings.mesh or settings.splat or settings.pointcloud or settings.cameras):
         raise UserError("export: nothing to write; pass --mesh, --splat, --pointcloud or --cameras")
     torch_device = resolve_device(device)
-    splats = load_ply(splats_dir / "splats.ply", torch_device)
+    splats = read_splats(splats_dir, torch_device)
     data = load_dataset(poses_dir, test_every=0, device=torch_device)
     outputs, metrics, timings = [], {}, {}
     if settings.mesh:
         start = time.perf_counter()
         mesh = fuse_mesh(splats, data, settings, bbox)
-        name = f"mesh.{settings.mesh_format}"
+        name = f"{MESH_STEM}.{settings.mesh_format}"
         mesh.export(out_dir / name)
         outputs.append(name)
         metrics.update(mesh_faces=len(mesh.faces), mesh_vertices=len(mesh.vertices))
@@ -53,12 +71,12 @@ def export_assets(splats_dir: Path, poses_dir: Path, settings: ExportSettings, o
         outputs.append(name)
     if settings.pointcloud:
         cloud = point_cloud(splats)
-        cloud.export(out_dir / "pointcloud.ply")
-        outputs.append("pointcloud.ply")
+        cloud.export(out_dir / POINTCLOUD_FILE)
+        outputs.append(POINTCLOUD_FILE)
         metrics["points"] = len(cloud.vertices)
     if settings.cameras:
-        (out_dir / "cameras.json").write_text(json.dumps(camera_path(data), indent=1))
-        outputs.append("cameras.json")
+        (out_dir / CAMERAS_FILE).write_text(json.dumps(camera_path(read_dataset(poses_dir)), indent=1))
+        outputs.append(CAMERAS_FILE)
     return StageOutput(outputs=outputs, metrics=metrics, timings=timings)
 
 
@@ -76,22 +94,25 @@ def parse_bbox(text: str) -> np.ndarray | None:
 
 
 def voxel_size(data: Dataset, settings: ExportSettings) -> float:
-    return settings.voxel_size or data.scene_scale() / 256
+    return settings.voxel_size or data.scene_scale() / VOXELS_PER_SCENE
 
 
 @torch.no_grad()
 def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSettings,
               bbox: np.ndarray | None) -> trimesh.Trimesh:
-    """Expected depth and colour at every training camera, fused in open3d's TSDF volume."""
+    """Depth (export.depth: median or expected) and colour at every training camera, fused in
+    open3d's TSDF volume."""
     voxel = voxel_size(data, settings)
     volume = o3d.pipelines.integration.ScalableTSDFVolume(
-        voxel_length=voxel, sdf_trunc=4 * voxel, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
+        voxel_length=voxel, sdf_trunc=SDF_TRUNCATION_VOXELS * voxel,
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
     sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1
-    depth_trunc = 4 * data.scene_scale()
+    depth_trunc = DEPTH_LIMIT_SCENE_SCALES * data.scene_scale()
+    render_mode = "RGB+ED" if settings.depth == "expected" else "RGB"
     with progress("export: fusing depth", len(data.names)) as advance:
         for i in range(len(data.names)):
             rendered, alpha, _ = render(splats, data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height,
-                                        sh_degree, render_mode="RGB+ED")
+                                        sh_degree, render_mode=render_mode)
             alpha = alpha[0, ..., 0]
             colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
             depth = rendered[0, ..., 3] if settings.depth == "expected" else median_depth(
@@ -140,21 +161,18 @@ def _largest_pieces(mesh: o3d.geometry.TriangleMesh, min_fraction: float) -> o3d
 
 def point_cloud(splats: torch.nn.ParameterDict) -> trimesh.PointCloud:
     """Centres of the opaque Gaussians, coloured by their view-independent colour, outliers removed."""
-    keep = torch.sigmoid(splats["opacities"]) > 0.5
+    keep = torch.sigmoid(splats["opacities"]) > OPAQUE
     points = splats["means"][keep].detach().cpu().numpy().astype(np.float64)
     colours = (splats["sh0"][keep, 0] * SH_C0 + 0.5).clamp(0, 1).detach().cpu().numpy()
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
-    _, inliers = cloud.remove_statistical_outlier(nb_neighbors=20, std_ratio=2.0)
+    _, inliers = cloud.remove_statistical_outlier(nb_neighbors=OUTLIER_NEIGHBOURS, std_ratio=OUTLIER_STD_RATIO)
     return trimesh.PointCloud(points[inliers], colors=(colours[inliers] * 255).round().astype(np.uint8))
 
 
-def camera_path(data: Dataset) -> dict:
+def camera_path(poses: PosesDataset) -> dict:
     """Every camera of poses/: intrinsics, OpenCV camera-to-world and nerfstudio's transform_matrix."""
-    cameras = []
-    for i, name in enumerate(data.names):
-        cam_to_world = torch.linalg.inv(data.viewmats[i]).cpu().numpy()
-        K = data.Ks[i].cpu().numpy()
-        cameras.append({"name": name, "fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]),
-                        "cy": float(K[1, 2]), "cam_to_world_opencv": cam_to_world.tolist(),
-                        "transform_matrix": (cam_to_world @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist()})
-    return {"width": data.width, "height": data.height, "frame": "poses/transforms.json", "cameras": cameras}
+    cameras = [{"name": name, "fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                "cam_to_world_opencv": cam_to_world.tolist(),
+                "transform_matrix": flip_camera_axes(cam_to_world).tolist()}
+               for name, K, cam_to_world in zip(poses.names, poses.Ks, poses.cam_to_world)]
+    return {"width": poses.width, "height": poses.height, "frame": f"poses/{TRANSFORMS_FILE}", "cameras": cameras}

@@ -8,7 +8,7 @@ video's latent. Stabilizers (see `Stabilizers`) are each a switch, so each can b
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -18,6 +18,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
 )
+
+from vid3d.config import GenerateSettings
 
 from .adapters.base import Request, VideoModel
 from .windows import Weighting, fuse, shared_noise, windows
@@ -31,22 +33,38 @@ SCHEDULERS = {
 
 @dataclass
 class Stabilizers:
-    shared_noise: bool = True  # one noise field sliced per window (else each window draws its own)
-    freenoise: bool = False  # frames past the first window reuse its noise, shuffled
+    """Each stabilizer's switch; the defaults are the [generate] settings' (vid3d.config)."""
+
+    shared_noise: bool = GenerateSettings.shared_noise  # one noise field sliced per window (else one per window)
+    freenoise: bool = GenerateSettings.freenoise  # frames past the first window reuse its noise, shuffled
     anchors: tuple[int, ...] = ()  # latent frames every window also attends to
-    kv_cache_until: int = 0  # steps whose self-attention K/V are kept for later steps (0: off)
-    kv_decay: float = 0.9
+    kv_cache_until: int = GenerateSettings.kv_cache_until  # steps whose self-attention K/V later steps reuse (0: off)
+    kv_decay: float = GenerateSettings.kv_decay
+
+    @classmethod
+    def of(cls, settings: GenerateSettings, anchors: tuple[int, ...] = ()) -> "Stabilizers":
+        return cls(**_same_fields(cls, settings), anchors=anchors)
 
 
 @dataclass
 class Plan:
-    steps: int = 25
-    window: int = 0  # latent frames per window; 0: the model's
-    stride: int = 0  # latent frames between window starts; 0: half a window
-    weighting: Weighting = "pyramid"
-    loop: bool = False  # circular windows: the last frames share windows with the first
-    scheduler: str = "default"  # default (the model's own), euler, ddim or dpm++
-    eta: float = 0.0  # DDIM's stochasticity
+    """How the windows are laid and stepped; the defaults are the [generate] settings' (vid3d.config)."""
+
+    steps: int = GenerateSettings.steps
+    window: int = GenerateSettings.window  # latent frames per window; 0: the model's
+    stride: int = GenerateSettings.stride  # latent frames between window starts; 0: half a window
+    weighting: Weighting = GenerateSettings.weighting
+    loop: bool = GenerateSettings.loop  # circular windows: the last frames share windows with the first
+    scheduler: str = GenerateSettings.scheduler  # default (the model's own), euler, ddim or dpm++
+
+    @classmethod
+    def of(cls, settings: GenerateSettings) -> "Plan":
+        return cls(**_same_fields(cls, settings))
+
+
+def _same_fields(cls, settings: GenerateSettings) -> dict[str, Any]:
+    """The settings' values of the fields `cls` shares with them (one name, one meaning)."""
+    return {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
 
 
 def frame_sets(num_latent: int, model_window: int, plan: Plan) -> list[torch.Tensor]:
@@ -107,7 +125,7 @@ def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stab
     state = model.attention
     state.clear()
     state.cache_until, state.decay = stabilizers.kv_cache_until, stabilizers.kv_decay
-    stepper = _Stepper(scheduler, generator, plan.eta, sets, dim, stabilizers, plan.weighting)
+    stepper = _Stepper(scheduler, generator, sets, dim, stabilizers, plan.weighting)
     try:
         for i, t in enumerate(scheduler.timesteps):
             state.step = i
@@ -133,8 +151,8 @@ def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stab
 class _Stepper:
     """One scheduler step over the whole latent, with the arguments each scheduler takes."""
 
-    def __init__(self, scheduler, generator, eta, sets, frame_dim, stabilizers, weighting):
-        self.scheduler, self.generator, self.eta = scheduler, generator, eta
+    def __init__(self, scheduler, generator, sets, frame_dim, stabilizers, weighting):
+        self.scheduler, self.generator = scheduler, generator
         self.parameters = set(inspect.signature(scheduler.step).parameters)
         self.sets, self.frame_dim, self.stabilizers, self.weighting = sets, frame_dim, stabilizers, weighting
         self.old_pred_original_sample = None
@@ -143,8 +161,6 @@ class _Stepper:
         kwargs = {}
         if "generator" in self.parameters:
             kwargs["generator"] = self.generator
-        if "eta" in self.parameters:
-            kwargs["eta"] = self.eta
         if "variance_noise" in self.parameters and not self.stabilizers.shared_noise and self._stochastic():
             kwargs["variance_noise"] = initial_noise(latents.shape, self.sets, self.frame_dim, self.stabilizers,
                                                      self.generator, latents.device, latents.dtype, self.weighting)
@@ -157,5 +173,4 @@ class _Stepper:
         return self.scheduler.step(output, t, latents, **kwargs, return_dict=False)[0]
 
     def _stochastic(self) -> bool:
-        config = self.scheduler.config
-        return self.eta > 0 or "sde" in str(config.get("algorithm_type", ""))
+        return "sde" in str(self.scheduler.config.get("algorithm_type", ""))

@@ -1,5 +1,7 @@
 """Ingest: a video or a folder of images -> `frames/` (00000.png ..., index.json).
 
+This package owns frames/: `ingest` writes it and `FramesIndex.read` is how every other module reads it.
+
 Frames are sampled evenly: the input is cut into `count` intervals and the sharpest frame of each
 (variance of the Laplacian) is kept, so motion-blurred frames are dropped. Blank frames (nearly
 uniform, e.g. black) are never kept.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -27,6 +29,53 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 BLANK_STD = 2.0  # grey-level standard deviation below which a frame is blank
 SHARPNESS_SIDE = 512  # sharpness is measured at this size, so it is comparable across resolutions
+INDEX_FILE = "index.json"
+
+
+@dataclass
+class FrameEntry:
+    """One kept frame: its file in frames/ and where it came from."""
+
+    file: str  # 00000.png ...
+    sharpness: float = 0.0  # variance of the Laplacian (SHARPNESS_SIDE px)
+    source: str | None = None  # image folders: the source image's file name
+    source_index: int | None = None  # videos: the frame's number in the video
+    timestamp: float | None = None  # videos: seconds from the start
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class FramesIndex:
+    """frames/index.json: the kept frames in order, and the input they came from."""
+
+    source: str  # the input's path
+    kind: str  # "video" or "images"
+    source_frames: int  # frames (or images) in the input
+    fps: float | None  # videos' frame rate
+    width: int
+    height: int
+    frames: list[FrameEntry]
+    folder: Path = field(default=Path("."), compare=False)  # the frames/ folder read from
+
+    @classmethod
+    def read(cls, frames_dir: Path) -> "FramesIndex":
+        meta = json.loads((frames_dir / INDEX_FILE).read_text())
+        entries = [FrameEntry(**entry) for entry in meta.pop("frames")]
+        return cls(**meta, frames=entries, folder=frames_dir)
+
+    def write(self, frames_dir: Path) -> None:
+        meta = {k: v for k, v in asdict(self).items() if k not in ("folder", "frames")}
+        meta["frames"] = [entry.as_json() for entry in self.frames]
+        (frames_dir / INDEX_FILE).write_text(json.dumps(meta, indent=1))
+
+    @property
+    def names(self) -> list[str]:
+        return [entry.file for entry in self.frames]
+
+    def paths(self) -> list[Path]:
+        return [self.folder / entry.file for entry in self.frames]
 
 
 @dataclass
@@ -76,7 +125,7 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
-    """Write the selected frames to out_dir as 00000.png ... and index.json."""
+    """Write the selected frames to out_dir as 00000.png ... and index.json (FramesIndex)."""
     kind = check_input(path)
     sources, total, fps = _video_sources(path) if kind == "video" else _image_sources(path)
     if total == 0:
@@ -88,19 +137,17 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
             image = resize_max_side(image, settings.max_side)
             name = f"{n:05d}.png"
             iio.imwrite(out_dir / name, image)
-            entry = {"file": name, "sharpness": round(sharpness, 2)}
-            entry.update({"source": source.name} if source.name else
-                         {"source_index": source.index, "timestamp": round(source.timestamp, 4)})
-            entries.append(entry)
+            entries.append(FrameEntry(name, round(sharpness, 2), source=source.name) if source.name else
+                           FrameEntry(name, round(sharpness, 2), source_index=source.index,
+                                      timestamp=round(source.timestamp, 4)))
 
     if len(entries) < settings.min_frames:
         raise UserError(f"{path}: only {len(entries)} usable frames (need frames.min_frames="
                         f"{settings.min_frames}); use a longer video or more images")
-    height, width = iio.imread(out_dir / entries[0]["file"]).shape[:2]
-    index = {"source": str(path), "kind": kind, "source_frames": total, "fps": fps,
-             "width": width, "height": height, "frames": entries}
-    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
-    return StageOutput(outputs=["index.json"],
+    height, width = iio.imread(out_dir / entries[0].file).shape[:2]
+    FramesIndex(source=str(path), kind=kind, source_frames=total, fps=fps, width=width, height=height,
+                frames=entries).write(out_dir)
+    return StageOutput(outputs=[INDEX_FILE],
                        metrics={"frames": len(entries), "source_frames": total, "width": width, "height": height})
 
 
@@ -169,15 +216,20 @@ def _video_sources(path: Path) -> tuple[Iterator[Source], int, float]:
 
 def _image_sources(folder: Path) -> tuple[Iterator[Source], int, None]:
     files = image_files(folder)
-
-    def load(file: Path) -> np.ndarray:
-        try:
-            return _rgb(iio.imread(file))
-        except Exception:
-            raise UserError(f"{file}: not a readable image; remove it from the folder or replace it") from None
-
-    sources = (Source(index=i, load=lambda f=f: load(f), name=f.name) for i, f in enumerate(files))
+    fix = "remove it from the folder or replace it"
+    sources = (Source(index=i, load=lambda f=f: read_image(f, fix), name=f.name) for i, f in enumerate(files))
     return sources, len(files), None
+
+
+def read_image(path: Path, fix: str) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB; one that cannot be read is a UserError naming it and `fix`."""
+    try:
+        image = iio.imread(path)
+    except Exception:
+        raise UserError(f"{path}: not a readable image; {fix}") from None
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise UserError(f"{path}: expected an RGB image, got shape {image.shape}; {fix}")
+    return _rgb(image)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

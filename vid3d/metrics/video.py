@@ -111,13 +111,15 @@ def load_frames(path) -> list[np.ndarray]:
     import imageio.v3 as iio
 
     from vid3d.errors import UserError
+    from vid3d.generate.output import GeneratedVideo
     from vid3d.ingest import check_input, image_files
+    from vid3d.project import Project
 
     path = Path(path)
-    for candidate in (path / "generate" / "frames", path / "frames"):
-        if (path / "manifest.json").exists() and candidate.is_dir():
-            path = candidate
-            break
+    project = Project(path)
+    if project.exists():
+        generated = GeneratedVideo.read(project.stage_dir("generate")).frames_dir
+        path = next((folder for folder in (generated, project.stage_dir("frames")) if folder.is_dir()), path)
     if check_input(path) == "video":
         return [np.ascontiguousarray(frame[..., :3]) for frame in iio.imiter(path, plugin="FFMPEG")]
     frames = [iio.imread(file)[..., :3] for file in image_files(path)]

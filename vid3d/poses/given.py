@@ -16,65 +16,58 @@ import imageio.v3 as iio
 import numpy as np
 
 from vid3d.errors import UserError
+from vid3d.generate.output import Camera, read_cameras
+from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.project import StageOutput
 
-from .dataset import OPENCV_TO_OPENGL, write_ply
+from .dataset import IMAGES_DIR, NO_DISTORTION, POINTS_FILE, TRANSFORMS_FILE, flip_camera_axes, pinhole_intrinsics, write_ply, \
+    write_transforms
+
+INITIAL_POINTS = 20_000  # gsplat's simple_trainer starts random initialisations with 100,000; a CPU run needs fewer
+# The initial points fill a ball around the point the cameras look at, reaching half way to the
+# cameras: the object is in there, and no point starts in front of a camera's lens.
+BALL_FRACTION = 0.5
+COLOUR_VIEWS = 8  # frames whose pixels colour the initial points (evenly spaced)
 
 
-def read_cameras(path: Path) -> dict[int, dict]:
-    """Cameras by frame number from a cameras.json ({"frames": [{"frame", "camera_to_world", "K", ...}]})."""
-    try:
-        entries = json.loads(path.read_text())["frames"]
-        cameras = {int(e["frame"]): {"camera_to_world": np.asarray(e["camera_to_world"], dtype=np.float64),
-                                     "K": np.asarray(e["K"], dtype=np.float64),
-                                     "width": e.get("width")} for e in entries}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a cameras file ({type(exc).__name__}: {exc}); expected vid3d generate's "
-                        "cameras.json: {\"frames\": [{\"frame\", \"camera_to_world\", \"K\"}, ...]}") from None
-    if any(c["camera_to_world"].shape != (4, 4) or c["K"].shape != (3, 3) for c in cameras.values()):
-        raise UserError(f"{path}: every camera needs a 4x4 camera_to_world and a 3x3 K")
-    return cameras
-
-
-def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, points: int = 20_000,
+def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, points: int = INITIAL_POINTS,
                        seed: int = 0) -> StageOutput:
     cameras = read_cameras(cameras_file)
-    index = json.loads((frames_dir / "index.json").read_text())
-    images_dir = out_dir / "images"
+    index = FramesIndex.read(frames_dir)
+    images_dir = out_dir / IMAGES_DIR
     images_dir.mkdir()
     frames, used = [], []
-    for entry in index["frames"]:
+    for entry in index.frames:
         number = _source_number(entry)
         if number not in cameras:
-            raise UserError(f"{cameras_file}: no camera for frame {number} ({entry['file']}); the cameras file must "
+            raise UserError(f"{cameras_file}: no camera for frame {number} ({entry.file}); the cameras file must "
                             "list every generated frame")
-        shutil.copy(frames_dir / entry["file"], images_dir / entry["file"])
-        camera = dict(cameras[number])
-        if camera["width"]:  # frames resized on ingest: scale the intrinsics with them
-            camera["K"] = np.diag([index["width"] / camera["width"]] * 2 + [1.0]) @ camera["K"]
-        K = camera["K"]
-        frames.append({"file_path": f"images/{entry['file']}", "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
-                       "cy": K[1, 2], "w": index["width"], "h": index["height"],
-                       "transform_matrix": (camera["camera_to_world"] @ OPENCV_TO_OPENGL).tolist()})
-        used.append((images_dir / entry["file"], camera))
-    transforms = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-                  "ply_file_path": "sparse_pc.ply"}
-    (out_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
+        shutil.copy(frames_dir / entry.file, images_dir / entry.file)
+        camera = cameras[number]
+        K = camera.K
+        if camera.width:  # frames resized on ingest: scale the intrinsics with them
+            K = np.diag([index.width / camera.width] * 2 + [1.0]) @ K
+        camera = Camera(camera.camera_to_world, K, index.width)
+        frame = pinhole_intrinsics(K, index.width, index.height)
+        frames.append({"file_path": f"{IMAGES_DIR}/{entry.file}", **frame,
+                       "transform_matrix": flip_camera_axes(camera.camera_to_world).tolist()})
+        used.append((images_dir / entry.file, camera))
+    write_transforms(out_dir, frames, shared=NO_DISTORTION)
     xyz, rgb = _coloured_ball(used, points, seed)
-    write_ply(xyz, rgb, out_dir / "sparse_pc.ply")
+    write_ply(xyz, rgb, out_dir / POINTS_FILE)
     report = {"source": "cameras", "cameras_file": str(cameras_file), "registered": len(frames),
               "total": len(frames), "initial_points": len(xyz)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    return StageOutput(outputs=["transforms.json", "images", "sparse_pc.ply", "report.json"],
+    return StageOutput(outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, "report.json"],
                        metrics={"registered": len(frames), "total": len(frames), "registered_fraction": 1.0,
                                 "source": "cameras"})
 
 
-def _source_number(entry: dict) -> int:
+def _source_number(entry: FrameEntry) -> int:
     """The generated frame an ingested frame came from (generate/frames/00012.png -> 12)."""
-    if "source" in entry:
-        return int(Path(entry["source"]).stem)
-    return int(entry["source_index"])
+    if entry.source is not None:
+        return int(Path(entry.source).stem)
+    return int(entry.source_index)
 
 
 def look_at_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -85,20 +78,20 @@ def look_at_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
-def _coloured_ball(used: list[tuple[Path, dict]], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    c2w = np.stack([camera["camera_to_world"] for _, camera in used])
+def _coloured_ball(used: list[tuple[Path, Camera]], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    c2w = np.stack([camera.camera_to_world for _, camera in used])
     centres, directions = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: the camera looks along +z
     target = look_at_point(centres, directions)
-    radius = 0.5 * float(np.median(np.linalg.norm(centres - target, axis=1)))
+    radius = BALL_FRACTION * float(np.median(np.linalg.norm(centres - target, axis=1)))
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=(count, 3))
     xyz = target + radius * direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.random((count, 1)) ** (1 / 3)
     colours, seen = np.zeros((count, 3)), np.zeros(count)
-    for path, camera in used[:: max(1, len(used) // 8)]:
+    for path, camera in used[:: max(1, len(used) // COLOUR_VIEWS)]:
         image = iio.imread(path)[..., :3] / 255.0
-        world_to_cam = np.linalg.inv(camera["camera_to_world"])
+        world_to_cam = np.linalg.inv(camera.camera_to_world)
         local = xyz @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-        pixel = local @ camera["K"].T
+        pixel = local @ camera.K.T
         u, v = pixel[:, 0] / pixel[:, 2], pixel[:, 1] / pixel[:, 2]
         inside = (local[:, 2] > 0) & (u >= 0) & (v >= 0) & (u < image.shape[1] - 1) & (v < image.shape[0] - 1)
         colours[inside] += image[v[inside].astype(int), u[inside].astype(int)]

@@ -18,6 +18,12 @@ from vid3d.splats.rasterize import rasterization
 
 SH_C0 = 0.28209479177387814  # spherical harmonic of degree 0
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+SPLATS_FILE = "splats.ply"  # the splats stage's main output, in splats/
+
+
+def read_splats(splats_dir: Path, device: torch.device | str = "cpu") -> torch.nn.ParameterDict:
+    """The trained Gaussians of a splats/ folder."""
+    return load_ply(splats_dir / SPLATS_FILE, device)
 
 
 def init_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opacity: float, init_scale: float,

@@ -19,10 +19,11 @@ from gsplat.strategy import DefaultStrategy
 from pytorch_msssim import ssim
 
 from vid3d.config import SplatsSettings
+from vid3d.device import resolve_device
 from vid3d.errors import UserError
 from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset, load_points
-from vid3d.splats.model import init_splats, render, save_ply
+from vid3d.splats.model import SPLATS_FILE, init_splats, render, save_ply
 from vid3d.splats.rasterize import resolve_backend
 from vid3d.ui import log, progress
 
@@ -30,14 +31,6 @@ from vid3d.ui import log, progress
 LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 BACKGROUND_LR = 1e-2
 CHECKPOINT = "ckpt.pt"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
-    return torch.device(device)
 
 
 def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resume_dir: Path,
@@ -61,11 +54,11 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     metrics.update(gaussians=len(trainer.splats["means"]), steps=settings.steps, train_seconds=round(seconds, 1),
                    background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
                    backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
-    save_ply(trainer.splats, out_dir / "splats.ply")
+    save_ply(trainer.splats, out_dir / SPLATS_FILE)
     (out_dir / "ckpt").mkdir()
     trainer.save(out_dir / "ckpt" / CHECKPOINT)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return StageOutput(outputs=["splats.ply", "metrics.json", "renders", "ckpt"], metrics=metrics,
+    return StageOutput(outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt"], metrics=metrics,
                        timings={"train": seconds})
 
 

@@ -1,5 +1,5 @@
 """The embedded orbit model: a small latent video diffusion model that turns a reference image into
-a turntable orbit around it, on a CPU (see docs/model.md and vid3d/model/)."""
+a turntable orbit around it, on a CPU (see docs/model.md and vid3d/generate/model/)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from vid3d.model.autoencoder import OrbitAutoencoder
-from vid3d.model.network import OrbitTransformer, spatial_layout
 from vid3d.scenes import orbit_cameras
+
+from ..model import SIZE, WEIGHTS
+from ..model.autoencoder import OrbitAutoencoder
+from ..model.network import OrbitTransformer, spatial_layout
 
 from .base import Request, VideoModel
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
-SIZE = 64  # the model's only frame size
 GUIDANCE = 2.0  # autoguidance scale when the weights folder has a guide/ transformer (docs/model.md)
 # Guidance only at high noise, where the layout and the motion are decided: guiding the later steps
 # too sharpened details that disagreed between views and cost 3D consistency (docs/model.md).

@@ -19,6 +19,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from . import RIG
 from .warp import warp_grid, warp_reference
 
 
@@ -51,15 +52,17 @@ class Block(nn.Module):
 
     def forward(self, x, cond, frames: int):
         """x [videos * frames, tokens, dim]; cond [videos * frames, dim]."""
+        # adaLN: a shift, scale and gate for each of the three sub-layers
         mods = self.modulation(nn.functional.silu(cond))[:, None].chunk(9, dim=-1)
-        x = self.spatial(x, *mods[0:3])
+        spatial_mods, temporal_mods, (mlp_shift, mlp_scale, mlp_gate) = mods[0:3], mods[3:6], mods[6:9]
+        x = self.spatial(x, *spatial_mods)
         # temporal: [videos * frames, tokens, dim] -> [videos * tokens, frames, dim]
         n, tokens, dim = x.shape
         to_time = lambda t: t.view(n // frames, frames, -1, dim).transpose(1, 2).reshape(-1, frames, dim)
         from_time = lambda t: t.view(n // frames, tokens, frames, dim).transpose(1, 2).reshape(n, tokens, dim)
-        shift, scale, gate = (to_time(m.expand(-1, tokens, -1)) for m in mods[3:6])
+        shift, scale, gate = (to_time(m.expand(-1, tokens, -1)) for m in temporal_mods)
         x = from_time(self.temporal(to_time(x), shift, scale, gate))
-        return x + mods[8] * self.mlp(modulate(self.norm(x), mods[6], mods[7]))
+        return x + mlp_gate * self.mlp(modulate(self.norm(x), mlp_shift, mlp_scale))
 
 
 class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
@@ -67,8 +70,9 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, latent_channels: int = 8, sample_size: int = 16, patch_size: int = 2, dim: int = 128,
-                 depth: int = 6, heads: int = 4, radius: float = 3.0, elevation_deg: float = 30.0,
-                 fov_deg: float = 50.0, look_at: tuple = (0.0, 0.0, 0.4), plane_heights: tuple = (),
+                 depth: int = 6, heads: int = 4, radius: float = RIG["radius"],
+                 elevation_deg: float = RIG["elevation_deg"], fov_deg: float = RIG["fov_deg"],
+                 look_at: tuple = RIG["look_at"], plane_heights: tuple = (),
                  refine_width: int = 0):
         super().__init__()
         c, p = latent_channels, patch_size

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scenes import make_scene, orbit_cameras, render
+from vid3d.scenes import make_scene, orbit_cameras, render
+
+from . import RIG, SIZE
 
 FRAMES = 48  # frames per orbit: 7.5 degrees apart
-SIZE = 64
 HELD_OUT_SEED = 1_000_000
-# The one camera rig the model is trained for (the adapter reports these cameras).
-RIG = dict(radius=3.0, elevation_deg=30.0, fov_deg=50.0, look_at=(0.0, 0.0, 0.4))
 
 
 def start_azimuth(seed: int) -> float:
@@ -54,10 +53,6 @@ def render_set(seeds, path: Path) -> np.ndarray:
     np.save(tmp, clips)
     tmp.rename(path)
     return clips
-
-
-def train_seeds(n: int) -> range:
-    return range(0, n)
 
 
 def held_out_seeds(n: int) -> range:

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-GROUND_HALF_SIZE = 3.0  # vid3d.scenes.procedural: the ground is a square of this half size
+from vid3d.scenes.procedural import GROUND_HALF_SIZE  # the ground is a square of this half size
 
 
 def reference_camera(radius: float, elevation_deg: float, look_at) -> tuple[torch.Tensor, torch.Tensor]:

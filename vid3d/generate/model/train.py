@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from ..generate.attention import AttentionState, install_processors
+from ..attention import AttentionState, install_processors
 from .autoencoder import OrbitAutoencoder
-from .data import RIG, render_set
+from . import RIG
+from .data import render_set
 from .network import OrbitTransformer, spatial_layout
 
 SHARD = 500  # scenes per cached render file

@@ -1,0 +1,36 @@
+"""Where vid3d computes: the torch device a --device value names, and the precision of a model on it."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from vid3d.errors import UserError
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+def check_device(device: str) -> None:
+    """A --device value that names no device is bad usage (checked before any work starts)."""
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto: the first CUDA GPU when torch sees one, else the CPU."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(name: str, device: torch.device, model: str) -> torch.dtype:
+    """auto: float32 on the CPU; on CUDA float16, or bfloat16 for CogVideoX (trained in it)."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if "cogvideo" in model.lower() else torch.float16

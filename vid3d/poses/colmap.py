@@ -1,0 +1,169 @@
+"""Poses with COLMAP: frames/ -> poses/, a self-contained dataset (COLMAP and nerfstudio layouts) via pycolmap.
+
+SIFT features, sequential matching for video (exhaustive for small unordered sets), the
+incremental or global mapper, the LARGEST model (pycolmap may return a spurious small model as
+key 0), undistortion to pinhole images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pycolmap
+
+from vid3d.config import PosesSettings
+from vid3d.errors import StageError
+from vid3d.ingest import FramesIndex
+from vid3d.poses.dataset import IMAGES_DIR, POINTS_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
+from vid3d.project import StageOutput
+from vid3d import ui
+from vid3d.ui import log, progress
+
+
+def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, device: str = "cpu") -> StageOutput:
+    index = FramesIndex.read(frames_dir)
+    names = index.names
+    scratch = out_dir / "colmap"
+    scratch.mkdir()
+    database = scratch / "database.db"
+    colmap_device = pycolmap.Device.cuda if device.startswith("cuda") and pycolmap.has_cuda else pycolmap.Device.cpu
+    pycolmap.set_random_seed(settings.seed)
+    pycolmap.logging.minloglevel = 0 if ui.verbose else 2  # COLMAP's own log is very chatty
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "features"):
+        log.info("poses: SIFT features of %d frames", len(names))
+        pycolmap.extract_features(
+            database, frames_dir, image_names=names, camera_mode=_camera_mode(frames_dir, names),
+            reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
+            extraction_options=_extraction_options(settings), device=colmap_device)
+
+    matcher = _resolve_matcher(settings, index.kind, len(names))
+    with _timed(timings, "matching"):
+        _match(database, matcher, settings, names, scratch, colmap_device)
+    with _timed(timings, "mapping"):
+        model = _map(database, frames_dir, scratch / "sparse", settings, len(names))
+
+    retried = False
+    if model.num_reg_images() < settings.min_registered * len(names) and matcher != "exhaustive":
+        log.info("poses: %d of %d frames registered; retrying with exhaustive matching",
+                 model.num_reg_images(), len(names))
+        retried = True
+        with _timed(timings, "matching_exhaustive"):
+            _match(database, "exhaustive", settings, names, scratch, colmap_device)
+        with _timed(timings, "mapping_retry"):
+            model = _map(database, frames_dir, scratch / "sparse_retry", settings, len(names))
+
+    registered = model.num_reg_images()
+    if registered < settings.min_registered * len(names):
+        raise StageError(
+            f"poses: only {registered} of {len(names)} frames registered (poses.min_registered="
+            f"{settings.min_registered}); try more overlap between frames (a slower camera or more frames), "
+            "more texture in view, or fewer frames")
+
+    with _timed(timings, "undistortion"):
+        _undistort(model, frames_dir, scratch, out_dir)
+    undistorted = pycolmap.Reconstruction(out_dir / SPARSE_DIR)
+    write_nerfstudio(undistorted, out_dir)
+    shutil.rmtree(scratch)
+
+    report = {
+        "registered": registered,
+        "total": len(names),
+        "registered_fraction": round(registered / len(names), 4),
+        "mean_reprojection_error": round(float(undistorted.compute_mean_reprojection_error()), 4),
+        "points3D": undistorted.num_points3D(),
+        "matcher": matcher,
+        "mapper": settings.mapper,
+        "retried_exhaustive": retried,
+        "unregistered": sorted(set(names) - {img.name for img in undistorted.images.values()}),
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    metrics = {k: report[k] for k in ("registered", "total", "registered_fraction", "mean_reprojection_error",
+                                      "points3D")}
+    return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, "report.json"],
+                       metrics=metrics, timings=timings)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    log.info("poses: %s took %.1fs", name, timings[name])
+
+
+def _camera_mode(frames_dir: Path, names: list[str]) -> pycolmap.CameraMode:
+    """One shared camera when all frames have one size (video), else one per image."""
+    import imageio.v3 as iio
+
+    sizes = {iio.improps(frames_dir / name).shape[:2] for name in names}
+    return pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
+
+
+def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOptions:
+    options = pycolmap.FeatureExtractionOptions()
+    options.sift.max_num_features = settings.max_features
+    return options
+
+
+def _resolve_matcher(settings: PosesSettings, source_kind: str, n: int) -> str:
+    if settings.matcher != "auto":
+        return settings.matcher
+    if source_kind == "images" and n <= settings.exhaustive_max_images:
+        return "exhaustive"
+    return "sequential"
+
+
+def _match(database: Path, matcher: str, settings: PosesSettings, names: list[str], scratch: Path,
+           device: pycolmap.Device) -> None:
+    if matcher == "exhaustive":
+        pycolmap.match_exhaustive(database, device=device)
+        return
+    pairing = pycolmap.SequentialPairingOptions(overlap=settings.overlap)
+    pycolmap.match_sequential(database, pairing_options=pairing, device=device)
+    if settings.loop_every:
+        # COLMAP's own loop detection needs a vocabulary-tree file that would have to be
+        # downloaded; matching keyframes with each other closes the same loops on our frame counts.
+        keyframes = names[:: settings.loop_every]
+        pairs = scratch / "loop_pairs.txt"
+        pairs.write_text("".join(f"{a} {b}\n" for a, b in itertools.combinations(keyframes, 2)))
+        pycolmap.match_image_pairs(database, pairing_options=pycolmap.ImportedPairingOptions(match_list_path=pairs),
+                                   device=device)
+
+
+def _map(database: Path, frames_dir: Path, sparse: Path, settings: PosesSettings, total: int) -> pycolmap.Reconstruction:
+    """Run the mapper and return the model with the most registered images (empty if none)."""
+    sparse.mkdir(parents=True, exist_ok=True)
+    if settings.mapper == "global":
+        options = pycolmap.GlobalPipelineOptions(random_seed=settings.seed)
+        models = pycolmap.global_mapping(database, frames_dir, sparse, options=options)
+    else:
+        options = pycolmap.IncrementalPipelineOptions(random_seed=settings.seed)
+        with progress("poses: registering", total) as advance:
+            models = pycolmap.incremental_mapping(database, frames_dir, sparse, options=options,
+                                                  initial_image_pair_callback=lambda: advance(2),
+                                                  next_image_callback=lambda: advance(1))
+    if not models:
+        return pycolmap.Reconstruction()
+    return max(models.values(), key=lambda m: m.num_reg_images())
+
+
+def _undistort(model: pycolmap.Reconstruction, frames_dir: Path, scratch: Path, out_dir: Path) -> None:
+    """Undistort to pinhole images: out_dir/images and out_dir/sparse/0."""
+    model_dir = scratch / "largest"
+    model_dir.mkdir()
+    model.write(model_dir)
+    undistorted = scratch / "undistorted"
+    pycolmap.undistort_images(undistorted, model_dir, frames_dir, output_type="COLMAP")
+    shutil.move(undistorted / "images", out_dir / IMAGES_DIR)
+    (out_dir / SPARSE_DIR).parent.mkdir()
+    shutil.move(undistorted / "sparse", out_dir / SPARSE_DIR)
+
