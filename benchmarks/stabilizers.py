@@ -70,6 +70,8 @@ def window_joins(model: OrbitVideoModel, settings: GenerateSettings) -> list[int
 
 def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int) -> float:
     """Held-out PSNR of Gaussians fitted to the generated frames with the known cameras."""
+    from vid3d.generate.output import write_cameras
+    from vid3d.ingest import FrameEntry, FramesIndex
     from vid3d.poses.given import poses_from_cameras
     from vid3d.splats.train import train_splats
 
@@ -81,10 +83,10 @@ def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int) 
         entries = []
         for i, frame in enumerate(frames):
             iio.imwrite(frames_dir / f"{i:05d}.png", frame)
-            entries.append({"file": f"{i:05d}.png", "source": f"{i:05d}.png"})
-        index = {"kind": "images", "width": frames.shape[2], "height": frames.shape[1], "frames": entries}
-        (frames_dir / "index.json").write_text(json.dumps(index))
-        (scratch / "cameras.json").write_text(json.dumps({"frames": cameras}))
+            entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
+        FramesIndex(source="generated", kind="images", source_frames=len(frames), fps=None, width=frames.shape[2],
+                    height=frames.shape[1], frames=entries).write(frames_dir)
+        write_cameras(scratch / "cameras.json", cameras)
         poses_from_cameras(frames_dir, scratch / "cameras.json", poses_dir, points=5000)
         settings = SplatsSettings(steps=splat_steps, sh_degree=1, sh_degree_interval=100, refine_start=50,
                                   refine_stop=splat_steps - 50, refine_every=50, reset_every=10 * splat_steps,

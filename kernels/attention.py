@@ -96,11 +96,12 @@ def _launch(query: Tensor, sources: list[Source], scale: float, out_dtype: torch
     batch, heads, lq, dim = query.shape
     out = torch.empty(query.shape, dtype=out_dtype, device=query.device)
     lse = torch.empty((batch, heads, lq), dtype=torch.float32, device=query.device)
-    args = [a for s in sources for a in _source_args(s, query)]
-    args += args[:13] * (MAX_SOURCES - len(sources))  # unused slots: pruned by NUM_SOURCES
+    per_source = [_source_args(s, query) for s in sources]
+    per_source += per_source[:1] * (MAX_SOURCES - len(sources))  # unused slots: pruned by NUM_SOURCES
+    args = [a for source_args in per_source for a in source_args]
     grid = (triton.cdiv(lq, block_m), batch * heads)
     _multi_source_kernel[grid](
-        query, out, lse, *query.stride(), *out.stride(), *lse.stride(), heads, lq, dim, scale * _LOG2E,
+        query, out, lse, *query.stride(), *out.stride(), *lse.stride(), heads, lq, dim, scale * LOG2E,
         *args, NUM_SOURCES=len(sources), BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
@@ -154,9 +155,10 @@ def _check(query: Tensor, sources: list[Source]) -> None:
             raise ValueError(f"source {i}: log_weight must be a float or a 1-D tensor of length {key.shape[2]}")
 
 
-_LOG2E = 1.4426950408889634  # the kernel works in base 2 (exp2 is the fast instruction)
+LOG2E = math.log2(math.e)  # the kernel works in base 2 (exp2 is the fast instruction)
 
 if triton is not None:
+    _LOG2E = tl.constexpr(LOG2E)  # the same number, as jitted code reads a global
 
     @triton.jit
     def _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
@@ -172,7 +174,7 @@ if triton is not None:
                          mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [D, N]
             # keys past the end get log-weight -inf, which masks them out of the softmax
             w = tl.load(w_ptr + offs_n * sw, mask=n_mask, other=-float("inf"))
-            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale + w[None, :] * 1.4426950408889634
+            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale + w[None, :] * _LOG2E
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.math.exp2(m_i - m_new)
             p = tl.math.exp2(s - m_new[:, None])
@@ -226,5 +228,5 @@ if triton is not None:
         out = (acc / l_i[:, None]).to(o_ptr.dtype.element_ty)
         tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, out, mask=m_mask[:, None] & d_mask[None, :])
         # natural-log LSE of the logits, to merge launches when there are more than MAX_SOURCES sources
-        lse = (m_i + tl.math.log2(l_i)) / 1.4426950408889634
+        lse = (m_i + tl.math.log2(l_i)) / _LOG2E
         tl.store(lse_ptr + b * slb + h * slh + offs_m * slm, lse, mask=m_mask)

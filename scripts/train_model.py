@@ -20,9 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from vid3d.generate.model import WEIGHTS  # noqa: E402
 from vid3d.generate.model.train import Settings, run  # noqa: E402
-
-PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "vid3d" / "model" / "weights"
 
 
 def main() -> None:
@@ -45,8 +44,8 @@ def main() -> None:
     out = run(settings, args.run, args.data, args.max_minutes, args.device)
     print(f"weights in {out}")
     if args.install:
-        shutil.copytree(out, PACKAGE_WEIGHTS, dirs_exist_ok=True)
-        print(f"installed to {PACKAGE_WEIGHTS}")
+        shutil.copytree(out, WEIGHTS, dirs_exist_ok=True)
+        print(f"installed to {WEIGHTS}")
 
 
 if __name__ == "__main__":

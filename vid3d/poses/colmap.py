@@ -20,7 +20,7 @@ import pycolmap
 from vid3d.config import PosesSettings
 from vid3d.errors import StageError
 from vid3d.ingest import FramesIndex
-from vid3d.poses.dataset import IMAGES_DIR, POINTS_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
+from vid3d.poses.dataset import IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
 from vid3d.project import StageOutput
 from vid3d import ui
 from vid3d.ui import log, progress
@@ -85,10 +85,10 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
         "unregistered": sorted(set(names) - {img.name for img in undistorted.images.values()}),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
     metrics = {k: report[k] for k in ("registered", "total", "registered_fraction", "mean_reprojection_error",
                                       "points3D")}
-    return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, "report.json"],
+    return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
                        metrics=metrics, timings=timings)
 
 

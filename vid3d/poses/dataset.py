@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 TRANSFORMS_FILE = "transforms.json"
 POINTS_FILE = "sparse_pc.ply"
 IMAGES_DIR = "images"
+REPORT_FILE = "report.json"  # how the poses were found: registered frames, errors, timings
 SPARSE_DIR = "sparse/0"  # the COLMAP model, as COLMAP's undistorter writes it
 # nerfstudio's applied_transform: COLMAP world (y down) -> z-up world; rows permuted and one negated.
 APPLIED_TRANSFORM = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]])

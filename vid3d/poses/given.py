@@ -20,8 +20,8 @@ from vid3d.generate.output import Camera, read_cameras
 from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.project import StageOutput
 
-from .dataset import IMAGES_DIR, NO_DISTORTION, POINTS_FILE, TRANSFORMS_FILE, flip_camera_axes, pinhole_intrinsics, write_ply, \
-    write_transforms
+from .dataset import (IMAGES_DIR, NO_DISTORTION, POINTS_FILE, REPORT_FILE, TRANSFORMS_FILE, flip_camera_axes,
+                      pinhole_intrinsics, write_ply, write_transforms)
 
 INITIAL_POINTS = 20_000  # gsplat's simple_trainer starts random initialisations with 100,000; a CPU run needs fewer
 # The initial points fill a ball around the point the cameras look at, reaching half way to the
@@ -57,8 +57,8 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
     write_ply(xyz, rgb, out_dir / POINTS_FILE)
     report = {"source": "cameras", "cameras_file": str(cameras_file), "registered": len(frames),
               "total": len(frames), "initial_points": len(xyz)}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    return StageOutput(outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, "report.json"],
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    return StageOutput(outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
                        metrics={"registered": len(frames), "total": len(frames), "registered_fraction": 1.0,
                                 "source": "cameras"})
 

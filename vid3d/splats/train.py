@@ -30,6 +30,7 @@ from vid3d.ui import log, progress
 # gsplat simple_trainer's learning rates (means scaled by the scene size)
 LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 BACKGROUND_LR = 1e-2
+SCENE_SCALE_MARGIN = 1.1  # gsplat's simple_trainer: the cameras' extent plus 10% sets the scale of the scene
 CHECKPOINT = "ckpt.pt"
 
 
@@ -67,7 +68,7 @@ class Trainer:
                  points: tuple[np.ndarray, np.ndarray]):
         self.data, self.settings, self.backend, self.device = data, settings, backend, device
         self.generator = torch.Generator().manual_seed(settings.seed)
-        self.scene_scale = data.scene_scale() * 1.1
+        self.scene_scale = data.scene_scale() * SCENE_SCALE_MARGIN
         self.splats = init_splats(*points, settings.sh_degree, settings.init_opacity, settings.init_scale,
                                   self.generator).to(device)
         self.optimizers = {name: torch.optim.Adam([{"params": param, "lr": LEARNING_RATES[name] *

@@ -1,0 +1,73 @@
+"""Each stage's folder read back through its owner's reader, against what was written into it."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+
+from vid3d import pipeline
+from vid3d.generate.output import GeneratedVideo, write_video
+from vid3d.ingest import FrameEntry, FramesIndex
+from vid3d.poses import read_dataset
+from vid3d.poses.dataset import OPENCV_TO_OPENGL, flip_camera_axes
+from vid3d.poses.given import poses_from_cameras
+from vid3d.project import STAGES
+from vid3d.scenes import make_scene, orbit_cameras, render
+
+FRAMES = 6
+
+
+def test_frames_index_reads_back_what_was_written(tmp_path):
+    video = [FrameEntry("00000.png", 12.5, source_index=3, timestamp=0.25), FrameEntry("00001.png", 8.0,
+                                                                                       source_index=9, timestamp=0.75)]
+    index = FramesIndex(source="in.mp4", kind="video", source_frames=12, fps=12.0, width=32, height=24, frames=video)
+    index.write(tmp_path)
+    read = FramesIndex.read(tmp_path)
+    assert read == index and read.folder == tmp_path
+    assert read.names == ["00000.png", "00001.png"] and read.paths() == [tmp_path / "00000.png", tmp_path / "00001.png"]
+    # absent fields stay out of the file (an image folder's entries have no timestamp)
+    FramesIndex("photos", "images", 1, None, 32, 24, [FrameEntry("00000.png", 1.0, source="a.jpg")]).write(tmp_path)
+    assert json.loads((tmp_path / "index.json").read_text())["frames"] == [
+        {"file": "00000.png", "sharpness": 1.0, "source": "a.jpg"}]
+
+
+def test_known_cameras_come_back_from_poses_in_opencv_axes(tmp_path):
+    """Generated frames and cameras -> generate/ -> frames at half size -> poses/ -> read_dataset:
+    the same camera-to-world matrices, the intrinsics scaled with the frames."""
+    cameras = orbit_cameras(FRAMES, width=64, height=64)
+    images = render(make_scene(2, simple=True), cameras).images
+    generate_dir, frames_dir, poses_dir = (tmp_path / name for name in ("generate", "frames", "poses"))
+    for folder in (generate_dir, frames_dir, poses_dir):
+        folder.mkdir()
+    entries = [{"frame": i, "camera_to_world": cameras.cam_to_world[i].tolist(), "K": cameras.K[i].tolist(),
+                "width": 64} for i in range(FRAMES)]
+    write_video(generate_dir, images, fps=12, cameras=entries, metrics={})
+    generated = GeneratedVideo.read(generate_dir)
+    assert np.array_equal(generated.frames(), images)
+
+    files = []  # ingest at half size, keeping every other frame's number
+    for n, path in enumerate(generated.frame_paths()[::2]):
+        iio.imwrite(frames_dir / f"{n:05d}.png", iio.imread(path)[::2, ::2])
+        files.append(FrameEntry(f"{n:05d}.png", source=path.name))
+    FramesIndex("generate/frames", "images", FRAMES, None, 32, 32, files).write(frames_dir)
+    poses_from_cameras(frames_dir, generated.cameras_file, poses_dir, points=500)
+
+    poses = read_dataset(poses_dir)
+    kept = list(range(0, FRAMES, 2))
+    assert poses.names == [f.file for f in files] and (poses.width, poses.height) == (32, 32)
+    assert np.allclose(poses.cam_to_world, cameras.cam_to_world[kept])
+    assert np.allclose(poses.Ks[:, :2], cameras.K[kept][:, :2] / 2) and np.allclose(poses.Ks[:, 2], [0, 0, 1])
+    assert poses.images().shape == (len(kept), 32, 32, 3) and len(poses.points()[0]) == 500
+    # transforms.json itself holds OpenGL axes, as nerfstudio reads them
+    transforms = json.loads((poses_dir / "transforms.json").read_text())
+    assert np.allclose(transforms["frames"][0]["transform_matrix"], cameras.cam_to_world[0] @ OPENCV_TO_OPENGL)
+
+
+def test_the_axis_flip_is_its_own_inverse():
+    matrix = orbit_cameras(1).cam_to_world[0]
+    assert np.array_equal(flip_camera_axes(flip_camera_axes(matrix)), matrix)
+    assert not np.allclose(flip_camera_axes(matrix), matrix)
+
+
+def test_the_pipeline_table_lists_the_project_stages_in_order():
+    assert tuple(pipeline.STAGE_TABLE) == STAGES
