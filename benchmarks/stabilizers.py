@@ -14,7 +14,14 @@ together; same seeds for every case. Measured against the true renders of the sa
 - loop closure: last frame against the first, relative to the median adjacent-frame difference
   (about 1 when the orbit closes; vid3d.metrics.video);
 - 3D consistency: held-out PSNR of Gaussians fitted (torch backend) to every frame but every 8th,
-  with the model's known cameras, evaluated on every 8th generated frame.
+  with the model's known cameras, evaluated on every 8th generated frame;
+- epipolar error: median symmetric epipolar distance (pixels) of flow correspondences between
+  frames 1 and 2 apart, with the known cameras (vid3d.metrics.epipolar; fits nothing, so the
+  feedback loop cannot grade itself);
+- motion: the objects' horizontal motion as a share of the true motion (vid3d.metrics.video.object_motion);
+- seconds: generation of the 48 frames, feedback loop included.
+
+    --cases "plain windows,rectify 0.5"   runs only the listed cases
 
 Prints mean and spread (standard deviation over scenes) and writes runs/stabilizers.json.
 """
@@ -23,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -37,9 +43,10 @@ from vid3d.config import GenerateSettings, SplatsSettings
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
 from vid3d.generate.sampler import Plan, frame_sets
-from vid3d.generate.stage import generate
-from vid3d.metrics.video import loop_closure
-from vid3d.generate.model.data import FRAMES, held_out_seeds, render_orbit
+from vid3d.generate.model.data import FRAMES, held_out_seeds, render_orbit_start
+from vid3d.generate.stage import feedback_loop, generate
+from vid3d.metrics.epipolar import epipolar_error
+from vid3d.metrics.video import loop_closure, object_motion
 
 from model_gate import MIN_DEGREES, mae  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
 
@@ -47,13 +54,22 @@ PLAIN = dict(shared_noise=False, freenoise=False, anchor_every=0, anchor_frames=
 
 
 def cases(steps: int) -> dict[str, dict]:
+    together = {**PLAIN, "shared_noise": True, "anchor_frames": "0", "kv_cache_until": max(1, steps // 4)}
     return {
         "plain windows": PLAIN,
         "shared noise": {**PLAIN, "shared_noise": True},
         "anchor attention": {**PLAIN, "anchor_frames": "0"},
         "K/V cache": {**PLAIN, "kv_cache_until": max(1, steps // 4)},
-        "all together": {**PLAIN, "shared_noise": True, "anchor_frames": "0", "kv_cache_until": max(1, steps // 4)},
+        "all together": together,
+        **{f"{mode} {weight}": {**PLAIN, "feedback": mode, "feedback_weight": weight}
+           for mode, weights in FEEDBACK_WEIGHTS.items() for weight in weights},
+        "rectify 0.5 refit each step": {**PLAIN, "feedback": "rectify", "feedback_weight": 0.5,
+                                         "feedback_warm_start": False},
+        "all together + rectify 0.5": {**together, "feedback": "rectify", "feedback_weight": 0.5},
     }
+
+
+FEEDBACK_WEIGHTS = {"rectify": (0.3, 0.5), "gradient": (0.5,)}  # the other feedback settings: their defaults
 
 
 def seam_error(generated: np.ndarray, truth: np.ndarray, joins: list[int]) -> float:
@@ -102,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--splat-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/stabilizers.json"))
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = OrbitVideoModel.load(args.weights)
@@ -111,14 +128,20 @@ def main() -> None:
     joins = window_joins(model, base)
     request_cameras = model.cameras(Request(image=np.zeros((64, 64, 3), np.uint8), num_frames=FRAMES))
 
-    rows = {name: {"error": [], "error_blur": [], "seam": [], "loop_closure": [], "psnr_3d": [], "seconds": []}
-            for name in cases(args.steps)}
+    chosen = {name: overrides for name, overrides in cases(args.steps).items()
+              if not args.cases or name in args.cases.split(",")}
+    cam_to_world = np.stack([c["camera_to_world"] for c in request_cameras])
+    Ks = np.stack([c["K"] for c in request_cameras])
+    rows = {name: {key: [] for key in ("error", "error_blur", "seam", "loop_closure", "psnr_3d", "epipolar_px",
+                                       "motion", "seconds")} for name in chosen}
     for seed in held_out_seeds(args.scenes):
-        truth = render_orbit(seed)
-        for name, overrides in cases(args.steps).items():
+        truth, objects = render_orbit_start(seed, FRAMES)
+        for name, overrides in chosen.items():
             settings = replace(base, seed=seed, **overrides)
+            request = Request(image=truth[0], num_frames=FRAMES)
             began = time.time()
-            generated = generate(model, Request(image=truth[0], num_frames=FRAMES), settings)
+            loop = feedback_loop(model, request, settings, torch.device("cpu"))
+            generated = generate(model, request, settings, feedback=loop)
             row = rows[name]
             row["seconds"].append(time.time() - began)
             row["error"].append(mae(generated[far], truth[far]))
@@ -126,21 +149,27 @@ def main() -> None:
             row["seam"].append(seam_error(generated, truth, joins))
             row["loop_closure"].append(loop_closure(list(generated)))
             row["psnr_3d"].append(consistency_psnr(generated, request_cameras, args.splat_steps))
+            row["epipolar_px"].append(epipolar_error(generated, cam_to_world, Ks)["epipolar_px"])
+            row["motion"].append(object_motion(generated, truth, objects)[1])
             print(f"scene {seed} {name:<17} error {row['error'][-1]:.4f} seam {row['seam'][-1]:.4f} "
-                  f"loop {row['loop_closure'][-1]:.2f} 3D {row['psnr_3d'][-1]:.2f} dB", flush=True)
+                  f"loop {row['loop_closure'][-1]:.2f} 3D {row['psnr_3d'][-1]:.2f} dB "
+                  f"epipolar {row['epipolar_px'][-1]:.3f} px motion {row['motion'][-1]:.0%} "
+                  f"{row['seconds'][-1]:.1f} s", flush=True)
 
-    plain = {k: float(np.mean(v)) for k, v in rows["plain windows"].items()}
+    plain = {k: float(np.mean(v)) for k, v in next(iter(rows.values())).items()}  # the first case: plain windows
     print(f"\n{args.scenes} held-out scenes, 48-frame orbits, window {model.window}, non-circular, {args.steps} steps; "
           "mean ± standard deviation over scenes")
-    header = f"{'case':<18}{'error':>16}{'vs plain':>10}{'error (blur)':>16}{'seam':>16}{'loop closure':>14}{'3D PSNR':>16}"
+    header = (f"{'case':<28}{'error':>16}{'vs plain':>10}{'error (blur)':>16}{'seam':>16}{'loop closure':>14}"
+              f"{'3D PSNR':>16}{'epipolar px':>14}{'motion':>12}{'seconds':>10}")
     print(header)
     summary = {}
     for name, row in rows.items():
         stats = {k: (float(np.mean(v)), float(np.std(v))) for k, v in row.items()}
         summary[name] = stats
         cell = lambda k, digits=4: f"{stats[k][0]:.{digits}f}±{stats[k][1]:.{digits}f}"
-        print(f"{name:<18}{cell('error'):>16}{1 - stats['error'][0] / plain['error']:>+10.1%}"
-              f"{cell('error_blur'):>16}{cell('seam'):>16}{cell('loop_closure', 2):>14}{cell('psnr_3d', 2):>16}")
+        print(f"{name:<28}{cell('error'):>16}{1 - stats['error'][0] / plain['error']:>+10.1%}"
+              f"{cell('error_blur'):>16}{cell('seam'):>16}{cell('loop_closure', 2):>14}{cell('psnr_3d', 2):>16}"
+              f"{cell('epipolar_px', 3):>14}{cell('motion', 2):>12}{stats['seconds'][0]:>10.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"scenes": list(held_out_seeds(args.scenes)), "steps": args.steps,
                                     "splat_steps": args.splat_steps, "window": model.window, "joins": joins,

@@ -189,7 +189,8 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
 @app.command()
 def metrics(path: Annotated[Path, typer.Argument(help="Video file, image folder or project.", show_default=False)],
             json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
-    """Temporal consistency of a video: warping error, flicker and loop closure."""
+    """Temporal consistency of a video: warping error, flicker and loop closure; with the cameras of a
+    generated video (cameras.json beside it, or a project's), its epipolar error too."""
     from vid3d.metrics.video import load_frames, video_metrics
 
     _setup_logging(verbose)
@@ -197,13 +198,29 @@ def metrics(path: Annotated[Path, typer.Argument(help="Video file, image folder 
         frames = load_frames(path)
         if len(frames) < 2:
             raise UserError(f"{path}: needs at least two frames")
+        cameras = _cameras_of(path)
     except UserError as exc:
         _fail(str(exc), exc.exit_code, json)
     report = video_metrics(frames)
+    if cameras is not None and len(cameras) >= len(frames):
+        from vid3d.metrics.epipolar import camera_epipolar_error
+
+        report.update(camera_epipolar_error(frames, cameras))
     if json:
         print(_dumps({"status": "ok", "path": str(path), "metrics": report}))
         return
     _print_measures(str(path), report)
+
+
+def _cameras_of(path: Path):
+    """The cameras of a generated video: a project's generate/cameras.json, or a cameras.json in the
+    folder or beside the video; None when there are none."""
+    from vid3d.generate.output import CAMERAS_FILE, GeneratedVideo, read_cameras
+
+    generated = GeneratedVideo.read(Project(path).stage_dir("generate")).cameras_file
+    found = next((c for c in (generated, path / CAMERAS_FILE, path.parent / CAMERAS_FILE)
+                  if c is not None and c.is_file()), None)
+    return None if found is None else read_cameras(found)
 
 
 @app.command()

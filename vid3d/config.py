@@ -54,6 +54,20 @@ class GenerateSettings:
                                      "this one are kept and attended to in later steps; 0: off", min=0)
     kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
                               min=1e-6, max=1.0)
+    feedback: Literal["off", "rectify", "gradient"] = setting(
+        "off", "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
+               "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
+               "L1 between decoded frames and renders; needs cameras (camera-conditioned models)")
+    feedback_start: int = setting(14, "feedback: first denoising step it acts on (0-based; with 20 steps, the last 6 "
+                                      "act, where the frames are sharp enough to fit)", min=0)
+    feedback_stop: int = setting(0, "feedback: steps from this one on do not act; 0: act to the end", min=0)
+    feedback_weight: float = setting(0.5, "feedback: rectify's blend toward the renders; gradient's share of the "
+                                          "loss a step removes (to first order)", min=0.0, max=1.0)
+    feedback_iterations: int = setting(30, "feedback: Gaussian training iterations per acting step", min=1)
+    feedback_size: int = setting(0, "feedback: side of the frames the Gaussians are fitted to, in pixels; 0: the "
+                                    "frames' own", min=0)
+    feedback_warm_start: bool = setting(True, "feedback: keep the Gaussians from one acting step to the next; false: "
+                                              "fit them anew each time")
     seed: int = setting(0, "random seed of the noise", min=0)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
         "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX), float32 on the CPU")

@@ -111,8 +111,10 @@ def initial_noise(shape, sets, frame_dim, stabilizers, generator, device, dtype,
 
 @torch.no_grad()
 def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stabilizers: Stabilizers,
-           generator: torch.Generator, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """The whole video's denoised latents."""
+           generator: torch.Generator, on_step: Callable[[int, int], None] | None = None,
+           feedback=None) -> torch.Tensor:
+    """The whole video's denoised latents; `feedback` (a feedback.FeedbackLoop) acts on the fused
+    prediction of the steps it is set for."""
     num_latent = model.latent_frames(request.num_frames)
     shape = model.latent_shape(request, num_latent)
     sets = frame_sets(num_latent, model.window, plan)
@@ -140,6 +142,8 @@ def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stab
                 outputs.append(model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames))
             state.window = None
             fused = fuse(outputs, sets, num_latent, dim, plan.weighting)
+            if feedback is not None and feedback.acts(i, len(scheduler.timesteps)):
+                fused = feedback.apply(fused, latents, t)
             latents = stepper.step(fused, t, latents, i).to(model.dtype)
             if on_step:
                 on_step(i + 1, len(scheduler.timesteps))

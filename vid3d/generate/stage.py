@@ -12,13 +12,17 @@ import torch
 
 from vid3d.config import GenerateSettings
 from vid3d.device import resolve_dtype
-from vid3d.errors import UserError
+from vid3d.errors import StageError, UserError
 from vid3d.ingest import read_image
+from vid3d.metrics.epipolar import epipolar_error
 from vid3d.metrics.video import video_metrics
 from vid3d.project import StageOutput
 from vid3d.ui import log, progress
 
 from .adapters import Request, VideoModel, load_model
+from vid3d.splats.model import SPLATS_FILE, save_ply
+
+from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
 from .output import write_video
 from .sampler import Plan, Stabilizers, sample, use_scheduler
@@ -63,15 +67,29 @@ def model_fingerprint(spec: str) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def generate(model: VideoModel, request: Request, settings: GenerateSettings, on_step=None) -> np.ndarray:
+def generate(model: VideoModel, request: Request, settings: GenerateSettings, on_step=None,
+             feedback: FeedbackLoop | None = None) -> np.ndarray:
     """uint8 frames [F, H, W, 3] for `request` with the settings' plan and stabilizers."""
     use_scheduler(model, settings.scheduler)
     num_latent = model.latent_frames(request.num_frames)
     generator = torch.Generator("cpu").manual_seed(settings.seed)  # the same noise on every device
     condition = model.prepare(request, generator)
     stabilizers = Stabilizers.of(settings, anchors=anchor_latents(settings, request.num_frames, num_latent))
-    latents = sample(model, condition, request, Plan.of(settings), stabilizers, generator, on_step)
+    latents = sample(model, condition, request, Plan.of(settings), stabilizers, generator, on_step, feedback)
     return model.decode(latents, condition)
+
+
+def feedback_loop(model: VideoModel, request: Request, settings: GenerateSettings,
+                  device: torch.device) -> FeedbackLoop | None:
+    """The feedback stabilizer's loop when generate.feedback is on; it needs the frames' cameras."""
+    feedback = Feedback.of(settings)
+    if feedback.mode == "off":
+        return None
+    cameras = model.cameras(request)
+    if not cameras:
+        raise StageError(f"generate.feedback = {feedback.mode}: {type(model).__name__} gives no cameras; the "
+                         "feedback loop works with camera-conditioned models (the embedded orbit model) for now")
+    return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
 
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:
@@ -82,12 +100,22 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     loaded = time.time()
     request = Request(image=image, prompt=settings.prompt, num_frames=settings.frames, height=settings.height,
                       width=settings.width, guidance=settings.guidance)
+    loop = feedback_loop(model, request, settings, device)
     with progress("generate", settings.steps) as advance:
-        frames = generate(model, request, settings, on_step=lambda done, total: advance())
+        frames = generate(model, request, settings, on_step=lambda done, total: advance(), feedback=loop)
     sampled = time.time()
 
     metrics = video_metrics(list(frames))
-    outputs = write_video(out_dir, frames, settings.fps, model.cameras(request), metrics)
+    cameras = model.cameras(request)
+    if cameras:
+        metrics.update(epipolar_error(frames, np.stack([c["camera_to_world"] for c in cameras]),
+                                      np.stack([c["K"] for c in cameras])))
+    if loop is not None:
+        metrics["feedback"] = loop.history
+    outputs = write_video(out_dir, frames, settings.fps, cameras, metrics)
+    if loop is not None and loop.trainer is not None:  # the loop's final 3D state
+        save_ply(loop.trainer.splats, out_dir / SPLATS_FILE)
+        outputs.append(SPLATS_FILE)
     log.info("generated %d frames of %dx%d", len(frames), frames.shape[2], frames.shape[1])
     return StageOutput(outputs=outputs, metrics=metrics,
                        timings={"load": loaded - started, "sample": sampled - loaded})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import imageio.v3 as iio
 import numpy as np
@@ -53,7 +54,8 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
                        "transform_matrix": flip_camera_axes(camera.camera_to_world).tolist()})
         used.append((images_dir / entry.file, camera))
     write_transforms(out_dir, frames, shared=NO_DISTORTION)
-    xyz, rgb = _coloured_ball(used, points, seed)
+    xyz, rgb = coloured_ball([(camera.camera_to_world, camera.K) for _, camera in used],
+                             lambda i: iio.imread(used[i][0]), points, seed)
     write_ply(xyz, rgb, out_dir / POINTS_FILE)
     report = {"source": "cameras", "cameras_file": str(cameras_file), "registered": len(frames),
               "total": len(frames), "initial_points": len(xyz)}
@@ -78,8 +80,11 @@ def look_at_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
-def _coloured_ball(used: list[tuple[Path, Camera]], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    c2w = np.stack([camera.camera_to_world for _, camera in used])
+def coloured_ball(cameras: list[tuple[np.ndarray, np.ndarray]], image_of: Callable[[int], np.ndarray], count: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` points (float64, uint8 colours) in a ball around where the cameras (camera-to-world
+    in OpenCV axes, K) look, coloured from up to COLOUR_VIEWS of their images (`image_of(i)`, uint8)."""
+    c2w = np.stack([camera_to_world for camera_to_world, _ in cameras])
     centres, directions = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: the camera looks along +z
     target = look_at_point(centres, directions)
     radius = BALL_FRACTION * float(np.median(np.linalg.norm(centres - target, axis=1)))
@@ -87,15 +92,15 @@ def _coloured_ball(used: list[tuple[Path, Camera]], count: int, seed: int) -> tu
     direction = rng.normal(size=(count, 3))
     xyz = target + radius * direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.random((count, 1)) ** (1 / 3)
     colours, seen = np.zeros((count, 3)), np.zeros(count)
-    for path, camera in used[:: max(1, len(used) // COLOUR_VIEWS)]:
-        image = iio.imread(path)[..., :3] / 255.0
-        world_to_cam = np.linalg.inv(camera.camera_to_world)
+    for i in range(0, len(cameras), max(1, len(cameras) // COLOUR_VIEWS)):
+        camera_to_world, K = cameras[i]
+        image = image_of(i)[..., :3] / 255.0
+        world_to_cam = np.linalg.inv(camera_to_world)
         local = xyz @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-        pixel = local @ camera.K.T
+        pixel = local @ K.T
         u, v = pixel[:, 0] / pixel[:, 2], pixel[:, 1] / pixel[:, 2]
         inside = (local[:, 2] > 0) & (u >= 0) & (v >= 0) & (u < image.shape[1] - 1) & (v < image.shape[0] - 1)
         colours[inside] += image[v[inside].astype(int), u[inside].astype(int)]
         seen[inside] += 1
     colours = np.where(seen[:, None] > 0, colours / np.maximum(seen, 1)[:, None], 0.5)
     return xyz, (colours * 255).round().astype(np.uint8)
-

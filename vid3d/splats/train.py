@@ -88,16 +88,15 @@ class Trainer:
         self.strategy.check_sanity(self.splats, self.optimizers)
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         self.step = 0
+        self.order: list[int] | None = None
 
     def fit(self, checkpoint: Path) -> None:
         settings = self.settings
-        order = self._frame_order()
         try:
             with progress("splats: training", settings.steps) as advance:
                 advance(self.step)
                 while self.step < settings.steps:
-                    loss, psnr = self._train_step(order[self.step])
-                    self.step += 1
+                    loss, psnr = self.train_step()
                     if self.step % settings.checkpoint_every == 0 and self.step < settings.steps:
                         self.save(checkpoint)
                     advance(1, loss=loss, psnr=psnr, gaussians=len(self.splats["means"]))
@@ -105,6 +104,28 @@ class Trainer:
             self.save(checkpoint)  # Ctrl-C or SIGTERM: the rerun continues from here
             log.info("splats: saved a checkpoint at step %d; rerun to continue", self.step)
             raise
+
+    def train(self, steps: int) -> None:
+        """`steps` more training steps, quietly (the feedback loop of generation trains this way)."""
+        for _ in range(steps):
+            self.train_step()
+
+    def train_step(self) -> tuple[float, float]:
+        """One step on the next frame of the seeded order: (loss, PSNR of the frame)."""
+        if self.order is None:
+            self.order = self._frame_order()
+        result = self._train_step(self.order[self.step % len(self.order)])
+        self.step += 1
+        return result
+
+    @torch.no_grad()
+    def render_all(self) -> torch.Tensor:
+        """[N, H, W, 3] every camera of the dataset, at the training SH degree reached."""
+        sh_degree = min(self.step // self.settings.sh_degree_interval, self.settings.sh_degree)
+        cameras = len(self.data.names)
+        images, _, _ = render(self.splats, self.data.viewmats, self.data.Ks, self.data.width, self.data.height,
+                              sh_degree, backend=self.backend, backgrounds=self.backgrounds().expand(cameras, -1))
+        return images.clamp(0, 1)
 
     def _frame_order(self) -> list[int]:
         """One training frame per step: shuffled epochs, fixed by the seed (so a resumed run agrees)."""

@@ -69,6 +69,14 @@ class VideoModel(ABC):
     def layout_of(self, processor_name: str) -> Layout | None:
         """Which self-attention layers take the stabilizing processors, and their layout."""
 
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable decode for the feedback loop: latents [1, F, ...] -> frames [F, H, W, 3] in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} does not support generate.feedback yet")
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Inverse of decode_frames: frames [F, H, W, 3] in [0, 1] -> latents [1, F, ...]."""
+        raise NotImplementedError(f"{type(self).__name__} does not support generate.feedback yet")
+
     def cameras(self, request: Request) -> list[dict] | None:
         """Per-frame cameras for camera-conditioned models (written to generate/cameras.json)."""
         return None

@@ -102,6 +102,13 @@ class OrbitVideoModel(VideoModel):
         images = self.autoencoder.decode(latents[0] / self.scaling)
         return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.autoencoder.decode(latents[0] / self.scaling)
+        return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return (self.autoencoder.encode(frames.permute(0, 3, 1, 2) * 2 - 1) * self.scaling)[None]
+
     def layout_of(self, processor_name: str):
         return spatial_layout(processor_name)
 

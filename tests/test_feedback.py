@@ -1,0 +1,140 @@
+"""The feedback stabilizer: prediction <-> x0 conversions, and the loop on a synthetic model whose
+frames are a true orbit, each frame shifted in colour by its own amount (views that disagree)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from conftest import error_line, run_cli, run_json
+from vid3d.generate.adapters.base import Request, VideoModel
+from vid3d.generate.feedback import Feedback, FeedbackLoop, gradient_step, prediction_to_x0, x0_to_prediction
+from vid3d.generate.sampler import Plan, Stabilizers, sample
+from vid3d.scenes import make_scene, orbit_cameras, render
+from vid3d.splats.model import load_ply as read_ply
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+FRAMES, SIZE, STEPS = 12, 32, 8
+
+SCHEDULERS = [(DDIMScheduler, "epsilon"), (DDIMScheduler, "v_prediction"), (DDIMScheduler, "sample"),
+              (EulerDiscreteScheduler, "epsilon"), (EulerDiscreteScheduler, "v_prediction"),
+              (DPMSolverMultistepScheduler, "epsilon"), (CogVideoXDPMScheduler, "v_prediction")]
+
+
+@pytest.mark.parametrize("kind,prediction", SCHEDULERS, ids=lambda v: getattr(v, "__name__", v))
+def test_x0_and_model_output_convert_both_ways(kind, prediction):
+    scheduler = kind(prediction_type=prediction, **({"clip_sample": False} if kind is DDIMScheduler else {}))
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[3]
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 5, generator=generator) * float(scheduler.init_noise_sigma)
+    output = torch.randn(2, 4, 5, generator=generator)
+    x0 = prediction_to_x0(scheduler, output, latents, t)
+    assert torch.allclose(x0_to_prediction(scheduler, x0, latents, t), output, atol=1e-4)
+    if kind in (DDIMScheduler, EulerDiscreteScheduler):  # their step reports the x0 it used: the known answer
+        scheduler._step_index = None
+        expected = scheduler.step(output, t, latents).pred_original_sample
+        assert torch.allclose(x0, expected, atol=1e-5)
+
+
+class ShiftedOrbit(VideoModel):
+    """Predicts the true orbit with each frame's colours shifted by its own random amount; its
+    "autoencoder" is a fixed non-linear map, so the loop's decode and encode are exercised."""
+
+    def __init__(self, shift: float = 0.15, seed: int = 0):
+        super().__init__()
+        self.cams = orbit_cameras(FRAMES, width=SIZE, height=SIZE, arc_deg=180.0)
+        truth = render(make_scene(3, simple=True), self.cams, supersample=2).images / 255.0
+        self.truth = torch.tensor(truth, dtype=torch.float32)  # [F, H, W, 3]
+        rng = np.random.default_rng(seed)
+        self.shift = torch.tensor(rng.uniform(-shift, shift, (FRAMES, 1, 1, 3)), dtype=torch.float32)
+        self.window, self.device, self.dtype = FRAMES, torch.device("cpu"), torch.float32
+        self.scheduler = DDIMScheduler(prediction_type="sample", set_alpha_to_one=True, timestep_spacing="trailing",
+                                       clip_sample=False)
+
+    def prepare(self, request, generator):
+        return None
+
+    def latent_shape(self, request, num_latent_frames):
+        return (1, num_latent_frames, 3, SIZE, SIZE)
+
+    def latent_frames(self, num_frames):
+        return num_frames
+
+    def predict(self, latents, t, condition, frames):
+        return self.encode_frames((self.truth + self.shift).clamp(0.02, 0.98)[frames])
+
+    def decode(self, latents, condition):
+        return (self.decode_frames(latents) * 255).round().byte().numpy()
+
+    def decode_frames(self, latents):
+        return torch.sigmoid(2 * latents[0]).permute(0, 2, 3, 1)
+
+    def encode_frames(self, frames):
+        return (torch.logit(frames.clamp(1e-3, 1 - 1e-3)) / 2).permute(0, 3, 1, 2)[None]
+
+    def layout_of(self, processor_name):
+        return None
+
+    def cameras(self, request):
+        return [{"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": SIZE}
+                for i in range(FRAMES)]
+
+
+def run(model, feedback: Feedback | None):
+    request = Request(image=np.zeros((SIZE, SIZE, 3), np.uint8), num_frames=FRAMES)
+    generator = torch.Generator().manual_seed(0)
+    loop = None if feedback is None else FeedbackLoop(model, model.cameras(request), feedback, STEPS,
+                                                      torch.device("cpu"))
+    latents = sample(model, None, request, Plan(steps=STEPS), Stabilizers(), generator, feedback=loop)
+    return model.decode_frames(latents), loop
+
+
+def test_weight_zero_leaves_the_sampler_bit_for_bit():
+    model = ShiftedOrbit()
+    plain, _ = run(model, None)
+    off, loop = run(model, Feedback(mode="rectify", start=0, weight=0.0))
+    assert torch.equal(plain, off) and loop.trainer is None
+
+
+def test_rectify_halves_the_frames_disagreement_with_the_truth():
+    model = ShiftedOrbit()
+    plain, _ = run(model, None)
+    fed, loop = run(model, Feedback(mode="rectify", start=4, weight=0.9, iterations=150))
+    error = lambda frames: float((frames - model.truth).abs().mean())
+    assert len(loop.history) == STEPS - 4
+    assert error(fed) < 0.5 * error(plain), (error(fed), error(plain))
+
+
+def test_the_gradient_step_lowers_the_loss_it_differentiates():
+    model = ShiftedOrbit()
+    x0 = model.predict(None, None, None, torch.arange(FRAMES))
+    renders = model.truth
+    loss = lambda x: float((model.decode_frames(x) - renders).abs().mean())
+    stepped = gradient_step(model, x0, renders, weight=0.3)
+    assert loss(stepped) < loss(x0) - 0.1 * loss(x0)
+
+
+def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(tmp_path):
+    """The whole stage with the embedded model (few steps): generate/splats.ply, the loop's history
+    and the epipolar error in metrics.json."""
+    project = tmp_path / "project"
+    code, out = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--frames", 16,
+                         "--set", "generate.steps=4", "--set", "generate.feedback=rectify",
+                         "--set", "generate.feedback_start=2", "--set", "generate.feedback_iterations=20")
+    assert code == 0, out
+    assert str(project / "generate" / "splats.ply") in out["outputs"]
+    metrics = json.loads((project / "generate" / "metrics.json").read_text())
+    assert len(metrics["feedback"]) == 2 and metrics["epipolar_px"] >= 0
+    assert len(read_ply(project / "generate" / "splats.ply")["means"]) > 0
+
+
+def test_feedback_without_cameras_fails_with_one_line(tmp_path):
+    result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model", "tiny-svd",
+                     "--frames", 4, "--set", "generate.steps=2", "--set", "generate.feedback=rectify",
+                     "--set", "generate.height=32", "--set", "generate.width=32")
+    assert result.returncode == 1
+    assert "gives no cameras" in error_line(result.stderr)

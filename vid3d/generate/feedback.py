@@ -1,0 +1,172 @@
+"""The feedback stabilizer: Gaussians fitted to the frames during denoising, their renders fed back.
+
+At each acting step the fused model output is turned into the clean video it predicts (x0),
+decoded to frames; one set of 3D Gaussians, kept from the previous acting step (warm start), is
+trained a few iterations on those frames at their cameras, rendered at every camera and encoded
+back. `rectify` blends the prediction's x0 toward the renders' latents; `gradient` takes a step
+on the latents against a rendering-consistency loss (L1 between decoded x0 and the renders),
+differentiated through the decoder. Either way the frames are pulled toward what one 3D scene
+can show from their cameras (VistaDream's multiview consistency sampling, guidedvd-3dgs' scene
+grounding). The Gaussian fit is the splats stage's own training (`vid3d.splats.train.Trainer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vid3d.config import GenerateSettings, SplatsSettings
+
+FeedbackMode = Literal["off", "rectify", "gradient"]
+
+
+@dataclass
+class Feedback:
+    """The loop's settings; the defaults are the [generate] settings' (vid3d.config)."""
+
+    mode: FeedbackMode = GenerateSettings.feedback  # off, rectify or gradient
+    start: int = GenerateSettings.feedback_start  # first acting step (0-based index into the schedule)
+    stop: int = GenerateSettings.feedback_stop  # steps from here on do not act; 0: to the end
+    weight: float = GenerateSettings.feedback_weight
+    iterations: int = GenerateSettings.feedback_iterations  # Gaussian training iterations per acting step
+    size: int = GenerateSettings.feedback_size  # render side in pixels; 0: the frames' own
+    warm_start: bool = GenerateSettings.feedback_warm_start  # keep the Gaussians from step to step
+
+    @classmethod
+    def of(cls, settings: GenerateSettings) -> "Feedback":
+        """From [generate]: `mode` is `feedback`, every other field `feedback_<field>`."""
+        return cls(**{f.name: getattr(settings, "feedback" if f.name == "mode" else f"feedback_{f.name}")
+                      for f in fields(cls)})
+
+    def acts(self, step: int, steps: int) -> bool:
+        return self.mode != "off" and self.weight > 0 and self.start <= step < (self.stop or steps)
+
+
+# -- model output <-> x0 ----------------------------------------------------------------------------
+def _noise_levels(scheduler, t: torch.Tensor) -> tuple[float, float, float]:
+    """(a, s, c) with x_t = a * x0 + s * eps for the latents the scheduler steps, and c the scale
+    of the model's input (1 for variance-preserving schedulers)."""
+    if getattr(scheduler, "init_noise_sigma", 1.0) != 1.0:  # variance exploding: Euler's x = x0 + sigma * eps
+        index = int((scheduler.timesteps == t).nonzero()[0])
+        sigma = float(scheduler.sigmas[index])
+        return 1.0, sigma, 1.0 / (sigma**2 + 1) ** 0.5
+    alpha_bar = float(scheduler.alphas_cumprod[int(t)])
+    return alpha_bar**0.5, (1 - alpha_bar) ** 0.5, 1.0
+
+
+def prediction_to_x0(scheduler, output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean latents a model output predicts, for the scheduler's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return output
+    a, s, c = _noise_levels(scheduler, t)
+    if kind == "epsilon":
+        return (latents - s * output) / a
+    if kind == "v_prediction":  # v is defined on the variance-preserving input c * x_t
+        return a * c * c * latents - s * c * output
+    raise ValueError(f"prediction type {kind!r} is not supported by the feedback loop")
+
+
+def x0_to_prediction(scheduler, x0: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The model output that predicts `x0` at `latents` (inverse of prediction_to_x0)."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return x0
+    a, s, c = _noise_levels(scheduler, t)
+    if kind == "epsilon":
+        return (latents - a * x0) / s
+    if kind == "v_prediction":
+        return (a * c * c * latents - x0) / (s * c)
+    raise ValueError(f"prediction type {kind!r} is not supported by the feedback loop")
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+class FeedbackLoop:
+    """The 3D state carried through one sampling: Gaussians warm-started from acting step to step."""
+
+    def __init__(self, model, cameras: list[dict], feedback: Feedback, steps: int, device: torch.device,
+                 seed: int = 0):
+        self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
+        self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
+        self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
+        self.camera_width = int(cameras[0]["width"])
+        acting = sum(feedback.acts(i, steps) for i in range(steps))
+        # One learning-rate schedule over the whole sampling; no densification (as VistaDream: the
+        # points of the initial ball are enough for 64-pixel frames) and view-independent colour
+        # (view-dependent colour would let the Gaussians explain disagreeing views instead of fixing them).
+        schedule = acting * feedback.iterations if feedback.warm_start else feedback.iterations
+        self.splat_settings = SplatsSettings(steps=max(1, schedule), sh_degree=0,
+                                             densify=False, test_every=0, seed=seed)
+        self.trainer = None
+        self.history: list[dict] = []  # per acting step: the fit's loss and how far the prediction moved
+
+    def acts(self, step: int, steps: int) -> bool:
+        return self.feedback.acts(step, steps)
+
+    def apply(self, output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The fused model output, pulled toward what the Gaussians render."""
+        scheduler = self.model.scheduler
+        x0 = prediction_to_x0(scheduler, output, latents, t)
+        frames = self.model.decode_frames(x0)
+        renders = self.fit(frames)
+        if self.feedback.mode == "rectify":
+            moved = self.feedback.weight * (self.model.encode_frames(renders) - x0)
+        else:
+            moved = gradient_step(self.model, x0, renders, self.feedback.weight) - x0
+        self.history.append({"fit_l1": round(float((frames - renders).abs().mean()), 5),
+                             "moved_rms": round(float(moved.pow(2).mean().sqrt()), 5)})
+        return x0_to_prediction(scheduler, x0 + moved, latents, t)
+
+    def fit(self, frames: torch.Tensor) -> torch.Tensor:
+        """Train the Gaussians on `frames` [F, H, W, 3] in [0, 1] (at the render size) and render
+        every camera back at the frames' size."""
+        from vid3d.splats.data import Dataset
+
+        height, width = frames.shape[1:3]
+        side = self.feedback.size or width
+        small = frames if side == width else F.interpolate(
+            frames.permute(0, 3, 1, 2), size=(side * height // width, side), mode="area").permute(0, 2, 3, 1)
+        scale = side / self.camera_width
+        Ks = self.Ks.copy()
+        Ks[:, :2] *= scale
+        n = len(frames)
+        data = Dataset(names=[f"{i:05d}" for i in range(n)], images=small.detach().float().to(self.device),
+                       viewmats=torch.tensor(np.linalg.inv(self.cam_to_world), dtype=torch.float32, device=self.device),
+                       Ks=torch.tensor(Ks, dtype=torch.float32, device=self.device), train=list(range(n)), test=[])
+        if self.trainer is None or not self.feedback.warm_start:
+            self.trainer = self._start(data)
+        else:
+            self.trainer.data = data  # warm start: the same Gaussians and optimiser state, new targets
+        with torch.enable_grad():  # the sampler runs without gradients; the fit needs them
+            self.trainer.train(self.feedback.iterations)
+        renders = self.trainer.render_all()
+        if side != width:
+            renders = F.interpolate(renders.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                                    align_corners=False).permute(0, 2, 3, 1)
+        return renders.to(frames.dtype)
+
+    def _start(self, data):
+        from vid3d.poses.given import INITIAL_POINTS, coloured_ball
+        from vid3d.splats.rasterize import resolve_backend
+        from vid3d.splats.train import Trainer
+
+        images = (data.images.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        cameras = [(c2w, K) for c2w, K in zip(self.cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
+        points = coloured_ball(cameras, lambda i: images[i], INITIAL_POINTS // 4, self.seed)
+        backend = resolve_backend("auto", self.device)
+        return Trainer(data, self.splat_settings, backend, self.device,
+                       (points[0].astype(np.float32), points[1].astype(np.float32) / 255.0))
+
+
+def gradient_step(model, x0: torch.Tensor, renders: torch.Tensor, weight: float) -> torch.Tensor:
+    """x0 moved against the L1 between its decoded frames and `renders`, by the step that would cut
+    the loss by `weight` of itself if the loss were linear (a Polyak step: scale-free)."""
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        loss = (model.decode_frames(x) - renders.detach()).abs().mean()
+        (grad,) = torch.autograd.grad(loss, x)
+    return x0 - weight * float(loss.detach()) / grad.pow(2).sum().clamp(min=1e-20) * grad
