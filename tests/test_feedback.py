@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from conftest import error_line, run_cli, run_json
+from conftest import error_line, run_cli, run_json, tree
 from vid3d.generate.adapters.base import Request, VideoModel
 from vid3d.generate.feedback import Feedback, FeedbackLoop, gradient_step, prediction_to_x0, x0_to_prediction
 from vid3d.generate.sampler import Plan, Stabilizers, sample
@@ -132,9 +132,46 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
     assert len(read_ply(project / "generate" / "splats.ply")["means"]) > 0
 
 
+SVD = ["--model", "tiny-svd", "--frames", 4, "--set", "generate.steps=2", "--set", "generate.height=32",
+       "--set", "generate.width=32", "--set", "generate.feedback=rectify", "--set", "generate.feedback_start=0",
+       "--set", "generate.feedback_iterations=5"]
+
+
+def write_cameras(path, frames: int):
+    cams = orbit_cameras(frames, width=SIZE, height=SIZE, arc_deg=40.0)
+    path.write_text(json.dumps({"frames": [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(),
+                                            "K": cams.K[i].tolist(), "width": SIZE} for i in range(frames)]}))
+    return path
+
+
 def test_feedback_without_cameras_fails_with_one_line(tmp_path):
-    result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model", "tiny-svd",
-                     "--frames", 4, "--set", "generate.steps=2", "--set", "generate.feedback=rectify",
-                     "--set", "generate.height=32", "--set", "generate.width=32")
+    result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD)
     assert result.returncode == 1
-    assert "gives no cameras" in error_line(result.stderr)
+    assert "--cameras" in error_line(result.stderr)
+
+
+def test_given_cameras_drive_the_feedback_of_a_model_without_its_own(tmp_path):
+    cameras = write_cameras(tmp_path / "cameras.json", 4)
+    code, out = run_json("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD,
+                         "--cameras", cameras)
+    assert code == 0, out
+    assert len(json.loads((tmp_path / "project" / "generate" / "metrics.json").read_text())["feedback"]) == 2
+    assert (tmp_path / "project" / "generate" / "splats.ply").is_file()
+
+
+@pytest.mark.parametrize("problem", ["frame count", "broken"])
+def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
+    project = tmp_path / "project"
+    code, _ = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--model", "tiny-svd",
+                       "--frames", 4, "--set", "generate.steps=1", "--set", "generate.height=32",
+                       "--set", "generate.width=32")
+    assert code == 0
+    before = tree(project)
+    cameras = tmp_path / "cameras.json"
+    if problem == "broken":
+        cameras.write_text('{"frames": [{"frame": 0}')
+    else:
+        write_cameras(cameras, 3)
+    result = run_cli("generate", project, *SVD, "--cameras", cameras)
+    assert result.returncode == 2 and str(cameras) in error_line(result.stderr)
+    assert tree(project) == before

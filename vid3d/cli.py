@@ -102,9 +102,12 @@ def generate(project: ProjectArg,
                                  "default: the embedded orbit model.")] = None,
              frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to generate.")] = None,
              loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
+             cameras: Annotated[Optional[Path], typer.Option(
+                 "--cameras", help="The frames' cameras (cameras.json) for the feedback loop of a model without its own.")] = None,
              *, common: Common) -> None:
     """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
-    named = {"prompt": prompt, "model": model, "frames": frames, "loop": None if loop is None else str(loop).lower()}
+    named = {"prompt": prompt, "model": model, "frames": frames, "loop": None if loop is None else str(loop).lower(),
+             "cameras": None if cameras is None else cameras.resolve()}
     sets = [f"generate.{key}={value}" for key, value in named.items() if value is not None]
     _execute(project, common, "generate", sets=sets, image=image)
 

@@ -54,10 +54,12 @@ class GenerateSettings:
                                      "this one are kept and attended to in later steps; 0: off", min=0)
     kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
                               min=1e-6, max=1.0)
+    cameras: str = setting("", "the frames' cameras (vid3d's cameras.json format) for the feedback loop of a model "
+                               "that gives none (SVD); empty: the model's own (the embedded model's orbit)")
     feedback: Literal["off", "rectify", "gradient"] = setting(
         "off", "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
                "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
-               "L1 between decoded frames and renders; needs cameras (camera-conditioned models)")
+               "L1 between decoded frames and renders; needs cameras (the model's, or generate.cameras)")
     feedback_start: int = setting(14, "feedback: first denoising step it acts on (0-based; with 20 steps, the last 6 "
                                       "act, where the frames are sharp enough to fit)", min=0)
     feedback_stop: int = setting(0, "feedback: steps from this one on do not act; 0: act to the end", min=0)

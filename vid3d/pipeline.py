@@ -51,7 +51,7 @@ def run(ctx: Context, name: str) -> StageResult:
 
 # -- generate: a video from the reference image with a video diffusion model -------------------------
 def _generate_inputs(ctx: Context) -> dict[str, str]:
-    from vid3d.generate.stage import model_fingerprint, read_reference
+    from vid3d.generate.stage import given_cameras, model_fingerprint, read_reference
     from vid3d.ingest import input_fingerprint
 
     settings = ctx.settings.generate
@@ -59,7 +59,10 @@ def _generate_inputs(ctx: Context) -> dict[str, str]:
         raise UserError("no reference image: pass --image REF.png (it is remembered by the project)")
     image = Path(settings.image)
     read_reference(image)
-    return {"image": input_fingerprint(image), "model": model_fingerprint(settings.model)}
+    inputs = {"image": input_fingerprint(image), "model": model_fingerprint(settings.model)}
+    if given_cameras(settings):  # a malformed file fails before any work
+        inputs["cameras"] = file_fingerprint(Path(settings.cameras))
+    return inputs
 
 
 def _generate(ctx: Context, out: Path) -> StageOutput:
@@ -152,7 +155,7 @@ def _export(ctx: Context, out: Path) -> StageOutput:
 
 
 STAGE_TABLE: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("generate", _generate_inputs, _generate, input_paths=("image",)),
+    Stage("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
     Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
     Stage("poses", _poses_inputs, _poses),
     Stage("splats", lambda ctx: {"poses": run(ctx, "poses").fingerprint}, _splats),

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from vid3d.config import GenerateSettings, SplatsSettings
 
 FeedbackMode = Literal["off", "rectify", "gradient"]
+BALL_POINTS = 5_000  # Gaussians the loop starts from (a quarter of poses.given's): plenty for 64-pixel frames
 
 
 @dataclass
@@ -58,30 +59,29 @@ def _noise_levels(scheduler, t: torch.Tensor) -> tuple[float, float, float]:
     return alpha_bar**0.5, (1 - alpha_bar) ** 0.5, 1.0
 
 
-def prediction_to_x0(scheduler, output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The clean latents a model output predicts, for the scheduler's prediction type."""
+def _x0_coefficients(scheduler, t: torch.Tensor) -> tuple[float, float]:
+    """(p, q) with x0 = p * latents + q * model output, for the scheduler's prediction type."""
     kind = scheduler.config.prediction_type
     if kind == "sample":
-        return output
+        return 0.0, 1.0
     a, s, c = _noise_levels(scheduler, t)
     if kind == "epsilon":
-        return (latents - s * output) / a
+        return 1 / a, -s / a
     if kind == "v_prediction":  # v is defined on the variance-preserving input c * x_t
-        return a * c * c * latents - s * c * output
+        return a * c * c, -s * c
     raise ValueError(f"prediction type {kind!r} is not supported by the feedback loop")
+
+
+def prediction_to_x0(scheduler, output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean latents a model output predicts at `latents` (the latents the scheduler steps)."""
+    p, q = _x0_coefficients(scheduler, t)
+    return p * latents + q * output
 
 
 def x0_to_prediction(scheduler, x0: torch.Tensor, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The model output that predicts `x0` at `latents` (inverse of prediction_to_x0)."""
-    kind = scheduler.config.prediction_type
-    if kind == "sample":
-        return x0
-    a, s, c = _noise_levels(scheduler, t)
-    if kind == "epsilon":
-        return (latents - a * x0) / s
-    if kind == "v_prediction":
-        return (a * c * c * latents - x0) / (s * c)
-    raise ValueError(f"prediction type {kind!r} is not supported by the feedback loop")
+    p, q = _x0_coefficients(scheduler, t)
+    return (x0 - p * latents) / q
 
 
 # -- the loop -----------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class FeedbackLoop:
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
         self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
         self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
-        self.camera_width = int(cameras[0]["width"])
+        self.camera_width = cameras[0].get("width")  # None: the intrinsics are for the frames as they are
         acting = sum(feedback.acts(i, steps) for i in range(steps))
         # One learning-rate schedule over the whole sampling; no densification (as VistaDream: the
         # points of the initial ball are enough for 64-pixel frames) and view-independent colour
@@ -130,7 +130,7 @@ class FeedbackLoop:
         side = self.feedback.size or width
         small = frames if side == width else F.interpolate(
             frames.permute(0, 3, 1, 2), size=(side * height // width, side), mode="area").permute(0, 2, 3, 1)
-        scale = side / self.camera_width
+        scale = side / (self.camera_width or width)
         Ks = self.Ks.copy()
         Ks[:, :2] *= scale
         n = len(frames)
@@ -150,13 +150,13 @@ class FeedbackLoop:
         return renders.to(frames.dtype)
 
     def _start(self, data):
-        from vid3d.poses.given import INITIAL_POINTS, coloured_ball
+        from vid3d.poses.given import coloured_ball
         from vid3d.splats.rasterize import resolve_backend
         from vid3d.splats.train import Trainer
 
         images = (data.images.clamp(0, 1) * 255).round().byte().cpu().numpy()
         cameras = [(c2w, K) for c2w, K in zip(self.cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
-        points = coloured_ball(cameras, lambda i: images[i], INITIAL_POINTS // 4, self.seed)
+        points = coloured_ball(cameras, lambda i: images[i], BALL_POINTS, self.seed)
         backend = resolve_backend("auto", self.device)
         return Trainer(data, self.splat_settings, backend, self.device,
                        (points[0].astype(np.float32), points[1].astype(np.float32) / 255.0))

@@ -24,7 +24,7 @@ from vid3d.splats.model import SPLATS_FILE, save_ply
 
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
-from .output import write_video
+from .output import read_cameras, write_video
 from .sampler import Plan, Stabilizers, sample, use_scheduler
 
 
@@ -85,11 +85,26 @@ def feedback_loop(model: VideoModel, request: Request, settings: GenerateSetting
     feedback = Feedback.of(settings)
     if feedback.mode == "off":
         return None
-    cameras = model.cameras(request)
+    cameras = model.cameras(request) or given_cameras(settings)
     if not cameras:
-        raise StageError(f"generate.feedback = {feedback.mode}: {type(model).__name__} gives no cameras; the "
-                         "feedback loop works with camera-conditioned models (the embedded orbit model) for now")
+        raise StageError(f"generate.feedback = {feedback.mode}: {type(model).__name__} gives no cameras; pass the "
+                         "frames' cameras with --cameras cameras.json (vid3d's cameras.json format)")
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
+
+
+def given_cameras(settings: GenerateSettings) -> list[dict] | None:
+    """generate.cameras as the model adapters give cameras; one per frame, or a UserError."""
+    if not settings.cameras:
+        return None
+    path = Path(settings.cameras)
+    if not path.is_file():
+        raise UserError(f"{path}: no such cameras file (generate.cameras / --cameras)")
+    cameras = read_cameras(path)
+    if sorted(cameras) != list(range(settings.frames)):
+        raise UserError(f"{path}: has cameras for {len(cameras)} frames; generate.frames = {settings.frames} needs "
+                        f"one for each of frames 0..{settings.frames - 1}")
+    return [{"frame": i, "camera_to_world": c.camera_to_world, "K": c.K, "width": c.width}
+            for i, c in sorted(cameras.items())]
 
 
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:

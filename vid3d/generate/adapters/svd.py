@@ -96,6 +96,15 @@ class SVDModel(VideoModel):
         frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
         return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        video = self.pipe.decode_latents(latents[:1].to(self.pipe.vae.dtype), latents.shape[1], self.decode_chunk_size)
+        return ((video[0].permute(1, 2, 3, 0).float() + 1) / 2).clamp(0, 1)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        x = frames.permute(0, 3, 1, 2).to(vae.dtype) * 2 - 1
+        return (vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)[None].to(self.dtype)
+
     def layout_of(self, processor_name: str):
         spatial = ".transformer_blocks." in processor_name and "temporal" not in processor_name
         return "frames" if spatial and processor_name.endswith("attn1.processor") else None
