@@ -30,10 +30,11 @@ import typer
 from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from vid3d import __version__, pipeline
 from vid3d.config import load_settings, read_preset, read_toml
-from vid3d.device import check_device
+from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d import ui
@@ -185,7 +186,7 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
         print(_dumps({**video, "generated": generated}))
         return
     _print_report(video, "export")
-    console.print("[bold]generated[/bold]: the reference image -> orbit video -> Gaussians -> mesh")
+    console.print(Text.assemble(("generated", "bold"), ": the reference image -> orbit video -> Gaussians -> mesh"))
     _print_report(generated, "export")
 
 
@@ -276,7 +277,7 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
     ctx = None
     log_state: tuple[Path, int] | None = None
     try:
-        check_device(common.device)
+        resolve_device(common.device)  # a device that is not there fails before any work
         _check_project_folder(project_dir, must_exist=False)
         with project.lock(wait=common.wait):
             log_state = _attach_log_file(project_dir)
@@ -378,7 +379,7 @@ def _print_report(outcome: dict, target: str) -> None:
     for stage, r in outcome["stages"].items():
         metrics = ", ".join(f"{k}={v}" for k, v in r["metrics"].items())
         timing = "" if r["status"] == "cached" else f" in {r['seconds']:.1f}s"
-        console.print(f"[bold]{stage}[/bold]: {r['status']}{timing}  {metrics}")
+        console.print(Text.assemble((stage, "bold"), f": {r['status']}{timing}  {metrics}"))
     if "summary" in outcome:
         _print_measures("summary", outcome["summary"])
     for output in outcome["outputs"]:
@@ -395,7 +396,7 @@ def _print_measures(title: str, measures: dict) -> None:
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
     if as_json:
         print(_dumps({"status": "error" if code == 2 else "failed", "error": message, "exit_code": code}))
     raise typer.Exit(code)

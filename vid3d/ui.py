@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False)
+# User text (paths, settings, error messages) is printed literally: no markup, no emoji codes.
+console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 log = logging.getLogger("vid3d")
 verbose = False  # set by the CLI's -v: libraries' own logs are shown too
 
