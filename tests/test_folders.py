@@ -4,6 +4,8 @@ import json
 
 import imageio.v3 as iio
 import numpy as np
+import torch
+from plyfile import PlyData
 
 from vid3d import pipeline
 from vid3d.generate.output import GeneratedVideo, write_video
@@ -13,6 +15,7 @@ from vid3d.poses.dataset import OPENCV_TO_OPENGL, flip_camera_axes
 from vid3d.poses.given import poses_from_cameras
 from vid3d.project import STAGES
 from vid3d.scenes import make_scene, orbit_cameras, render
+from vid3d.splats.model import PARAM_NAMES, init_splats, load_ply, save_ply
 
 FRAMES = 6
 
@@ -71,3 +74,24 @@ def test_the_axis_flip_is_its_own_inverse():
 
 def test_the_pipeline_table_lists_the_project_stages_in_order():
     assert tuple(pipeline.STAGE_TABLE) == STAGES
+
+
+def test_splats_ply_has_inria_layout_and_reads_back(tmp_path):
+    """62 float properties in Inria's order at SH degree 3 (fixed-record readers need the normals)."""
+    points = np.random.default_rng(0).normal(size=(20, 3))
+    splats = init_splats(points, np.full((20, 3), 0.5), 3, 0.1, 1.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        splats["shN"].normal_(generator=torch.Generator().manual_seed(1))
+    save_ply(splats, tmp_path / "splats.ply")
+    vertex = PlyData.read(str(tmp_path / "splats.ply"))["vertex"]
+    names = [p.name for p in vertex.properties]
+    assert len(names) == 62 and names[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    assert names[9:54] == [f"f_rest_{i}" for i in range(45)]
+    assert names[54:] == ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert all(vertex.data.dtype[name] == np.dtype("<f4") for name in names)
+    assert not np.any(vertex["nx"]) and not np.any(vertex["nz"])
+    # f_rest is channel-major: all red coefficients, then green, then blue
+    assert np.allclose(vertex["f_rest_15"], splats["shN"][:, 0, 1].detach().numpy())
+    back = load_ply(tmp_path / "splats.ply")
+    for name in PARAM_NAMES:
+        assert torch.allclose(back[name], splats[name].detach()), name

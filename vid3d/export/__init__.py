@@ -24,7 +24,7 @@ from vid3d.project import StageOutput
 from vid3d.poses import PosesDataset, read_dataset
 from vid3d.poses.dataset import TRANSFORMS_FILE, flip_camera_axes
 from vid3d.splats.data import Dataset, load_dataset
-from vid3d.splats.model import PARAM_NAMES, SH_C0, read_splats, render
+from vid3d.splats.model import PARAM_NAMES, SH_C0, read_splats, render, save_ply
 from vid3d.splats.rasterize import median_depth
 from vid3d.ui import log, progress
 
@@ -66,8 +66,11 @@ def export_assets(splats_dir: Path, poses_dir: Path, settings: ExportSettings, o
         timings["mesh"] = time.perf_counter() - start
     if settings.splat:
         name = SPLAT_SUFFIX[settings.splat]
-        export_splats(*(splats[k].detach().cpu() for k in PARAM_NAMES), format=settings.splat,
-                      save_to=str(out_dir / name))
+        if settings.splat == "ply":  # with the normals fixed-record readers expect (see save_ply)
+            save_ply(splats, out_dir / name)
+        else:
+            export_splats(*(splats[k].detach().cpu() for k in PARAM_NAMES), format=settings.splat,
+                          save_to=str(out_dir / name))
         outputs.append(name)
     if settings.pointcloud:
         cloud = point_cloud(splats)

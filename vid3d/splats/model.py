@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gsplat.exporter import export_splats
-from plyfile import PlyData
+from plyfile import PlyData, PlyElement
 from scipy.spatial import cKDTree
 
 from vid3d.splats.rasterize import rasterization
@@ -64,8 +63,29 @@ def tile_size_for(backend: str, device: torch.device) -> int:
 
 
 def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:
-    """The standard 3DGS .ply (loads in common splat viewers), through gsplat.exporter."""
-    export_splats(*(splats[name].detach().cpu() for name in PARAM_NAMES), format="ply", save_to=str(path))
+    """The standard 3DGS .ply in Inria's layout, float32: x y z, nx ny nz (zeros), f_dc_0..2,
+    f_rest_* (channel-major), opacity, scale_0..2, rot_0..3; non-finite Gaussians left out.
+
+    Written here rather than through gsplat.exporter because gsplat leaves out the normals, and
+    readers with a fixed record (Inria's SIBR viewer and its ports: 62 floats at SH degree 3) need them.
+    """
+    p = {name: splats[name].detach().cpu().float() for name in PARAM_NAMES}
+    n = len(p["means"])
+    rest = p["shN"].permute(0, 2, 1).reshape(n, -1)
+    values = torch.cat([p["means"], torch.zeros(n, 3), p["sh0"][:, 0], rest, p["opacities"].reshape(n, 1),
+                        p["scales"], p["quats"]], dim=1)
+    names = inria_properties(rest.shape[1])
+    values = values[torch.isfinite(values).all(dim=1)].numpy()
+    vertex = np.empty(len(values), dtype=[(name, "<f4") for name in names])
+    for i, name in enumerate(names):
+        vertex[name] = values[:, i]
+    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(str(path))
+
+
+def inria_properties(rest: int) -> list[str]:
+    """The vertex properties of Inria's 3DGS .ply, in order, with `rest` f_rest_* coefficients."""
+    return ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *(f"f_rest_{i}" for i in range(rest)),
+            "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 
 
 def load_ply(path: Path, device: torch.device | str = "cpu") -> torch.nn.ParameterDict:
