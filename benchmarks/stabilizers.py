@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--splat-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/stabilizers.json"))
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N scenes (to continue a stopped run)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = OrbitVideoModel.load(args.weights)
@@ -134,7 +135,7 @@ def main() -> None:
     Ks = np.stack([c["K"] for c in request_cameras])
     rows = {name: {key: [] for key in ("error", "error_blur", "seam", "loop_closure", "psnr_3d", "epipolar_px",
                                        "motion", "seconds")} for name in chosen}
-    for seed in held_out_seeds(args.scenes):
+    for seed in held_out_seeds(args.scenes)[args.skip:]:
         truth, objects = render_orbit_start(seed, FRAMES)
         for name, overrides in chosen.items():
             settings = replace(base, seed=seed, **overrides)
@@ -151,7 +152,8 @@ def main() -> None:
             row["psnr_3d"].append(consistency_psnr(generated, request_cameras, args.splat_steps))
             row["epipolar_px"].append(epipolar_error(generated, cam_to_world, Ks)["epipolar_px"])
             row["motion"].append(object_motion(generated, truth, objects)[1])
-            print(f"scene {seed} {name:<17} error {row['error'][-1]:.4f} seam {row['seam'][-1]:.4f} "
+            print(f"scene {seed} {name:<17} error {row['error'][-1]:.4f} blur {row['error_blur'][-1]:.4f} "
+                  f"seam {row['seam'][-1]:.4f} "
                   f"loop {row['loop_closure'][-1]:.2f} 3D {row['psnr_3d'][-1]:.2f} dB "
                   f"epipolar {row['epipolar_px'][-1]:.3f} px motion {row['motion'][-1]:.0%} "
                   f"{row['seconds'][-1]:.1f} s", flush=True)
