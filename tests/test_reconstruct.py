@@ -169,3 +169,30 @@ def test_run_twice_is_all_cached_and_bad_bbox_is_a_usage_error(trained, tmp_path
     result = run_cli("export", project, "--bbox", "1,2,3")
     assert result.returncode == 2 and "export.bbox" in error_line(result.stderr)
     assert sorted(p.name for p in (project / "export").iterdir()) == before
+
+
+def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
+    """A farm stops `reconstruct` with SIGTERM after it ran COLMAP in the same process (pycolmap's
+    glog handler must not take the signal): one line, a checkpoint, and a rerun that resumes."""
+    project = tmp_path / "project"
+    command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), "--input", str(trained / "orbit.mp4"),
+               *QUICK]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        checkpoints = list(project.glob(".resume/splats-*/ckpt.pt"))
+        if checkpoints and torch.load(checkpoints[0], weights_only=False)["step"] >= 100:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    assert process.returncode == 130 and "saved a checkpoint" in stderr
+    assert error_line(stderr) == "error: interrupted; rerun the same command to continue"
+    assert (project / "poses").is_dir() and not (project / "splats").exists()
+
+    result = run_cli("reconstruct", project, *QUICK, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint at step" in result.stderr
+    stages = json.loads(result.stdout)["stages"]
+    assert stages["frames"]["status"] == stages["poses"]["status"] == "cached"

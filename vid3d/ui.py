@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -53,3 +55,18 @@ def progress(description: str, total: int | None) -> Iterator[Callable[..., None
 
 def _format(fields: dict[str, object]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+
+
+def keep_signal_handlers() -> None:
+    """Put back Python's handlers for SIGTERM and SIGINT at the C level.
+
+    Importing pycolmap installs glog's failure-signal handler, which answers SIGTERM (how render
+    farms stop jobs) with a stack trace and death, before vid3d's handler can checkpoint and exit
+    with one line. Python still lists its own handler, so setting it again restores it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            signal.signal(signum, handler)

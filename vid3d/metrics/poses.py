@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pycolmap
 
+from vid3d.ui import keep_signal_handlers
+
+keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
+
 
 def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(scale, rotation, translation) best mapping source points (N,3) onto target (pycolmap's Umeyama)."""

@@ -23,7 +23,9 @@ from vid3d.ingest import FramesIndex
 from vid3d.poses.dataset import IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
 from vid3d.project import StageOutput
 from vid3d import ui
-from vid3d.ui import log, progress
+from vid3d.ui import keep_signal_handlers, log, progress
+
+keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
 
 
 def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, device: str = "cpu") -> StageOutput:
