@@ -175,3 +175,11 @@ def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
     result = run_cli("generate", project, *SVD, "--cameras", cameras)
     assert result.returncode == 2 and str(cameras) in error_line(result.stderr)
     assert tree(project) == before
+
+
+def test_a_model_without_a_differentiable_decoder_is_refused_with_one_line(tmp_path):
+    result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model",
+                     "tiny-cogvideox", "--frames", 9, "--set", "generate.steps=1", "--set", "generate.height=32",
+                     "--set", "generate.width=32", "--set", "generate.feedback=gradient")
+    assert result.returncode == 1
+    assert "not supported for CogVideoXModel" in error_line(result.stderr)

@@ -85,6 +85,9 @@ def feedback_loop(model: VideoModel, request: Request, settings: GenerateSetting
     feedback = Feedback.of(settings)
     if feedback.mode == "off":
         return None
+    if type(model).decode_frames is VideoModel.decode_frames:
+        raise StageError(f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
+                         "(it needs a differentiable decode and encode); use the embedded model or SVD")
     cameras = model.cameras(request) or given_cameras(settings)
     if not cameras:
         raise StageError(f"generate.feedback = {feedback.mode}: {type(model).__name__} gives no cameras; pass the "
