@@ -71,3 +71,13 @@ def test_metrics_command_on_a_video_and_on_bad_input(tmp_path, orbit):
     assert code == 0 and report["metrics"]["frames"] == 20 and report["metrics"]["warping_error"] < 0.02
     result = run_cli("metrics", tmp_path / "missing.mp4")
     assert result.returncode == 2 and "no such file" in error_line(result.stderr)
+
+
+def test_warping_error_that_compared_nothing_is_not_a_perfect_score(monkeypatch):
+    """Flow that leaves the frame everywhere leaves no pixel to compare: not measured, not 0."""
+    import vid3d.metrics.video as video
+
+    monkeypatch.setattr(video, "optical_flow", lambda a, b: np.full((*a.shape[:2], 2), 1000.0, np.float32))
+    frames = [np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)]
+    assert np.isnan(video.warping_error(frames))
+    assert video.video_metrics(frames)["warping_error"] is None

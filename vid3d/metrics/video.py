@@ -61,7 +61,8 @@ def visible_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
 
 def warping_error(frames: list[np.ndarray]) -> float:
     """Mean squared difference between each frame and the next one warped onto it by optical flow,
-    over the pixels visible in both."""
+    over the pixels visible in both; NaN when no pixel of any pair could be compared (not 0, the
+    best value: nothing was measured)."""
     errors = []
     for a, b in zip(frames[:-1], frames[1:]):
         forward, backward = optical_flow(a, b), optical_flow(b, a)
@@ -69,7 +70,7 @@ def warping_error(frames: list[np.ndarray]) -> float:
         if mask.any():
             diff = (a.astype(np.float32) - warp(b, forward).astype(np.float32)) / 255.0
             errors.append(float((diff ** 2).sum(-1)[mask].mean()))
-    return float(np.mean(errors)) if errors else 0.0
+    return float(np.mean(errors)) if errors else float("nan")
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,7 +101,8 @@ def loop_closure(frames: list[np.ndarray]) -> float:
 def video_metrics(frames: list[np.ndarray]) -> dict[str, float]:
     if len(frames) < 2:
         raise ValueError("need at least two frames")
-    return {"frames": len(frames), "warping_error": round(warping_error(frames), 6),
+    warp_error = warping_error(frames)
+    return {"frames": len(frames), "warping_error": None if np.isnan(warp_error) else round(warp_error, 6),
             "flicker": round(flicker(frames), 6), "loop_closure": round(loop_closure(frames), 4)}
 
 

@@ -57,12 +57,12 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
     xyz, rgb = coloured_ball([(camera.camera_to_world, camera.K) for _, camera in used],
                              lambda i: iio.imread(used[i][0]), points, seed)
     write_ply(xyz, rgb, out_dir / POINTS_FILE)
-    report = {"source": "cameras", "cameras_file": str(cameras_file), "registered": len(frames),
+    # Nothing was registered: the cameras were given. Say that, not COLMAP's "registered" measure.
+    report = {"source": "cameras", "cameras_file": str(cameras_file), "cameras_given": len(frames),
               "total": len(frames), "initial_points": len(xyz)}
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return StageOutput(outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
-                       metrics={"registered": len(frames), "total": len(frames), "registered_fraction": 1.0,
-                                "source": "cameras"})
+                       metrics={"cameras_given": len(frames), "total": len(frames), "source": "cameras"})
 
 
 def _source_number(entry: FrameEntry) -> int:
