@@ -127,3 +127,17 @@ def test_bad_usage_exits_2(tmp_path):
         result = run_cli(*args)
         assert result.returncode == 2 and words in error_line(result.stderr), (args, result.stderr)
     assert (mine / "thesis.tex").read_text() == "precious" and len(list(mine.iterdir())) == 1
+
+
+def test_a_folder_of_two_image_sizes_is_refused_at_ingest(tmp_path):
+    """Landscape and portrait photos mixed: one line naming both sizes, before poses and training."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    frames = textured_frames(6)
+    for i, frame in enumerate(frames):
+        iio.imwrite(folder / f"{i:02d}.png", frame if i != 3 else np.ascontiguousarray(frame.transpose(1, 0, 2)))
+    result = run_cli("frames", tmp_path / "project", "--input", folder, "--set", "frames.min_frames=2")
+    assert result.returncode == 2
+    line = error_line(result.stderr)
+    assert "03.png is 96x128" in line and "128x96" in line
+    assert not (tmp_path / "project").exists()

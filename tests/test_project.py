@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from conftest import error_line, run_cli
 from vid3d.errors import StageError, UserError
 from vid3d.project import STAGE_FILE, Project, StageOutput, fingerprint
 
@@ -149,3 +150,21 @@ def test_second_writer_gets_a_one_line_error_or_waits(tmp_path):
     with Project(root).lock(wait=True):
         pass
     holder.join()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"{}", b"[1, 2]", b'{"stages": 3}'])
+def test_a_corrupt_manifest_is_a_usage_error_naming_it(tmp_path, content):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "manifest.json").write_bytes(content)
+    result = run_cli("status", project)
+    assert result.returncode == 2 and "manifest.json: not a vid3d manifest" in error_line(result.stderr)
+    assert (project / "manifest.json").read_bytes() == content
+
+
+def test_a_binary_project_toml_is_a_usage_error_naming_it(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "project.toml").write_bytes(b"\xff\xfe\x00")
+    result = run_cli("frames", project, "--input", tmp_path / "missing.mp4")
+    assert result.returncode == 2 and "project.toml: not valid TOML" in error_line(result.stderr)

@@ -89,9 +89,13 @@ class Project:
         if not path.exists():
             return {"vid3d_version": __version__, "stages": {}}
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: not valid JSON; restore it or delete it to rebuild every stage") from None
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise UserError(f"{path}: not a vid3d manifest (valid JSON with a \"stages\" object); restore it or "
+                            "delete it to rebuild every stage")
+        return manifest
 
     def record(self, stage: str) -> dict[str, Any] | None:
         return self.manifest()["stages"].get(stage)
@@ -103,7 +107,7 @@ class Project:
             return {}, str(path)
         try:
             return tomllib.loads(path.read_text()), str(path)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: not valid TOML ({exc}); fix it or delete it to use defaults") from None
 
     def stage_dir(self, stage: str) -> Path:

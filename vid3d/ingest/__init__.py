@@ -135,6 +135,11 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
     with progress("frames", total) as advance:
         for n, (source, image, sharpness) in enumerate(select_sharpest(sources, total, settings.count, advance)):
             image = resize_max_side(image, settings.max_side)
+            if entries and image.shape != first.shape:
+                raise UserError(f"{path}: {source.name} is {image.shape[1]}x{image.shape[0]} and {first_name} "
+                                f"{first.shape[1]}x{first.shape[0]} (after resizing); the Gaussians train on frames "
+                                "of one size: crop or rotate the images to one size, or ingest each size separately")
+            first, first_name = (image, source.name) if not entries else (first, first_name)
             name = f"{n:05d}.png"
             iio.imwrite(out_dir / name, image)
             entries.append(FrameEntry(name, round(sharpness, 2), source=source.name) if source.name else
