@@ -196,3 +196,10 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     assert "resuming from the checkpoint at step" in result.stderr
     stages = json.loads(result.stdout)["stages"]
     assert stages["frames"]["status"] == stages["poses"]["status"] == "cached"
+
+
+def test_metrics_name_the_held_out_frames(trained):
+    """Every 8th frame of transforms.json, by name, so a user can hold out the same in nerfstudio."""
+    metrics = json.loads((trained / "project" / "splats" / "metrics.json").read_text())
+    data = load_dataset(trained / "project" / "poses", test_every=8)
+    assert metrics["held_out_frames"] == [data.names[i] for i in range(0, len(data.names), 8)]

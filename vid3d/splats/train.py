@@ -58,7 +58,10 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     save_ply(trainer.splats, out_dir / SPLATS_FILE)
     (out_dir / "ckpt").mkdir()
     trainer.save(out_dir / "ckpt" / CHECKPOINT)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # the held-out frames by name (every test_every-th of transforms.json: nerfstudio's
+    # --eval-mode interval --eval-interval N holds out the same)
+    held_out = [data.names[i] for i in data.test]
+    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "held_out_frames": held_out}, indent=1))
     return StageOutput(outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt"], metrics=metrics,
                        timings={"train": seconds})
 
