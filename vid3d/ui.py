@@ -21,9 +21,15 @@ log = logging.getLogger("vid3d")
 verbose = False  # set by the CLI's -v: libraries' own logs are shown too
 
 
+LINE_EVERY = 5.0  # seconds: at most one progress line this often in logs while work advances
+HEARTBEAT = 30.0  # seconds: at least one line this often, with the rate and the time left
+
+
 @contextlib.contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yield `advance(n=1, **fields)`: a rich bar on a terminal, else a line every ~10%.
+    """Yield `advance(n=1, **fields)`: a rich bar on a terminal; in logs and pipes, a line at each
+    tenth of the work at most every LINE_EVERY seconds, and a heartbeat at least every HEARTBEAT
+    seconds even when nothing advances (farm logs neither burst nor go silent).
 
     `fields` (e.g. loss=0.1) are shown after the bar and in the plain lines.
     """
@@ -39,18 +45,43 @@ def progress(description: str, total: int | None) -> Iterator[Callable[..., None
             yield advance
         return
 
-    done, last_print, start = 0, -1.0, time.time()
+    state = {"done": 0, "fields": {}, "start": time.time(), "printed": time.time()}
+    lock, stop = threading.Lock(), threading.Event()
     log.info("%s ...", description)
 
-    def advance(n: int = 1, **fields: object) -> None:
-        nonlocal done, last_print
-        done += n
-        step = max(1, (total or 10) // 10)
-        if done == total or done // step != (done - n) // step:
-            count = f"{done}/{total}" if total else str(done)
-            log.info("%s %s %s(%.1fs)", description, count, _format(fields) + " " if fields else "", time.time() - start)
+    def line() -> None:
+        now = time.time()
+        elapsed, done = now - state["start"], state["done"]
+        count = f"{done}/{total}" if total else str(done)
+        rate = f", {done / elapsed:.3g}/s" if done and elapsed > 0 else ""
+        left = f", {(total - done) * elapsed / done:.0f}s left" if total and done and done < total else ""
+        fields = _format(state["fields"])
+        log.info("%s %s %s(%.1fs%s%s)", description, count, fields + " " if fields else "", elapsed, rate, left)
+        state["printed"] = now
 
-    yield advance
+    def advance(n: int = 1, **fields: object) -> None:
+        with lock:
+            state["done"] += n
+            state["fields"] = fields or state["fields"]
+            step = max(1, (total or 10) // 10)
+            crossed = state["done"] // step != (state["done"] - n) // step
+            since = time.time() - state["printed"]
+            if state["done"] == total or (crossed and since >= LINE_EVERY) or since >= HEARTBEAT:
+                line()
+
+    def heartbeat() -> None:
+        while not stop.wait(min(HEARTBEAT, LINE_EVERY)):
+            with lock:
+                if time.time() - state["printed"] >= HEARTBEAT:
+                    line()
+
+    beater = threading.Thread(target=heartbeat, name="vid3d-progress", daemon=True)
+    beater.start()
+    try:
+        yield advance
+    finally:
+        stop.set()
+        beater.join()
 
 
 def _format(fields: dict[str, object]) -> str:
