@@ -2,6 +2,7 @@ import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,32 @@ def test_a_binary_project_toml_is_a_usage_error_naming_it(tmp_path):
     (project / "project.toml").write_bytes(b"\xff\xfe\x00")
     result = run_cli("frames", project, "--input", tmp_path / "missing.mp4")
     assert result.returncode == 2 and "project.toml: not valid TOML" in error_line(result.stderr)
+
+
+def test_a_waiter_survives_the_holder_removing_a_new_project(tmp_path):
+    """The holder of a new project's lock fails and removes the folder, then releases the lock;
+    the process waiting with --wait must start again on a fresh folder, not crash on the removed one."""
+    import shutil
+    import subprocess
+    import sys
+
+    project = tmp_path / "p"
+    holder = Project(project)
+    video = Path(__file__).parents[1] / "examples" / "orbit.mp4"
+    with holder.lock():
+        waiter = subprocess.Popen([sys.executable, "-m", "vid3d.cli", "frames", str(project), "--input", str(video),
+                                   "--set", "frames.count=10", "--wait"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # the waiter is blocked on the lock
+        shutil.rmtree(project)  # what a failed first run does, still holding the lock
+    out, err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, err
+    assert (project / "frames" / "index.json").is_file()
+
+
+def test_a_refused_process_leaves_the_holders_new_project_alone(tmp_path):
+    project = tmp_path / "p"
+    with Project(project).lock():
+        result = run_cli("frames", project, "--input", tmp_path / "missing.mp4")
+        assert result.returncode == 2 and "in use by" in error_line(result.stderr)
+        assert (project / ".lock").is_file()

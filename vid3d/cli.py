@@ -280,14 +280,19 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
         resolve_device(common.device)  # a device that is not there fails before any work
         _check_project_folder(project_dir, must_exist=False)
         with project.lock(wait=common.wait):
-            log_state = _attach_log_file(project_dir)
-            log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
-            forced = (STAGES if force_all else (target,)) if common.force else ()
-            settings = _load_settings(project, common, [*sets, *common.sets], input, image)
-            ctx = pipeline.Context(project, settings, common.device, force=forced)
-            pipeline.run(ctx, target)
+            # Decided under the lock: a project another process made meanwhile is not ours to remove.
+            created = created and not any((project_dir / f).exists() for f in (MANIFEST, SETTINGS_FILE))
+            try:
+                log_state = _attach_log_file(project_dir)
+                log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
+                forced = (STAGES if force_all else (target,)) if common.force else ()
+                settings = _load_settings(project, common, [*sets, *common.sets], input, image)
+                ctx = pipeline.Context(project, settings, common.device, force=forced)
+                pipeline.run(ctx, target)
+            except UserError:
+                _undo(project_dir, created, log_state, ctx)  # before the lock is released
+                raise
     except UserError as exc:
-        _undo(project_dir, created, log_state, ctx)
         _fail(str(exc), 2, common.json)
     except Exception as exc:
         log.debug("failed", exc_info=True)

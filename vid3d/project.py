@@ -149,14 +149,7 @@ class Project:
     @contextlib.contextmanager
     def lock(self, wait: bool = False) -> Iterator[None]:
         """One writer at a time: a second process fails at once with a clear message, or waits."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise UserError(f"{self.root}: in use by {holder}; wait for it to finish or pass --wait") from None
+        with self._locked_handle(wait) as handle:
             handle.seek(0)
             handle.truncate()
             handle.write(f"vid3d pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}")
@@ -167,6 +160,32 @@ class Project:
             finally:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _locked_handle(self, wait: bool) -> Iterator[Any]:
+        """The lock file, flocked. A waiter can win the lock of a project that its holder removed
+        (a new project whose first run failed): it then holds a lock on a deleted file, so it
+        starts again with the folder and lock file as they are now."""
+        while True:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = self.root / LOCK_FILE
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.root}: in use by {holder}; wait for it to finish or pass --wait") from None
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()
+        with handle:
+            yield handle
 
     def run_stage(self, stage: str, fp: str, settings: dict[str, Any], inputs: dict[str, Any],
                   work: Callable[[Path], StageOutput], force: bool = False) -> StageResult:
