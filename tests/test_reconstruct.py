@@ -39,6 +39,16 @@ def trained(tmp_path_factory):
     return root
 
 
+def wait_for_checkpoint(project, process, step: int, timeout: float = 300) -> None:
+    """Until the running training has checkpointed at `step` or later (or the process ended)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        checkpoints = list(project.glob(".resume/splats-*/ckpt.pt"))
+        if checkpoints and torch.load(checkpoints[0], weights_only=False)["step"] >= step:
+            return
+        time.sleep(0.5)
+
+
 def psnr(a, b):
     return float(-10 * torch.log10(((a.clamp(0, 1) - b) ** 2).mean()))
 
@@ -92,12 +102,7 @@ def test_killed_training_resumes_from_its_checkpoint(trained, tmp_path):
     shutil.copytree(trained / "posed", project)
     command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), *QUICK]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        checkpoints = list(project.glob(".resume/splats-*/ckpt.pt"))
-        if checkpoints and torch.load(checkpoints[0], weights_only=False)["step"] >= 100:
-            break
-        time.sleep(0.5)
+    wait_for_checkpoint(project, process, step=100)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (project / "splats").exists()
@@ -178,12 +183,7 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), "--input", str(trained / "orbit.mp4"),
                *QUICK]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        checkpoints = list(project.glob(".resume/splats-*/ckpt.pt"))
-        if checkpoints and torch.load(checkpoints[0], weights_only=False)["step"] >= 100:
-            break
-        time.sleep(0.5)
+    wait_for_checkpoint(project, process, step=100)
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=60)[1]
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
