@@ -42,7 +42,7 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
     with _timed(timings, "features"):
         log.info("poses: SIFT features of %d frames", len(names))
         pycolmap.extract_features(
-            database, frames_dir, image_names=names, camera_mode=_camera_mode(frames_dir, names),
+            database, frames_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,  # ingest keeps frames of one size only
             reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
             extraction_options=_extraction_options(settings), device=colmap_device)
 
@@ -100,14 +100,6 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     yield
     timings[name] = time.perf_counter() - start
     log.info("poses: %s took %.1fs", name, timings[name])
-
-
-def _camera_mode(frames_dir: Path, names: list[str]) -> pycolmap.CameraMode:
-    """One shared camera when all frames have one size (video), else one per image."""
-    import imageio.v3 as iio
-
-    sizes = {iio.improps(frames_dir / name).shape[:2] for name in names}
-    return pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
 
 
 def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOptions:
