@@ -10,9 +10,12 @@ import torch
 from diffusers import CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from conftest import error_line, run_cli, run_json, tree
+from vid3d.config import GenerateSettings
+from vid3d.errors import StageError
 from vid3d.generate.adapters.base import Request, VideoModel
 from vid3d.generate.feedback import Feedback, FeedbackLoop, gradient_step, prediction_to_x0, x0_to_prediction
 from vid3d.generate.sampler import Plan, Stabilizers, sample
+from vid3d.generate.stage import feedback_loop
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.splats.model import load_ply as read_ply
 
@@ -44,10 +47,11 @@ class ShiftedOrbit(VideoModel):
     """Predicts the true orbit with each frame's colours shifted by its own random amount; its
     "autoencoder" is a fixed non-linear map, so the loop's decode and encode are exercised."""
 
-    def __init__(self, shift: float = 0.15, seed: int = 0):
+    def __init__(self, shift: float = 0.15, seed: int = 0, size: int = SIZE, arc: float = 180.0, scene=None):
         super().__init__()
-        self.cams = orbit_cameras(FRAMES, width=SIZE, height=SIZE, arc_deg=180.0)
-        truth = render(make_scene(3, simple=True), self.cams, supersample=2).images / 255.0
+        self.size = size
+        self.cams = orbit_cameras(FRAMES, width=size, height=size, arc_deg=arc)
+        truth = render(scene or make_scene(3, simple=True), self.cams, supersample=2).images / 255.0
         self.truth = torch.tensor(truth, dtype=torch.float32)  # [F, H, W, 3]
         rng = np.random.default_rng(seed)
         self.shift = torch.tensor(rng.uniform(-shift, shift, (FRAMES, 1, 1, 3)), dtype=torch.float32)
@@ -59,7 +63,7 @@ class ShiftedOrbit(VideoModel):
         return None
 
     def latent_shape(self, request, num_latent_frames):
-        return (1, num_latent_frames, 3, SIZE, SIZE)
+        return (1, num_latent_frames, 3, self.size, self.size)
 
     def latent_frames(self, num_frames):
         return num_frames
@@ -80,12 +84,22 @@ class ShiftedOrbit(VideoModel):
         return None
 
     def cameras(self, request):
-        return [{"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": SIZE}
+        return [{"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": self.size}
                 for i in range(FRAMES)]
 
 
+class UncalibratedOrbit(ShiftedOrbit):
+    """A textured orbit (so COLMAP can register it) from a model that gives no cameras."""
+
+    def __init__(self):
+        super().__init__(shift=0.05, size=128, arc=90.0, scene=make_scene(2))
+
+    def cameras(self, request):
+        return None
+
+
 def run(model, feedback: Feedback | None):
-    request = Request(image=np.zeros((SIZE, SIZE, 3), np.uint8), num_frames=FRAMES)
+    request = Request(image=np.zeros((model.size, model.size, 3), np.uint8), num_frames=FRAMES)
     generator = torch.Generator().manual_seed(0)
     loop = None if feedback is None else FeedbackLoop(model, model.cameras(request), feedback, STEPS,
                                                       torch.device("cpu"))
@@ -107,6 +121,22 @@ def test_rectify_halves_the_frames_disagreement_with_the_truth():
     error = lambda frames: float((frames - model.truth).abs().mean())
     assert len(loop.history) == STEPS - 4
     assert error(fed) < 0.5 * error(plain), (error(fed), error(plain))
+
+
+def relative_rotation_degrees(cam_to_world: np.ndarray) -> np.ndarray:
+    """Angle between every pair of cameras' orientations: the same in any world frame."""
+    R = cam_to_world[:, :3, :3]
+    cos = (np.einsum("aji,bjk->abik", R, R).trace(axis1=2, axis2=3) - 1) / 2
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def test_cameras_are_estimated_with_colmap_when_the_model_gives_none():
+    model = UncalibratedOrbit()
+    _, loop = run(model, Feedback(mode="rectify", start=STEPS - 2, weight=0.5, iterations=10))
+    assert loop.estimated and len(loop.history) == 2
+    truth = relative_rotation_degrees(model.cams.cam_to_world)
+    error = np.abs(relative_rotation_degrees(loop.cam_to_world) - truth)
+    assert error.max() < 2.5, error.max()  # pairs up to 90 degrees apart
 
 
 def test_the_gradient_step_lowers_the_loss_it_differentiates():
@@ -177,9 +207,23 @@ def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
     assert tree(project) == before
 
 
-def test_a_model_without_a_differentiable_decoder_is_refused_with_one_line(tmp_path):
-    result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model",
-                     "tiny-cogvideox", "--frames", 9, "--set", "generate.steps=1", "--set", "generate.height=32",
-                     "--set", "generate.width=32", "--set", "generate.feedback=gradient")
-    assert result.returncode == 1
-    assert "not supported for CogVideoXModel" in error_line(result.stderr)
+def test_cogvideox_takes_the_gradient_feedback_through_its_3d_autoencoder(tmp_path):
+    cameras = write_cameras(tmp_path / "cameras.json", 9)
+    code, out = run_json("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model",
+                         "tiny-cogvideox", "--frames", 9, "--set", "generate.steps=2", "--set", "generate.height=32",
+                         "--set", "generate.width=32", "--set", "generate.feedback=gradient",
+                         "--set", "generate.feedback_start=0", "--set", "generate.feedback_iterations=5",
+                         "--cameras", cameras)
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "project" / "generate" / "metrics.json").read_text())
+    assert metrics["feedback_cameras"] == "given" and len(metrics["feedback"]) == 2
+    assert all(step["moved_rms"] > 0 for step in metrics["feedback"])
+
+
+def test_a_model_without_a_differentiable_decoder_is_refused_with_one_line():
+    class NoDecoder(ShiftedOrbit):
+        decode_frames = VideoModel.decode_frames
+
+    request = Request(image=np.zeros((SIZE, SIZE, 3), np.uint8), num_frames=FRAMES)
+    with pytest.raises(StageError, match="not supported for NoDecoder"):
+        feedback_loop(NoDecoder(), request, GenerateSettings(feedback="rectify"), torch.device("cpu"))

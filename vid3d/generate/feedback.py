@@ -88,12 +88,13 @@ def x0_to_prediction(scheduler, x0: torch.Tensor, latents: torch.Tensor, t: torc
 class FeedbackLoop:
     """The 3D state carried through one sampling: Gaussians warm-started from acting step to step."""
 
-    def __init__(self, model, cameras: list[dict], feedback: Feedback, steps: int, device: torch.device,
+    def __init__(self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device,
                  seed: int = 0):
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
-        self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
-        self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
-        self.camera_width = cameras[0].get("width")  # None: the intrinsics are for the frames as they are
+        self.cam_to_world = self.Ks = self.camera_width = None
+        self.estimated = not cameras  # no cameras: COLMAP on the frames of the first acting step
+        if cameras:
+            self._use_cameras(cameras)
         acting = sum(feedback.acts(i, steps) for i in range(steps))
         # One learning-rate schedule over the whole sampling; no densification (as VistaDream: the
         # points of the initial ball are enough for 64-pixel frames) and view-independent colour
@@ -104,6 +105,11 @@ class FeedbackLoop:
         self.trainer = None
         self.history: list[dict] = []  # per acting step: the fit's loss and how far the prediction moved
 
+    def _use_cameras(self, cameras: list[dict]) -> None:
+        self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
+        self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
+        self.camera_width = cameras[0].get("width")  # None: the intrinsics are for the frames as they are
+
     def acts(self, step: int, steps: int) -> bool:
         return self.feedback.acts(step, steps)
 
@@ -112,7 +118,13 @@ class FeedbackLoop:
         scheduler = self.model.scheduler
         x0 = prediction_to_x0(scheduler, output, latents, t)
         frames = self.model.decode_frames(x0)
-        renders = self.fit(frames)
+        if self.cam_to_world is None:
+            self._use_cameras(estimated_cameras(frames, self.seed))
+        # Decoders with temporal compression may give more frames than there are cameras: those
+        # frames are left as decoded.
+        n = min(len(frames), len(self.cam_to_world))
+        renders = frames.detach().clone()
+        renders[:n] = self.fit(frames[:n])
         if self.feedback.mode == "rectify":
             moved = self.feedback.weight * (self.model.encode_frames(renders) - x0)
         else:
@@ -160,6 +172,28 @@ class FeedbackLoop:
         backend = resolve_backend("auto", self.device)
         return Trainer(data, self.splat_settings, backend, self.device,
                        (points[0].astype(np.float32), points[1].astype(np.float32) / 255.0))
+
+
+def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
+    """The cameras of decoded frames [F, H, W, 3] in [0, 1], from COLMAP (the poses stage's own
+    steps: SIFT, sequential matching with loop closing, the mapper); every frame must register."""
+    from vid3d.config import PosesSettings
+    from vid3d.errors import StageError
+    from vid3d.poses.colmap import estimate_cameras
+    from vid3d.ui import log
+
+    images = (frames.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+    settings = PosesSettings(camera_model="PINHOLE", min_registered=1.0, seed=seed)  # generated video: no lens
+    try:
+        dataset = estimate_cameras(images, settings)
+    except StageError as error:
+        log.info("feedback: %s", error)
+        raise StageError("generate.feedback: COLMAP could not register every frame of the first acting step's "
+                         "prediction to estimate the cameras; pass the frames' cameras with --cameras "
+                         "cameras.json (vid3d's cameras.json format)") from None
+    order = [dataset.names.index(f"{i:05d}.png") for i in range(len(images))]
+    return [{"frame": i, "camera_to_world": dataset.cam_to_world[j], "K": dataset.Ks[j], "width": dataset.width}
+            for i, j in enumerate(order)]
 
 
 def gradient_step(model, x0: torch.Tensor, renders: torch.Tensor, weight: float) -> torch.Tensor:

@@ -81,17 +81,15 @@ def generate(model: VideoModel, request: Request, settings: GenerateSettings, on
 
 def feedback_loop(model: VideoModel, request: Request, settings: GenerateSettings,
                   device: torch.device) -> FeedbackLoop | None:
-    """The feedback stabilizer's loop when generate.feedback is on; it needs the frames' cameras."""
+    """The feedback stabilizer's loop when generate.feedback is on, with the frames' cameras: the
+    model's, --cameras, or else estimated with COLMAP at the first acting step."""
     feedback = Feedback.of(settings)
     if feedback.mode == "off":
         return None
     if type(model).decode_frames is VideoModel.decode_frames:
         raise StageError(f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
-                         "(it needs a differentiable decode and encode); use the embedded model or SVD")
+                         "(it needs a differentiable decode and encode); use the embedded model, SVD or CogVideoX")
     cameras = model.cameras(request) or given_cameras(settings)
-    if not cameras:
-        raise StageError(f"generate.feedback = {feedback.mode}: {type(model).__name__} gives no cameras; pass the "
-                         "frames' cameras with --cameras cameras.json (vid3d's cameras.json format)")
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
 
@@ -130,6 +128,12 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
                                       np.stack([c["K"] for c in cameras])))
     if loop is not None:
         metrics["feedback"] = loop.history
+        metrics["feedback_cameras"] = "model" if cameras else "estimated" if loop.estimated else "given"
+        if not cameras and loop.cam_to_world is not None:  # graded by the cameras the loop used
+            Ks = loop.Ks.copy()
+            Ks[:, :2] *= frames.shape[2] / (loop.camera_width or frames.shape[2])
+            n = min(len(frames), len(Ks))
+            metrics.update(epipolar_error(frames[:n], loop.cam_to_world[:n], Ks[:n]))
     outputs = write_video(out_dir, frames, settings.fps, cameras, metrics)
     if loop is not None and loop.trainer is not None:  # the loop's final 3D state
         save_ply(loop.trainer.splats, out_dir / SPLATS_FILE)

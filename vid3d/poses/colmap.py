@@ -11,16 +11,20 @@ import contextlib
 import itertools
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
+import imageio.v3 as iio
+import numpy as np
 import pycolmap
 
 from vid3d.config import PosesSettings
 from vid3d.errors import StageError
-from vid3d.ingest import FramesIndex
-from vid3d.poses.dataset import IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
+from vid3d.ingest import FrameEntry, FramesIndex
+from vid3d.poses.dataset import (IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, PosesDataset,
+                                 read_dataset, write_nerfstudio)
 from vid3d.project import StageOutput
 from vid3d import ui
 from vid3d.ui import keep_signal_handlers, log, progress
@@ -92,6 +96,23 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
                                       "points3D")}
     return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
                        metrics=metrics, timings=timings)
+
+
+def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> PosesDataset:
+    """Cameras of in-memory video frames (uint8 [F, H, W, 3]) through the same steps as the stage;
+    every frame must register (a StageError otherwise). Names are the frames' indices, 00000.png ..."""
+    with tempfile.TemporaryDirectory(prefix="vid3d-cameras-") as scratch:
+        frames_dir, out_dir = Path(scratch) / "frames", Path(scratch) / "poses"
+        frames_dir.mkdir()
+        out_dir.mkdir()
+        entries = [FrameEntry(file=f"{i:05d}.png", source_index=i) for i in range(len(frames))]
+        for entry, frame in zip(entries, frames):
+            iio.imwrite(frames_dir / entry.file, frame)
+        height, width = frames.shape[1:3]
+        FramesIndex(source="memory", kind="video", source_frames=len(frames), fps=None, width=width,
+                    height=height, frames=entries).write(frames_dir)
+        estimate_poses(frames_dir, settings, out_dir)
+        return read_dataset(out_dir)
 
 
 @contextlib.contextmanager

@@ -105,5 +105,14 @@ class CogVideoXModel(VideoModel):
         frames = frames[:condition.num_frames]  # the decoder's temporal upsampling may round up
         return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        video = self.pipe.decode_latents(latents[:1].to(self.pipe.vae.dtype))  # [1, C, F, H, W] in [-1, 1]
+        return ((video[0].permute(1, 2, 3, 0).float() + 1) / 2).clamp(0, 1)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        video = frames.permute(3, 0, 1, 2)[None].to(self.pipe.vae.dtype) * 2 - 1
+        latents = self.pipe.vae.encode(video).latent_dist.mode() * self.pipe.vae_scaling_factor_image
+        return latents.permute(0, 2, 1, 3, 4).to(self.dtype)
+
     def layout_of(self, processor_name: str):
         return "joint" if processor_name.endswith("attn1.processor") else None
