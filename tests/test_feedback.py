@@ -159,7 +159,28 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
     assert str(project / "generate" / "splats.ply") in out["outputs"]
     metrics = json.loads((project / "generate" / "metrics.json").read_text())
     assert len(metrics["feedback"]) == 2 and metrics["epipolar_px"] >= 0
-    assert len(read_ply(project / "generate" / "splats.ply")["means"]) > 0
+    generated = read_ply(project / "generate" / "splats.ply")
+    assert len(generated["means"]) > 0
+
+    # reconstruct may start from those Gaussians: one step moves them by at most a learning rate
+    code, out = run_json("reconstruct", project, "--set", "splats.init=generate", "--set", "splats.steps=1",
+                         "--set", "splats.densify=false")
+    assert code == 0, out
+    trained = read_ply(project / "splats" / "splats.ply")
+    assert trained["means"].shape == generated["means"].shape
+    assert float((trained["means"] - generated["means"]).abs().max().detach()) < 1e-2
+    assert trained["shN"].shape[1] == 15  # raised to the default SH degree 3
+
+
+def test_splats_init_generate_without_generated_gaussians_exits_2(tmp_path):
+    project = tmp_path / "project"
+    code, _ = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--frames", 16,
+                       "--set", "generate.steps=1")
+    assert code == 0
+    before = tree(project)
+    result = run_cli("reconstruct", project, "--set", "splats.init=generate")
+    assert result.returncode == 2 and "generate/splats.ply" in error_line(result.stderr)
+    assert tree(project) == before
 
 
 SVD = ["--model", "tiny-svd", "--frames", 4, "--set", "generate.steps=2", "--set", "generate.height=32",

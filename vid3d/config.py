@@ -119,6 +119,9 @@ class SplatsSettings:
     refine_every: int = setting(100, "steps between densification passes", min=1)
     reset_every: int = setting(3000, "steps between opacity resets", min=1)
     grow_grad2d: float = setting(0.0002, "screen-space gradient above which a Gaussian is split or cloned", min=0.0)
+    init: Literal["points", "generate"] = setting(
+        "points", "what the Gaussians start from: points (poses/' sparse points, or a ball around known cameras), "
+                  "generate (the Gaussians generate's feedback loop left in generate/splats.ply)")
     init_opacity: float = setting(0.1, "opacity of the initial Gaussians", min=0.001, max=0.999)
     init_scale: float = setting(1.0, "initial size, as a multiple of the mean distance to 3 neighbours", min=0.01)
     seed: int = setting(0, "random seed of the initialisation and the frame order", min=0)
@@ -137,10 +140,10 @@ class ExportSettings:
                                     min=0.0, max=1.0)
     alpha_threshold: float = setting(0.5, "pixels whose rendered opacity is below this carry no depth", min=0.0,
                                      max=1.0)
-    splat: Literal["", "ply", "splat", "ply_compressed"] = setting(
-        "", "also write the Gaussians through gsplat.exporter: ply, splat or ply_compressed; empty: no")
+    splat: str = setting("", "also write the Gaussians in these formats, comma-separated: ply (Inria's layout), splat, "
+                             "ply_compressed (through gsplat.exporter); empty: none")
     pointcloud: bool = setting(False, "also write the Gaussian centres with colours, outliers removed")
-    cameras: bool = setting(False, "also write the camera path as cameras.json")
+    cameras: bool = setting(False, "also write the camera path: vid3d's cameras.json and nerfstudio's camera_path.json")
 
 
 @dataclass

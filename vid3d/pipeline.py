@@ -7,9 +7,10 @@ Each stage's package owns the folder the stage writes (see docs/architecture.md)
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
@@ -24,6 +25,7 @@ class Context:
     force: tuple[str, ...] = ()  # stages to rerun even when cached
     results: list[StageResult] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # of the stages run (or cached) so far
+    export_plan: Any = None  # export.ExportPlan, made with export's inputs and carried out by its work
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Stage:
     # Settings that name an input file: when set, the file's content is fingerprinted (in `inputs`)
     # and its path is not, so a moved video with the same content stays cached.
     input_paths: tuple[str, ...] = ()
+    # False when `inputs` carries the settings that matter instead (export: each asset's fingerprint)
+    settings_in_fingerprint: bool = True
 
 
 def run(ctx: Context, name: str) -> StageResult:
@@ -42,6 +46,8 @@ def run(ctx: Context, name: str) -> StageResult:
     inputs = stage.inputs(ctx)
     values = as_dict(getattr(ctx.settings, name))
     hashed = {k: v for k, v in values.items() if not (k in stage.input_paths and v)}
+    if not stage.settings_in_fingerprint:
+        hashed = {}
     fp = ctx.fingerprints[name] = fingerprint(name, hashed, inputs)
     result = ctx.project.run_stage(name, fp, values, inputs, lambda out: stage.work(ctx, out),
                                    force=name in ctx.force)
@@ -139,25 +145,75 @@ def _poses(ctx: Context, out: Path) -> StageOutput:
 
 
 # -- splats: 3D Gaussians trained on poses/; resumes from its last checkpoint -------------------------
+def _generated_splats(ctx: Context) -> Path | None:
+    """generate/splats.ply when splats.init = generate (a UserError when it cannot be used)."""
+    from vid3d.generate.output import GeneratedVideo
+
+    if ctx.settings.splats.init != "generate":
+        return None
+    generated = GeneratedVideo.read(ctx.project.stage_dir("generate"))
+    if generated.splats_file is None or generated.cameras_file is None:
+        raise UserError("splats.init = generate: generate/splats.ply is missing, or was fitted at cameras the "
+                        "feedback loop estimated itself (not the poses'); set splats.init = points")
+    return generated.splats_file
+
+
+def _splats_inputs(ctx: Context) -> dict[str, str]:
+    if ctx.settings.splats.init == "generate" and (
+            not _from_generated(ctx) or ctx.settings.generate.feedback == "off" or ctx.settings.poses.cameras):
+        raise UserError("splats.init = generate: needs the Gaussians of generate's feedback loop "
+                        "(generate/splats.ply, written with generate.feedback = rectify or gradient) and the "
+                        "generated cameras as poses; set splats.init = points")
+    inputs = {"poses": run(ctx, "poses").fingerprint}
+    start = _generated_splats(ctx)
+    if start is not None:
+        inputs["start"] = file_fingerprint(start)
+    return inputs
+
+
 def _splats(ctx: Context, out: Path) -> StageOutput:
     from vid3d.splats.train import train_splats
 
     resume = ctx.project.resume_dir("splats", ctx.fingerprints["splats"])
-    return train_splats(ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device)
+    if "splats" not in ctx.force:
+        _resume_from_finished_training(ctx.project, ctx.fingerprints["splats"], resume)
+    return train_splats(ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device,
+                        start=_generated_splats(ctx))
+
+
+def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> None:
+    """splats/ of this fingerprint with a damaged file (a truncated splats.ply) but its final
+    checkpoint intact: resume from that checkpoint, so the rerun rebuilds the files without training."""
+    from vid3d.splats.train import CHECKPOINT
+
+    finished = f"ckpt/{CHECKPOINT}"
+    if (resume / CHECKPOINT).exists() or finished not in project.intact_files("splats", fp):
+        return
+    resume.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(project.stage_dir("splats") / finished, resume / CHECKPOINT)
 
 
 # -- export: meshes, splats, point clouds and cameras from the Gaussians ------------------------------
+def _export_inputs(ctx: Context) -> dict[str, Any]:
+    from vid3d.export import plan_export
+
+    splats_fp = run(ctx, "splats").fingerprint
+    ctx.export_plan = plan_export(ctx.project, ctx.settings.export, splats_fp, force="export" in ctx.force)
+    return {"splats": splats_fp, "assets": ctx.export_plan.fingerprints()}
+
+
 def _export(ctx: Context, out: Path) -> StageOutput:
     from vid3d.export import export_assets
 
-    return export_assets(ctx.project.stage_dir("splats"), ctx.project.stage_dir("poses"), ctx.settings.export,
-                         out, ctx.device)
+    project = ctx.project
+    return export_assets(ctx.export_plan, project.stage_dir("export"), project.stage_dir("splats"),
+                         project.stage_dir("poses"), out, ctx.device)
 
 
 STAGE_TABLE: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
     Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
     Stage("poses", _poses_inputs, _poses),
-    Stage("splats", lambda ctx: {"poses": run(ctx, "poses").fingerprint}, _splats),
-    Stage("export", lambda ctx: {"splats": run(ctx, "splats").fingerprint}, _export),
+    Stage("splats", _splats_inputs, _splats),
+    Stage("export", _export_inputs, _export, settings_in_fingerprint=False),
 )}

@@ -91,7 +91,7 @@ class FeedbackLoop:
     def __init__(self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device,
                  seed: int = 0):
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
-        self.cam_to_world = self.Ks = self.camera_width = None
+        self.cameras = self.cam_to_world = self.Ks = self.camera_width = None
         self.estimated = not cameras  # no cameras: COLMAP on the frames of the first acting step
         if cameras:
             self._use_cameras(cameras)
@@ -106,6 +106,7 @@ class FeedbackLoop:
         self.history: list[dict] = []  # per acting step: the fit's loss and how far the prediction moved
 
     def _use_cameras(self, cameras: list[dict]) -> None:
+        self.cameras = cameras
         self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
         self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
         self.camera_width = cameras[0].get("width")  # None: the intrinsics are for the frames as they are

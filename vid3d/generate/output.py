@@ -5,7 +5,9 @@ every other module reads it; `read_cameras` also reads a user's cameras file of 
     generate/video.mp4              the same frames as H.264
     generate/metrics.json           warping error, flicker, loop closure
     generate/cameras.json           {"frames": [{"frame", "camera_to_world" (4x4, OpenCV axes), "K",
-                                    "width", ...}]}, when the model is camera-conditioned
+                                    "width", ...}]}, when the model is camera-conditioned or the
+                                    feedback loop was given cameras (--cameras)
+    generate/splats.ply             the feedback loop's Gaussians (standard 3DGS layout), when it ran
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ FRAMES_DIR = "frames"
 VIDEO_FILE = "video.mp4"
 METRICS_FILE = "metrics.json"
 CAMERAS_FILE = "cameras.json"
+SPLATS_FILE = "splats.ply"  # the same layout as splats/splats.ply
 
 
 @dataclass
@@ -36,11 +39,13 @@ class Camera:
 class GeneratedVideo:
     frames_dir: Path
     cameras_file: Path | None  # None: the model gave no cameras
+    splats_file: Path | None  # None: the feedback loop did not run
 
     @classmethod
     def read(cls, generate_dir: Path) -> "GeneratedVideo":
-        cameras = generate_dir / CAMERAS_FILE
-        return cls(generate_dir / FRAMES_DIR, cameras if cameras.is_file() else None)
+        cameras, splats = generate_dir / CAMERAS_FILE, generate_dir / SPLATS_FILE
+        return cls(generate_dir / FRAMES_DIR, cameras if cameras.is_file() else None,
+                   splats if splats.is_file() else None)
 
     def frame_paths(self) -> list[Path]:
         return sorted(self.frames_dir.glob("*.png"))
@@ -66,7 +71,7 @@ def write_video(out_dir: Path, frames: np.ndarray, fps: int, cameras: list[dict]
 
 
 def write_cameras(path: Path, cameras: list[dict]) -> None:
-    path.write_text(json.dumps({"frames": cameras}, indent=1))
+    path.write_text(json.dumps({"frames": cameras}, indent=1, default=lambda array: np.asarray(array).tolist()))
 
 
 def read_cameras(path: Path) -> dict[int, Camera]:

@@ -4,6 +4,7 @@ see output.py)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from vid3d.project import StageOutput
 from vid3d.ui import log, progress
 
 from .adapters import Request, VideoModel, load_model
-from vid3d.splats.model import SPLATS_FILE, save_ply
+from vid3d.splats.model import save_ply
 
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
-from .output import read_cameras, write_video
+from .output import SPLATS_FILE, read_cameras, write_video
 from .sampler import Plan, Stabilizers, sample, use_scheduler
 
 
@@ -33,6 +34,42 @@ def read_reference(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: no such image; pass a PNG or JPEG to --image")
     return read_image(path, fix="pass a PNG or JPEG to --image")
+
+
+# What generating holds per video pixel at least, whichever the model: every adapter decodes the whole
+# video at once to float32 RGB (12 bytes) and keeps it as uint8 (3); the sampler holds about four
+# whole-video latents (latents, scaled input, the windows' outputs, the fused prediction) of at least
+# 1/16 float32 per pixel (SVD and CogVideoX: 4-16 channels at 1/8 of each side, CogVideoX 1/4 of the frames).
+BYTES_PER_VIDEO_PIXEL = 12 + 3 + 1
+
+
+def video_memory(settings: GenerateSettings) -> int:
+    """A lower bound, in bytes, of the memory generating `settings.frames` frames takes (at the
+    embedded model's frame size when the size is the model's own: no model makes smaller frames)."""
+    from .model import SIZE
+
+    return settings.frames * (settings.height or SIZE) * (settings.width or SIZE) * BYTES_PER_VIDEO_PIXEL
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on `device`: CUDA's free memory, or the RAM the kernel says is available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):  # not Linux: all of the RAM
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(settings: GenerateSettings, device: torch.device) -> None:
+    """Refuse, before the model loads, a video that cannot fit in what the device has."""
+    needed, available = video_memory(settings), available_memory(device)
+    if needed > available:
+        most = available * settings.frames // needed
+        raise UserError(f"generate.frames = {settings.frames}: needs at least {needed / 2**30:.1f} GiB for the video "
+                        f"and its latents, {device} has {available / 2**30:.1f} GiB free; generate at most {most} "
+                        "frames here (or smaller ones), or use a device with more memory")
 
 
 def anchor_latents(settings: GenerateSettings, num_frames: int, num_latent: int) -> tuple[int, ...]:
@@ -108,9 +145,19 @@ def given_cameras(settings: GenerateSettings) -> list[dict] | None:
             for i, c in sorted(cameras.items())]
 
 
+def camera_arrays(cameras: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cameras as the adapters give them -> camera-to-world [F, 4, 4] and intrinsics [F, 3, 3] for
+    frames `width` pixels wide."""
+    cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
+    Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
+    Ks[:, :2] *= np.array([width / (c.get("width") or width) for c in cameras])[:, None, None]
+    return cam_to_world, Ks
+
+
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:
     image = read_reference(Path(settings.image))
     anchor_latents(settings, settings.frames, settings.frames)  # bad anchor lists fail before the model loads
+    check_memory(settings, device)
     started = time.time()
     model = load_model(settings.model, device, resolve_dtype(settings.dtype, device, settings.model))
     loaded = time.time()
@@ -123,17 +170,13 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
 
     metrics = video_metrics(list(frames))
     cameras = model.cameras(request)
-    if cameras:
-        metrics.update(epipolar_error(frames, np.stack([c["camera_to_world"] for c in cameras]),
-                                      np.stack([c["K"] for c in cameras])))
     if loop is not None:
         metrics["feedback"] = loop.history
         metrics["feedback_cameras"] = "model" if cameras else "estimated" if loop.estimated else "given"
-        if not cameras and loop.cam_to_world is not None:  # graded by the cameras the loop used
-            Ks = loop.Ks.copy()
-            Ks[:, :2] *= frames.shape[2] / (loop.camera_width or frames.shape[2])
-            n = min(len(frames), len(Ks))
-            metrics.update(epipolar_error(frames[:n], loop.cam_to_world[:n], Ks[:n]))
+        cameras = cameras or given_cameras(settings)  # the frames were pulled toward the given cameras: keep them
+    graded = cameras or (loop.cameras if loop is not None else None)  # estimated ones grade their own frames
+    if graded:
+        metrics.update(epipolar_error(frames[:len(graded)], *camera_arrays(graded, frames.shape[2])))
     outputs = write_video(out_dir, frames, settings.fps, cameras, metrics)
     if loop is not None and loop.trainer is not None:  # the loop's final 3D state
         save_ply(loop.trainer.splats, out_dir / SPLATS_FILE)

@@ -44,6 +44,15 @@ def init_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opa
     })
 
 
+def with_sh_degree(splats: torch.nn.ParameterDict, degree: int) -> torch.nn.ParameterDict:
+    """The Gaussians with `degree` spherical harmonics: higher bands cut off or added as zeros."""
+    shN = splats["shN"].data
+    rest = (degree + 1) ** 2 - 1
+    padded = torch.zeros(len(shN), rest, 3, dtype=shN.dtype, device=shN.device)
+    padded[:, :min(rest, shN.shape[1])] = shN[:, :rest]
+    return torch.nn.ParameterDict({**splats, "shN": torch.nn.Parameter(padded)})
+
+
 def render(splats: torch.nn.ParameterDict, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
            sh_degree: int, backend: str = "auto", render_mode: str = "RGB", **kwargs):
     """Rasterize the splats from the given cameras: (colors [C, H, W, X], alphas, info)."""

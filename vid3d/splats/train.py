@@ -23,7 +23,7 @@ from vid3d.device import resolve_device
 from vid3d.errors import UserError
 from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset, load_points
-from vid3d.splats.model import SPLATS_FILE, init_splats, render, save_ply
+from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
 from vid3d.splats.rasterize import resolve_backend
 from vid3d.ui import log, progress
 
@@ -35,8 +35,9 @@ CHECKPOINT = "ckpt.pt"
 
 
 def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resume_dir: Path,
-                 device: str = "auto") -> StageOutput:
-    """Train, evaluate on the held-out frames and write splats.ply, renders/, metrics.json, ckpt/."""
+                 device: str = "auto", start: Path | None = None) -> StageOutput:
+    """Train, evaluate on the held-out frames and write splats.ply, renders/, metrics.json, ckpt/.
+    The Gaussians start from poses/' points, or from the Gaussians in `start` (a splats.ply)."""
     torch_device = resolve_device(device)
     backend = resolve_backend(settings.backend, torch_device)
     if backend == "gsplat" and torch_device.type != "cuda":
@@ -45,7 +46,8 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     if not data.train:
         raise UserError(f"{poses_dir}: no training frames left (splats.test_every={settings.test_every})")
 
-    trainer = Trainer(data, settings, backend, torch_device, load_points(poses_dir))
+    initial = None if start is None else with_sh_degree(load_ply(start), settings.sh_degree)
+    trainer = Trainer(data, settings, backend, torch_device, load_points(poses_dir), initial)
     started = time.time()
     trainer.resume(resume_dir / CHECKPOINT)
     trainer.fit(resume_dir / CHECKPOINT)
@@ -68,12 +70,15 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
 
 class Trainer:
     def __init__(self, data: Dataset, settings: SplatsSettings, backend: str, device: torch.device,
-                 points: tuple[np.ndarray, np.ndarray]):
+                 points: tuple[np.ndarray, np.ndarray], initial: torch.nn.ParameterDict | None = None):
+        """Gaussians initialised at `points` (positions, colours in [0, 1]), or `initial` ones."""
         self.data, self.settings, self.backend, self.device = data, settings, backend, device
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.scene_scale = data.scene_scale() * SCENE_SCALE_MARGIN
-        self.splats = init_splats(*points, settings.sh_degree, settings.init_opacity, settings.init_scale,
-                                  self.generator).to(device)
+        if initial is None:
+            initial = init_splats(*points, settings.sh_degree, settings.init_opacity, settings.init_scale,
+                                  self.generator)
+        self.splats = initial.to(device)
         self.optimizers = {name: torch.optim.Adam([{"params": param, "lr": LEARNING_RATES[name] *
                                                     (self.scene_scale if name == "means" else 1.0), "name": name}],
                                                   eps=1e-15)
