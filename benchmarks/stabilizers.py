@@ -84,8 +84,9 @@ def window_joins(model: OrbitVideoModel, settings: GenerateSettings) -> list[int
     return sorted(j for j in edges if 0 < j < FRAMES)
 
 
-def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int) -> float:
-    """Held-out PSNR of Gaussians fitted to the generated frames with the known cameras."""
+def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int, start: Path | None = None) -> float:
+    """Held-out PSNR of Gaussians fitted to the generated frames with the known cameras (starting
+    from a ball of points, or from the Gaussians in `start`)."""
     from vid3d.generate.output import write_cameras
     from vid3d.ingest import FrameEntry, FramesIndex
     from vid3d.poses.given import poses_from_cameras
@@ -107,7 +108,7 @@ def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int) 
         settings = SplatsSettings(steps=splat_steps, sh_degree=1, sh_degree_interval=100, refine_start=50,
                                   refine_stop=splat_steps - 50, refine_every=50, reset_every=10 * splat_steps,
                                   checkpoint_every=10 * splat_steps, test_every=8)
-        result = train_splats(poses_dir, settings, splats_dir, scratch / "resume", "cpu")
+        result = train_splats(poses_dir, settings, splats_dir, scratch / "resume", "cpu", start=start)
         return float(result.metrics["psnr"])
 
 

@@ -22,7 +22,8 @@ from vid3d.splats.data import load_dataset
 from vid3d.splats.model import PARAM_NAMES, load_ply, render as render_splats
 
 QUICK = ["--set", "splats.steps=500", "--set", "splats.sh_degree_interval=100", "--set", "splats.refine_start=50",
-         "--set", "splats.refine_stop=400", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50"]
+         "--set", "splats.refine_stop=400", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50",
+         "--set", "splats.reset_every=1000"]
 
 
 @pytest.fixture(scope="module")

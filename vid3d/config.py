@@ -108,16 +108,23 @@ class SplatsSettings:
     backend: Literal["auto", "gsplat", "torch"] = setting(
         "auto", "rasterizer: gsplat (CUDA), torch (any device), auto: gsplat on CUDA, torch otherwise")
     steps: int = setting(7000, "training steps (one image per step)", min=1)
+    max_side: int = setting(1600, "longest side of the training images in pixels: larger frames are resized once "
+                                  "when loaded (area filter), their intrinsics with them; 0: the frames' own size",
+                            min=0)
     sh_degree: int = setting(3, "spherical-harmonics degree of the colours", min=0, max=3)
-    sh_degree_interval: int = setting(1000, "steps between raising the SH degree by one", min=1)
+    sh_degree_interval: int = setting(0, "steps between raising the SH degree by one; 0: gsplat's 1,000 scaled by "
+                                         "steps / 30,000 (as its simple_trainer's adjust_steps)", min=0)
     ssim_lambda: float = setting(0.2, "weight of (1 - SSIM) in the loss; the rest is L1", min=0.0, max=1.0)
     test_every: int = setting(8, "every Nth frame is held out for evaluation; 0 trains on all frames", min=0)
     checkpoint_every: int = setting(500, "steps between checkpoints that an interrupted run resumes from", min=1)
     densify: bool = setting(True, "grow and prune Gaussians with gsplat's DefaultStrategy")
-    refine_start: int = setting(500, "first step of densification", min=0)
-    refine_stop: int = setting(15000, "last step of densification", min=0)
-    refine_every: int = setting(100, "steps between densification passes", min=1)
-    reset_every: int = setting(3000, "steps between opacity resets", min=1)
+    refine_start: int = setting(0, "first step of densification; 0: gsplat's 500 scaled by steps / 30,000", min=0)
+    refine_stop: int = setting(0, "last step of densification and opacity resets; 0: gsplat's 15,000 scaled by "
+                                  "steps / 30,000", min=0)
+    refine_every: int = setting(0, "steps between densification passes; 0: gsplat's 100 scaled by steps / 30,000",
+                                min=0)
+    reset_every: int = setting(0, "steps between opacity resets (before refine_stop); 0: gsplat's 3,000 scaled by "
+                                  "steps / 30,000", min=0)
     grow_grad2d: float = setting(0.0002, "screen-space gradient above which a Gaussian is split or cloned", min=0.0)
     init: Literal["points", "generate"] = setting(
         "points", "what the Gaussians start from: points (poses/' sparse points, or a ball around known cameras), "

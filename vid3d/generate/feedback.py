@@ -4,7 +4,7 @@ At each acting step the fused model output is turned into the clean video it pre
 decoded to frames; one set of 3D Gaussians, kept from the previous acting step (warm start), is
 trained a few iterations on those frames at their cameras, rendered at every camera and encoded
 back. `rectify` blends the prediction's x0 toward the renders' latents; `gradient` takes a step
-on the latents against a rendering-consistency loss (L1 between decoded x0 and the renders),
+on the latents against a rendering-consistency loss (L1 + SSIM between decoded x0 and the renders),
 differentiated through the decoder. Either way the frames are pulled toward what one 3D scene
 can show from their cameras (VistaDream's multiview consistency sampling, guidedvd-3dgs' scene
 grounding). The Gaussian fit is the splats stage's own training (`vid3d.splats.train.Trainer`).
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from vid3d.config import GenerateSettings, SplatsSettings
 
 FeedbackMode = Literal["off", "rectify", "gradient"]
+SSIM_LAMBDA = SplatsSettings.ssim_lambda  # the weight of (1 - SSIM) in the gradient's loss, as in training
 BALL_POINTS = 5_000  # Gaussians the loop starts from (a quarter of poses.given's): plenty for 64-pixel frames
 
 
@@ -197,11 +198,20 @@ def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
             for i, j in enumerate(order)]
 
 
+def consistency_loss(frames: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
+    """The splats training's loss between frames and renders [F, H, W, 3]: L1 and (1 - SSIM)."""
+    from pytorch_msssim import ssim
+
+    l1 = (frames - renders).abs().mean()
+    similarity = ssim(frames.permute(0, 3, 1, 2), renders.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
+    return (1 - SSIM_LAMBDA) * l1 + SSIM_LAMBDA * (1 - similarity)
+
+
 def gradient_step(model, x0: torch.Tensor, renders: torch.Tensor, weight: float) -> torch.Tensor:
-    """x0 moved against the L1 between its decoded frames and `renders`, by the step that would cut
-    the loss by `weight` of itself if the loss were linear (a Polyak step: scale-free)."""
+    """x0 moved against the consistency loss between its decoded frames and `renders`, by the step
+    that would cut the loss by `weight` of itself if the loss were linear (a Polyak step: scale-free)."""
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)
-        loss = (model.decode_frames(x) - renders.detach()).abs().mean()
+        loss = consistency_loss(model.decode_frames(x), renders.detach())
         (grad,) = torch.autograd.grad(loss, x)
     return x0 - weight * float(loss.detach()) / grad.pow(2).sum().clamp(min=1e-20) * grad

@@ -1,6 +1,7 @@
 """Training 3D Gaussians on poses/ (the `splats` stage), following gsplat's simple_trainer:
-its learning rates and schedules, L1 + SSIM loss, SH degree raised progressively, and gsplat's
-DefaultStrategy for densification on either rasterization backend.
+its learning rates and schedules (fitted to the step count), L1 + SSIM loss, SH degree raised
+progressively, and gsplat's DefaultStrategy (opacity reset repaired, vid3d.splats.strategy) for
+densification on either rasterization backend.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-from gsplat.strategy import DefaultStrategy
 from pytorch_msssim import ssim
 
 from vid3d.config import SplatsSettings
@@ -25,6 +25,7 @@ from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
 from vid3d.splats.rasterize import resolve_backend
+from vid3d.splats.strategy import fitted_schedule, strategy_for
 from vid3d.ui import log, progress
 
 # gsplat simple_trainer's learning rates (means scaled by the scene size)
@@ -42,7 +43,7 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     backend = resolve_backend(settings.backend, torch_device)
     if backend == "gsplat" and torch_device.type != "cuda":
         raise UserError("splats.backend = gsplat: gsplat's rasterizer needs a CUDA GPU; use torch or --device cuda")
-    data = load_dataset(poses_dir, settings.test_every, torch_device)
+    data = load_dataset(poses_dir, settings.test_every, torch_device, settings.max_side)
     if not data.train:
         raise UserError(f"{poses_dir}: no training frames left (splats.test_every={settings.test_every})")
 
@@ -72,6 +73,7 @@ class Trainer:
     def __init__(self, data: Dataset, settings: SplatsSettings, backend: str, device: torch.device,
                  points: tuple[np.ndarray, np.ndarray], initial: torch.nn.ParameterDict | None = None):
         """Gaussians initialised at `points` (positions, colours in [0, 1]), or `initial` ones."""
+        settings = fitted_schedule(settings)
         self.data, self.settings, self.backend, self.device = data, settings, backend, device
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.scene_scale = data.scene_scale() * SCENE_SCALE_MARGIN
@@ -90,9 +92,7 @@ class Trainer:
         # pixels are painted by opaque Gaussians placed near the cameras, floaters in other views.
         self.background = torch.nn.Parameter(torch.zeros(3, device=device))
         self.background_optimizer = torch.optim.Adam([self.background], lr=BACKGROUND_LR)
-        self.strategy = DefaultStrategy(refine_start_iter=settings.refine_start, refine_stop_iter=settings.refine_stop,
-                                        refine_every=settings.refine_every, reset_every=settings.reset_every,
-                                        grow_grad2d=settings.grow_grad2d, verbose=False)
+        self.strategy = strategy_for(settings)
         self.strategy.check_sanity(self.splats, self.optimizers)
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         self.step = 0
