@@ -94,7 +94,18 @@ def _frames_inputs(ctx: Context) -> dict[str, str]:
     path = Path(ctx.settings.frames.input)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
+    if _dataset_input(ctx):  # a malformed dataset or a missing image fails before any work
+        from vid3d.ingest.datasets import dataset_fingerprint, read_dataset_input
+
+        return {"dataset": dataset_fingerprint(read_dataset_input(path))}
     return {"input": input_fingerprint(path)}
+
+
+def _dataset_input(ctx: Context) -> bool:
+    """Whether --input is a nerfstudio, instant-ngp or COLMAP dataset, whose cameras are used as given."""
+    from vid3d.ingest.datasets import dataset_format
+
+    return bool(ctx.settings.frames.input) and dataset_format(Path(ctx.settings.frames.input)) is not None
 
 
 def _frames(ctx: Context, out: Path) -> StageOutput:
@@ -103,6 +114,10 @@ def _frames(ctx: Context, out: Path) -> StageOutput:
 
     path = (GeneratedVideo.read(ctx.project.stage_dir("generate")).frames_dir if _from_generated(ctx)
             else Path(ctx.settings.frames.input))
+    if _dataset_input(ctx):
+        from vid3d.ingest.datasets import ingest_dataset, read_dataset_input
+
+        return ingest_dataset(read_dataset_input(path), out)
     return ingest(path, ctx.settings.frames, out)
 
 
@@ -125,6 +140,9 @@ def _known_cameras(ctx: Context) -> Path | None:
 def _poses_inputs(ctx: Context) -> dict[str, str]:
     from vid3d.generate.output import read_cameras
 
+    if ctx.settings.poses.cameras and _dataset_input(ctx):
+        raise UserError(f"poses.cameras (--poses): {ctx.settings.frames.input} is a dataset with its own cameras; "
+                        "drop --poses (or set poses.cameras to empty)")
     inputs = {"frames": run(ctx, "frames").fingerprint}
     cameras = _known_cameras(ctx)
     if cameras is not None:
@@ -134,7 +152,13 @@ def _poses_inputs(ctx: Context) -> dict[str, str]:
 
 
 def _poses(ctx: Context, out: Path) -> StageOutput:
+    from vid3d.ingest.datasets import is_dataset_frames
+
     frames_dir, settings, cameras = ctx.project.stage_dir("frames"), ctx.settings.poses, _known_cameras(ctx)
+    if is_dataset_frames(frames_dir):
+        from vid3d.poses.imported import poses_from_dataset
+
+        return poses_from_dataset(frames_dir, out, seed=settings.seed)
     if cameras is not None:
         from vid3d.poses.given import poses_from_cameras
 

@@ -1,0 +1,109 @@
+"""A dataset as --input: a nerfstudio or instant-ngp folder (transforms.json + images) or a COLMAP
+project (sparse/0 or sparse/ + images/), its cameras taken as given (read by dataset_readers).
+
+frames/ of a dataset holds every posed image, in natural order of its path in the dataset, written as
+00000.png ... like any frames (so frames/ reads the same for every input); index.json with kind
+"dataset" and each frame's `source` (its path in the dataset); and cameras/, the dataset's cameras as
+a COLMAP model (binary, COLMAP's world) whose images are named as the frames, with the dataset's points
+when it has them (their tracks are not kept). The poses stage turns that model into poses/ without
+running COLMAP (poses.imported). frames.count, frames.max_side and the sharpness selection do not
+apply: the cameras belong to the images as they are (splats.max_side sets the training size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import pycolmap
+
+from vid3d.errors import UserError
+from vid3d.ingest import INDEX_FILE, FrameEntry, FramesIndex, read_image
+from vid3d.ingest.dataset_readers import (COLMAP_IMAGES_DIR, TRANSFORMS_FILE, DatasetInput, colmap_model_dir,
+                                          read_colmap_project, read_transforms)
+from vid3d.project import StageOutput, content_hash, file_fingerprint
+from vid3d.ui import progress
+
+DATASET_KIND = "dataset"  # FramesIndex.kind of frames from a dataset
+CAMERAS_DIR = "cameras"  # frames/cameras/: the dataset's cameras (a COLMAP model)
+
+
+def dataset_format(path: Path) -> str | None:
+    """'nerfstudio' (transforms.json), 'colmap' (a sparse model and images/), or None: not a dataset."""
+    if not path.is_dir():
+        return None
+    if (path / TRANSFORMS_FILE).is_file():
+        return "nerfstudio"
+    if colmap_model_dir(path) is not None and (path / COLMAP_IMAGES_DIR).is_dir():
+        return "colmap"
+    return None
+
+
+def read_dataset_input(path: Path) -> DatasetInput:
+    """The dataset's posed images and cameras; a malformed file or a missing image is a UserError."""
+    dataset = read_transforms(path) if dataset_format(path) == "nerfstudio" else read_colmap_project(path)
+    _check_one_size(dataset)
+    return dataset
+
+
+def _check_one_size(dataset: DatasetInput) -> None:
+    first: dict[tuple[int, int], str] = {}
+    for image_id in dataset.ordered_ids():
+        image = dataset.model.images[image_id]
+        camera = dataset.model.cameras[image.camera_id]
+        first.setdefault((camera.width, camera.height), image.name)
+    if len(first) > 1:
+        (size_a, name_a), (size_b, name_b) = list(first.items())[:2]
+        raise UserError(f"{dataset.described_by[0]}: {name_a} is {size_a[0]}x{size_a[1]} and {name_b} "
+                        f"{size_b[0]}x{size_b[1]}; the Gaussians train on images of one size: pass a dataset of "
+                        "one image size")
+
+
+def dataset_fingerprint(dataset: DatasetInput) -> str:
+    """The cameras' files in full, and every posed image's path and content sample."""
+    digest = hashlib.sha256(dataset.format.encode())
+    for file in dataset.described_by:
+        digest.update(os.path.relpath(file, dataset.folder).encode() + content_hash(file).encode())
+    for image_id in dataset.ordered_ids():
+        file = dataset.files[image_id]
+        digest.update(os.path.relpath(file, dataset.folder).encode() + file_fingerprint(file, chunk=64 << 10).encode())
+    return digest.hexdigest()[:16]
+
+
+def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
+    """frames/ of a dataset: its images as 00000.png ..., index.json and cameras/ (see the module's notes)."""
+    ids = dataset.ordered_ids()
+    entries = []
+    with progress("frames", len(ids)) as advance:
+        for n, image_id in enumerate(ids):
+            image = dataset.model.images[image_id]
+            camera = dataset.model.cameras[image.camera_id]
+            file = dataset.files[image_id]
+            pixels = read_image(file, "replace it or remove it from the dataset")
+            if pixels.shape[:2] != (camera.height, camera.width):
+                raise UserError(f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
+                                f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras")
+            entries.append(FrameEntry(f"{n:05d}.png", source=os.path.relpath(file, dataset.folder)))
+            iio.imwrite(out_dir / entries[-1].file, pixels)
+            image.name = entries[-1].file
+            advance()
+    (out_dir / CAMERAS_DIR).mkdir()
+    dataset.model.write(out_dir / CAMERAS_DIR)
+    camera = dataset.model.cameras[dataset.model.images[ids[0]].camera_id]
+    FramesIndex(source=str(dataset.folder), kind=DATASET_KIND, source_frames=len(ids), fps=None, width=camera.width,
+                height=camera.height, frames=entries).write(out_dir)
+    return StageOutput(outputs=[INDEX_FILE, CAMERAS_DIR],
+                       metrics={"frames": len(ids), "source_frames": len(ids), "width": camera.width,
+                                "height": camera.height, "dataset": dataset.format})
+
+
+def is_dataset_frames(frames_dir: Path) -> bool:
+    """Whether frames/ came from a dataset, and so carries its cameras."""
+    return FramesIndex.read(frames_dir).kind == DATASET_KIND
+
+
+def read_dataset_cameras(frames_dir: Path) -> pycolmap.Reconstruction:
+    """frames/cameras/: the dataset's cameras and points, its images named as the frames."""
+    return pycolmap.Reconstruction(frames_dir / CAMERAS_DIR)
