@@ -51,7 +51,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (st
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
-InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Video file or folder of images.")]
+InputOpt = Annotated[Optional[Path], typer.Option(
+    "--input", "-i", help="Video file, folder of images, or dataset (nerfstudio/instant-ngp transforms.json, or a "
+                          "COLMAP project: sparse/0 and images/).")]
 PosesOpt = Annotated[Optional[Path], typer.Option(
     "--poses", help="Known cameras (vid3d generate's cameras.json) instead of COLMAP.")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")]

@@ -86,7 +86,7 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
                 raise UserError(f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
                                 f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras")
             entries.append(FrameEntry(f"{n:05d}.png", source=os.path.relpath(file, dataset.folder)))
-            iio.imwrite(out_dir / entries[-1].file, pixels)
+            iio.imwrite(out_dir / entries[-1].file, pixels, compress_level=1)  # lossless, and fast to write
             image.name = entries[-1].file
             advance()
     (out_dir / CAMERAS_DIR).mkdir()
