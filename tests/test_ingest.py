@@ -54,8 +54,8 @@ def test_video_is_sampled_resized_and_indexed(tmp_path):
     assert result.metrics["frames"] == 10 and index["source_frames"] == 30
     assert [e["source_index"] for e in index["frames"]] == list(range(0, 30, 3))
     assert [e["timestamp"] for e in index["frames"]] == pytest.approx([i / 10 for i in range(0, 30, 3)])
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(10)]
-    assert iio.imread(out / "00000.png").shape == (48, 64, 3)
+    assert sorted(p.name for p in out.glob("0*")) == [f"{i:05d}.jpg" for i in range(10)]  # lossy source: JPEG
+    assert iio.imread(out / "00000.jpg").shape == (48, 64, 3)
     assert (index["width"], index["height"]) == (64, 48)
 
 
@@ -70,6 +70,19 @@ def test_image_folder_keeps_names_in_natural_order(tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert [e["source"] for e in index["frames"]] == [f"IMG_{i}.jpg" for i in range(12)]
     assert index["kind"] == "images"
+    assert index["frames"][0]["file"] == "00000.jpg"  # JPEG sources stay JPEG
+
+
+def test_lossless_images_stay_lossless(tmp_path):
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    frames = textured_frames(3)
+    for i, frame in enumerate(frames):
+        iio.imwrite(folder / f"{i}.png", frame)
+    out = tmp_path / "frames"
+    out.mkdir()
+    ingest(folder, FramesSettings(count=3, max_side=0, min_frames=2), out)
+    assert [np.array_equal(iio.imread(out / f"{i:05d}.png"), frame) for i, frame in enumerate(frames)] == [True] * 3
 
 
 @pytest.fixture

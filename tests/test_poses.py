@@ -17,6 +17,7 @@ from plyfile import PlyData
 from conftest import error_line, run_cli, run_json, tree
 from vid3d.metrics.poses import pose_errors
 from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
+from vid3d.poses.colmap import numbered_series
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 SEED, FRAMES = 1, 36
@@ -126,12 +127,20 @@ def test_killed_run_leaves_no_complete_stage_and_rerun_completes(orbit, tmp_path
     assert not list(project.glob(".tmp-*"))
 
 
-def test_image_folder_is_matched_exhaustively(tmp_path):
+def test_numbered_file_names_are_a_series_other_names_are_not():
+    assert numbered_series([f"IMG_{i:04d}.JPG" for i in range(1, 51)])
+    assert numbered_series(["frame2.png", "frame10.png", "frame11.png"])  # natural order, gaps allowed
+    assert not numbered_series(["IMG_0001.jpg", "DSC_0002.jpg"])
+    assert not numbered_series(["kitchen.jpg", "hall.jpg"])
+    assert not numbered_series(["a1.jpg"])
+
+
+def test_unordered_image_folder_is_matched_exhaustively(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     cameras = orbit_cameras(12, width=192, height=144, arc_deg=90, endpoint=True)
-    for i, image in enumerate(render(make_scene(2), cameras).images):
-        iio.imwrite(folder / f"photo_{i}.png", image)
+    for name, image in zip("kbdjfaglhcie", render(make_scene(2), cameras).images):
+        iio.imwrite(folder / f"view_{name}.png", image)
     code, report = run_json("poses", tmp_path / "project", "--input", folder, "--set", "frames.min_frames=5")
     assert code == 0, report
     poses_report = json.loads((tmp_path / "project" / "poses" / "report.json").read_text())

@@ -87,8 +87,9 @@ class FramesSettings:
 @dataclass
 class PosesSettings:
     matcher: Literal["auto", "sequential", "exhaustive"] = setting(
-        "auto", "auto: sequential for video, exhaustive for image folders of up to exhaustive_max_images")
-    exhaustive_max_images: int = setting(100, "largest image folder that auto matches exhaustively", min=2)
+        "auto", "auto: sequential for video and for image folders whose file names are numbered in one series "
+                "(IMG_0001.jpg ...), exhaustive for other image folders of up to exhaustive_max_images")
+    exhaustive_max_images: int = setting(100, "largest unordered image folder that auto matches exhaustively", min=2)
     overlap: int = setting(10, "sequential matching: each frame is matched with this many following frames", min=1)
     loop_every: int = setting(5, "sequential matching: every Nth frame is a keyframe, keyframes are matched "
                                  "with each other to close loops; 0 turns loop closing off", min=0)
@@ -96,6 +97,9 @@ class PosesSettings:
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = setting(
         "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards")
     max_features: int = setting(8192, "SIFT features per image", min=64)
+    sift_max_side: int = setting(1024, "SIFT runs on frames downscaled to at most this many pixels on the longer "
+                                       "side (COLMAP's own cap is 3200); the poses keep the frames' full resolution",
+                                 min=64)
     min_registered: float = setting(0.5, "fraction of frames that must register; below it matching is retried "
                                          "exhaustively once, then the stage fails", min=0.0, max=1.0)
     seed: int = setting(0, "random seed of the mapper, for repeatable poses", min=0)

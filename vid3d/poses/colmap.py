@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -50,7 +51,7 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
             reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
             extraction_options=_extraction_options(settings), device=colmap_device)
 
-    matcher = _resolve_matcher(settings, index.kind, len(names))
+    matcher = _resolve_matcher(settings, index)
     with _timed(timings, "matching"):
         _match(database, matcher, settings, names, scratch, colmap_device)
     with _timed(timings, "mapping"):
@@ -126,15 +127,29 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOptions:
     options = pycolmap.FeatureExtractionOptions()
     options.sift.max_num_features = settings.max_features
+    options.max_image_size = settings.sift_max_side
     return options
 
 
-def _resolve_matcher(settings: PosesSettings, source_kind: str, n: int) -> str:
+def _resolve_matcher(settings: PosesSettings, index: FramesIndex) -> str:
     if settings.matcher != "auto":
         return settings.matcher
-    if source_kind == "images" and n <= settings.exhaustive_max_images:
+    if index.kind == "images" and not numbered_series([entry.source or "" for entry in index.frames]) \
+            and len(index.frames) <= settings.exhaustive_max_images:
         return "exhaustive"
     return "sequential"
+
+
+def numbered_series(names: list[str]) -> bool:
+    """Whether file names are one numbered series in order (IMG_0001.jpg, IMG_0002.jpg, ... or
+    0.png, 1.png, ...): a camera's or a renderer's sequence, so neighbours overlap."""
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", name) for name in names]
+    if len(names) < 2 or not all(parts):
+        return False
+    if len({(p.group(1), p.group(3).lower()) for p in parts}) != 1:
+        return False
+    numbers = [int(p.group(2)) for p in parts]
+    return all(b > a for a, b in zip(numbers, numbers[1:]))
 
 
 def _match(database: Path, matcher: str, settings: PosesSettings, names: list[str], scratch: Path,
