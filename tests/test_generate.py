@@ -198,3 +198,30 @@ def test_generate_rejects_bad_input_without_touching_the_project(tmp_path):
     assert result.returncode == 2 and "generate.anchor_frames" in error_line(result.stderr) and not project.exists()
     result = run_cli("generate", project, "--image", image, "--model", "no/such-model")
     assert result.returncode == 2 and "no/such-model" in error_line(result.stderr) and not project.exists()
+
+
+def test_frames_that_cannot_fit_are_refused_before_the_model_loads(tmp_path):
+    """A billion 64x64 frames need terabytes for the decoded video alone: one line naming
+    generate.frames, exit 2, no project left behind."""
+    image = tmp_path / "ok.png"
+    PIL.Image.new("RGB", (64, 64)).save(image)
+    project = tmp_path / "p"
+    result = run_cli("generate", project, "--image", image, "--frames", "1000000000", timeout=60)
+    assert result.returncode == 2 and "generate.frames = 1000000000" in error_line(result.stderr)
+    assert not project.exists()
+
+
+def test_the_frame_limit_compares_with_the_memory_the_device_has(monkeypatch):
+    from vid3d.config import GenerateSettings
+    from vid3d.errors import UserError
+    from vid3d.generate.stage import check_memory, video_memory
+
+    settings = GenerateSettings(frames=1000, height=512, width=512)
+    needed = video_memory(settings)
+    assert needed >= 1000 * 512 * 512 * 3 * 4  # at least the decoded video in float32
+    assert video_memory(GenerateSettings(frames=2000, height=512, width=512)) == 2 * needed
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (needed // 2, 4 * needed))
+    with pytest.raises(UserError, match="generate.frames = 1000"):
+        check_memory(settings, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * needed, 4 * needed))
+    check_memory(settings, torch.device("cuda"))

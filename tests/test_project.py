@@ -198,3 +198,26 @@ def test_a_refused_process_leaves_the_holders_new_project_alone(tmp_path):
         result = run_cli("frames", project, "--input", tmp_path / "missing.mp4")
         assert result.returncode == 2 and "in use by" in error_line(result.stderr)
         assert (project / ".lock").is_file()
+
+
+def test_a_failed_first_run_removes_the_parent_folders_it_made(tmp_path):
+    (tmp_path / "a").mkdir()
+    result = run_cli("frames", tmp_path / "a" / "b" / "c" / "P", "--input", tmp_path / "missing.mp4")
+    assert result.returncode == 2 and "missing.mp4" in error_line(result.stderr)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]  # a was there before
+
+
+def test_status_of_an_interrupted_first_run_lists_missing_stages(tmp_path):
+    """What a first run killed mid-stage leaves: the lock file, logs/ and a temporary folder."""
+    project = tmp_path / "p"
+    (project / "logs").mkdir(parents=True)
+    (project / "logs" / "vid3d.log").write_text("started\n")
+    (project / ".lock").write_text("")
+    (project / ".tmp-frames-123").mkdir()
+    code = run_cli("status", project, "--json")
+    assert code.returncode == 0, code.stderr
+    stages = json.loads(code.stdout)["stages"]
+    assert {stage: record["status"] for stage, record in stages.items()} == {
+        "generate": "missing", "frames": "missing", "poses": "missing", "splats": "missing", "export": "missing"}
+    result = run_cli("status", tmp_path / "nothing-here")
+    assert result.returncode == 2 and "not a vid3d project" in error_line(result.stderr)

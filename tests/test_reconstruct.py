@@ -138,7 +138,7 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
     assert report["stages"]["splats"]["status"] == "cached"
     export = project / "export"
     assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
-        "cameras.json", "mesh.glb", "pointcloud.ply", "splat.ply"]
+        "camera_path.json", "cameras.json", "mesh.glb", "pointcloud.ply", "splat.ply"]
 
     mesh = trimesh.load(export / "mesh.glb", force="mesh")
     assert len(mesh.faces) == report["metrics"]["mesh_faces"] > 1000

@@ -36,7 +36,7 @@ from vid3d import __version__, pipeline
 from vid3d.config import load_settings, read_preset, read_toml
 from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
-from vid3d.project import MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
+from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d import ui
 from vid3d.ui import console, log
 
@@ -147,19 +147,22 @@ def export(project: ProjectArg,
            voxel_size: Annotated[Optional[float], typer.Option("--voxel-size", help="TSDF voxel size (world units).")] = None,
            faces: Annotated[Optional[int], typer.Option("--faces", help="Decimate the mesh to about N faces.")] = None,
            bbox: Annotated[Optional[str], typer.Option("--bbox", help="Crop: xmin,ymin,zmin,xmax,ymax,zmax.")] = None,
-           splat: Annotated[Optional[str], typer.Option("--splat", help="Write the Gaussians: ply, splat or ply_compressed.")] = None,
+           splat: Annotated[Optional[list[str]], typer.Option(
+               "--splat", help="Write the Gaussians: ply, splat or ply_compressed (repeatable).")] = None,
            pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
-           cameras: Annotated[bool, typer.Option("--cameras", help="Write the camera path as cameras.json.")] = False,
+           cameras: Annotated[bool, typer.Option(
+               "--cameras", help="Write the camera path: cameras.json and nerfstudio's camera_path.json.")] = False,
            input: InputOpt = None,
            *, common: Common) -> None:
     """Export assets from the Gaussians (runs the stages before it when missing or stale).
 
-    With any of --mesh, --splat, --pointcloud, --cameras, exactly those are written; with none,
-    the [export] settings decide (a mesh by default). Several flags write several files.
+    With any of --mesh, --splat, --pointcloud, --cameras, those are written; with none, the
+    [export] settings decide (a mesh by default). Files from earlier exports of the same splats
+    stay in export/; each is rewritten only when its own settings change, or with --force.
     """
     sets = []
     if mesh or splat or pointcloud or cameras:
-        sets += [f"export.mesh={str(mesh).lower()}", f"export.splat={splat or ''}",
+        sets += [f"export.mesh={str(mesh).lower()}", f"export.splat={','.join(splat or [])}",
                  f"export.pointcloud={str(pointcloud).lower()}", f"export.cameras={str(cameras).lower()}"]
     named = {"mesh_format": format, "voxel_size": voxel_size, "faces": faces, "bbox": bbox}
     sets += [f"export.{key}={value}" for key, value in named.items() if value is not None]
@@ -275,6 +278,7 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
     """Run stage `target` (and the stages it reads) on the project; `sets` come before --set."""
     _setup_logging(common.verbose)
     created = not project_dir.exists()
+    new_parents = [parent for parent in project_dir.parents if not parent.exists()]  # innermost first
     project = Project(project_dir)
     ctx = None
     log_state: tuple[Path, int] | None = None
@@ -292,7 +296,7 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
                 ctx = pipeline.Context(project, settings, common.device, force=forced)
                 pipeline.run(ctx, target)
             except UserError:
-                _undo(project_dir, created, log_state, ctx)  # before the lock is released
+                _undo(project_dir, created, log_state, ctx, new_parents)  # before the lock is released
                 raise
     except UserError as exc:
         _fail(str(exc), 2, common.json)
@@ -334,9 +338,9 @@ def _check_project_folder(path: Path, must_exist: bool) -> None:
     """Refuse to write into a file or into a folder of the user's that is not a vid3d project."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file; pass a folder for the project")
-    if must_exist and not (path / MANIFEST).exists():
+    if must_exist and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, LOCK_FILE)):
         raise UserError(f"{path}: not a vid3d project (no {MANIFEST}); run a stage on it first")
-    if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, ".lock")):
+    if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, LOCK_FILE)):
         raise UserError(f"{path}: exists and is not a vid3d project; pass a new or empty folder")
 
 
@@ -351,8 +355,10 @@ def _attach_log_file(project_dir: Path) -> tuple[Path, int]:
     return path, size
 
 
-def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, ctx) -> None:
-    """After bad input, leave the project folder as it was (unless a stage already completed)."""
+def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, ctx,
+          new_parents: list[Path] = ()) -> None:
+    """After bad input, leave the project folder (and the parents made for it) as it was, unless a
+    stage already completed."""
     for handler in list(log.handlers):
         if isinstance(handler, logging.FileHandler):
             handler.close()
@@ -361,6 +367,11 @@ def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, 
         return
     if created:
         shutil.rmtree(project_dir, ignore_errors=True)
+        for parent in new_parents:
+            try:
+                parent.rmdir()  # only when empty: another project may have appeared beside ours
+            except OSError:
+                break
     elif log_state is not None:
         path, size = log_state
         if size == 0:

@@ -1,7 +1,8 @@
 """The project folder: manifest, resolved settings, fingerprints, atomic stage outputs and the lock.
 
 A stage is complete when the manifest records it complete with fingerprint F and its folder holds
-`.stage.json` with the same F and every file listed there at its recorded size. Outputs are written
+`.stage.json` with the same F and every file listed there at its recorded size (and, for the main
+outputs other stages read, with its recorded content hash). Outputs are written
 to `.tmp-<stage>-<pid>/` and renamed into place before the manifest is updated, so a process killed
 at any moment leaves either the old complete stage, or a stage that is not complete and reruns.
 """
@@ -41,6 +42,9 @@ class StageOutput:
     outputs: list[str] = field(default_factory=list)  # main files, relative to the stage folder
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # What made each group of outputs, when a stage keeps outputs of earlier runs (export):
+    # {name: {"files": [...], "fingerprint": ..., "settings": {...}, ...}}
+    assets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +77,15 @@ def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
             f.seek(offset)
             digest.update(f.read(chunk))
     return digest.hexdigest()[:16]
+
+
+def content_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a whole file (about 1.5 GB/s here): catches a damaged file of the right size."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Project:
@@ -124,15 +137,29 @@ class Project:
             return False
         if fp is not None and record.get("fingerprint") != fp:
             return False
-        try:
-            marker = json.loads((self.stage_dir(stage) / STAGE_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
+        marker = self.folder_record(stage)
         if marker.get("fingerprint") != record["fingerprint"]:
             return False
-        folder = self.stage_dir(stage)
-        return all((folder / rel).is_file() and (folder / rel).stat().st_size == size
-                   for rel, size in marker["files"].items())
+        return len(self.intact_files(stage)) == len(marker["files"])
+
+    def folder_record(self, stage: str) -> dict[str, Any]:
+        """The stage folder's own `.stage.json` (fingerprint, files, hashes, assets); {} when unreadable."""
+        try:
+            marker = json.loads((self.stage_dir(stage) / STAGE_FILE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) else {}
+
+    def intact_files(self, stage: str, fp: str | None = None) -> set[str]:
+        """Files of the stage folder as its last run wrote them (size, and content where hashed);
+        none when that run's fingerprint is not `fp`."""
+        marker = self.folder_record(stage)
+        if not marker or (fp is not None and marker.get("fingerprint") != fp):
+            return set()
+        folder, hashes = self.stage_dir(stage), marker.get("hashes", {})
+        return {rel for rel, size in marker["files"].items()
+                if (folder / rel).is_file() and (folder / rel).stat().st_size == size
+                and (rel not in hashes or content_hash(folder / rel) == hashes[rel])}
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every stage's record with its effective status: complete, stale, failed, incomplete or missing."""
@@ -213,25 +240,34 @@ class Project:
             raise
         seconds = time.time() - started
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / STAGE_FILE).write_text(json.dumps({"stage": stage, "fingerprint": fp, "files": files}, indent=1))
+        # the main outputs, which other stages and tools read, are checked by content too
+        hashes = {name: content_hash(tmp / name) for name in result.outputs if (tmp / name).is_file()}
+        marker = {"stage": stage, "fingerprint": fp, "files": files, "hashes": hashes}
+        (tmp / STAGE_FILE).write_text(json.dumps({**marker, "assets": result.assets} if result.assets else marker,
+                                                 indent=1))
         self._replace_dir(tmp, self.stage_dir(stage))
         for finished in (self.root / RESUME_DIR).glob(f"{stage}-*"):
             shutil.rmtree(finished, ignore_errors=True)
 
         previous = self.record(stage) or {}
-        self._update_manifest(stage, {
+        record = {
             "status": "complete", "fingerprint": fp, "inputs": inputs,
             "outputs": [f"{stage}/{name}" for name in result.outputs],
             "timings": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
             "metrics": result.metrics,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }, stale_downstream=previous.get("fingerprint") != fp)
+        }
+        if result.assets:
+            record["assets"] = result.assets
+        self._update_manifest(stage, record, stale_downstream=previous.get("fingerprint") != fp)
         self._save_settings(stage, settings)
         return StageResult(stage, "complete", fp, [f"{stage}/{n}" for n in result.outputs], result.metrics, seconds)
 
     def mark_failed(self, stage: str, fp: str, error: str) -> None:
+        # The folder still holds the last complete run's files: keep saying what they are.
+        previous = {k: v for k, v in (self.record(stage) or {}).items() if k in ("outputs", "assets")}
         self._update_manifest(stage, {"status": "failed", "fingerprint": fp, "error": error,
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **previous})
 
     def _update_manifest(self, stage: str, record: dict[str, Any], stale_downstream: bool = False) -> None:
         manifest = self.manifest()

@@ -1,0 +1,174 @@
+"""Exports that accumulate in export/, nerfstudio's camera path, and splats.ply checked by content
+and rebuilt from its checkpoint (issue 16 items 3, 8 and 15)."""
+
+import json
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from conftest import error_line, run_cli, run_json, tree
+from vid3d.scenes import make_scene, orbit_cameras, render
+
+QUICK = ["--set", "frames.count=12", "--set", "frames.min_frames=8", "--set", "splats.steps=60",
+         "--set", "splats.checkpoint_every=20"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small orbit with its true cameras (no COLMAP), trained for a few steps."""
+    root = tmp_path_factory.mktemp("export")
+    cams = orbit_cameras(12, width=96, height=96)
+    folder = root / "images"
+    folder.mkdir()
+    for i, image in enumerate(render(make_scene(3, simple=True), cams).images):
+        iio.imwrite(folder / f"{i:05d}.png", image)
+    entries = [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
+                "width": 96, "height": 96} for i in range(len(cams))]
+    (root / "cameras.json").write_text(json.dumps({"frames": entries}))
+    code, report = run_json("reconstruct", root / "project", "--input", folder, "--poses", root / "cameras.json",
+                            *QUICK)
+    assert code == 0, report
+    return root / "project"
+
+
+@pytest.fixture
+def project(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "project")
+    return tmp_path / "project"
+
+
+def files(project):
+    return {p.name: p.read_bytes() for p in (project / "export").iterdir() if not p.name.startswith(".")}
+
+
+def export(project, *args):
+    code, report = run_json("export", project, *args)
+    assert code == 0, report
+    return report
+
+
+def test_three_exports_in_a_row_leave_three_files(project):
+    export(project, "--mesh")
+    export(project, "--splat", "ply")
+    report = export(project, "--pointcloud")
+    assert sorted(files(project)) == ["mesh.ply", "pointcloud.ply", "splat.ply"]
+    assert sorted(report["outputs"]) == sorted(str(project / "export" / n) for n in files(project))
+    record = json.loads((project / "manifest.json").read_text())["stages"]["export"]
+    assert sorted(record["outputs"]) == ["export/mesh.ply", "export/pointcloud.ply", "export/splat.ply"]
+    made = {name: asset for asset in record["assets"].values() for name in asset["files"]}
+    assert sorted(made) == sorted(files(project))
+    assert made["mesh.ply"]["settings"]["mesh_format"] == "ply" and made["splat.ply"]["settings"] == {"format": "ply"}
+    code, status = run_json("status", project)
+    assert code == 0 and status["stages"]["export"]["status"] == "complete"
+
+
+def test_a_changed_setting_replaces_only_its_own_file(project):
+    first = export(project, "--mesh", "--splat", "ply", "--pointcloud")
+    before = files(project)
+    report = export(project, "--mesh", "--faces", "200")
+    after = files(project)
+    assert sorted(after) == sorted(before)
+    assert after["mesh.ply"] != before["mesh.ply"]
+    assert after["splat.ply"] == before["splat.ply"] and after["pointcloud.ply"] == before["pointcloud.ply"]
+    assert report["metrics"]["mesh_faces"] < first["metrics"]["mesh_faces"]
+    assert report["metrics"]["points"] == first["metrics"]["points"]
+    record = json.loads((project / "manifest.json").read_text())["stages"]["export"]
+    assert record["assets"]["mesh"]["settings"]["faces"] == 200
+
+    report = export(project, "--pointcloud")  # already there with these settings
+    assert report["stages"]["export"]["status"] == "cached"
+    export(project, "--mesh", "--format", "glb")  # one mesh: the new format replaces the old one
+    assert sorted(files(project)) == ["mesh.glb", "pointcloud.ply", "splat.ply"]
+
+
+def test_several_splat_formats_at_once_and_force_rewrites_only_what_was_asked(project):
+    export(project, "--splat", "ply", "--pointcloud")
+    before = files(project)
+    export(project, "--splat", "ply", "--splat", "splat")
+    assert sorted(files(project)) == ["pointcloud.ply", "splat.ply", "splat.splat"]
+    assert files(project)["splat.ply"] == before["splat.ply"]
+    stamp = (project / "export" / "pointcloud.ply").stat().st_mtime_ns
+    kept = (project / "export" / "splat.ply").stat().st_mtime_ns
+    report = export(project, "--pointcloud", "--force")
+    assert report["stages"]["export"]["status"] == "complete"
+    assert (project / "export" / "pointcloud.ply").stat().st_mtime_ns != stamp
+    assert (project / "export" / "splat.ply").stat().st_mtime_ns == kept
+
+
+def test_a_bad_splat_format_changes_nothing(project):
+    export(project, "--mesh")
+    before = tree(project)
+    result = run_cli("export", project, "--splat", "ply", "--splat", "gltf")
+    assert result.returncode == 2 and "export.splat" in error_line(result.stderr)
+    assert tree(project) == before
+
+
+def test_exports_made_from_older_splats_are_not_kept(project):
+    export(project, "--mesh", "--pointcloud")
+    code, report = run_json("reconstruct", project, "--set", "splats.steps=40")
+    assert code == 0, report
+    export(project, "--splat", "ply")
+    assert sorted(files(project)) == ["splat.ply"]
+    record = json.loads((project / "manifest.json").read_text())["stages"]["export"]
+    assert record["outputs"] == ["export/splat.ply"]
+
+
+def test_camera_path_reads_as_nerfstudio_reads_it(project):
+    """ns-render camera-path: get_path_from_json reshapes camera_to_world to 4x4 and takes the
+    focal length from the vertical fov and render_height (three.js), the principal point at the centre."""
+    export(project, "--cameras")
+    assert sorted(files(project)) == ["camera_path.json", "cameras.json"]
+    path = json.loads((project / "export" / "camera_path.json").read_text())
+    transforms = json.loads((project / "poses" / "transforms.json").read_text())
+    frames = sorted(transforms["frames"], key=lambda f: f["file_path"])
+    shared = {**transforms, **frames[0]}
+    assert path["camera_type"] == "perspective"
+    assert (path["render_width"], path["render_height"]) == (shared["w"], shared["h"])
+    assert len(path["camera_path"]) == len(frames)
+    assert path["seconds"] * path["fps"] == pytest.approx(len(frames))
+    for camera, frame in zip(path["camera_path"], frames):
+        assert len(camera["camera_to_world"]) == 16
+        c2w = np.array(camera["camera_to_world"]).reshape(4, 4)
+        assert np.allclose(c2w, frame["transform_matrix"], atol=1e-6)
+        focal = path["render_height"] / 2 / np.tan(np.radians(camera["fov"]) / 2)
+        assert focal == pytest.approx({**transforms, **frame}["fl_y"], rel=1e-6)
+        assert camera["aspect"] == pytest.approx(shared["w"] / shared["h"])
+
+
+def corrupt_middle(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+def test_a_body_corrupted_splats_ply_is_not_complete_and_is_rebuilt(project):
+    splats = project / "splats" / "splats.ply"
+    original = splats.read_bytes()
+    corrupt_middle(splats)
+    assert splats.stat().st_size == len(original)
+    code, status = run_json("status", project)
+    assert code == 0 and status["stages"]["splats"]["status"] == "incomplete"
+    result = run_cli("export", project, "--pointcloud", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint at step 60" in result.stderr
+    assert splats.read_bytes() == original
+
+
+def test_a_truncated_splats_ply_is_rebuilt_from_the_checkpoint_not_retrained(project):
+    splats = project / "splats" / "splats.ply"
+    original = splats.read_bytes()
+    splats.write_bytes(original[: len(original) // 3])
+    result = run_cli("reconstruct", project, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint at step 60" in result.stderr
+    assert splats.read_bytes() == original
+    assert json.loads(result.stdout)["stages"]["splats"]["status"] == "complete"
+
+
+def test_force_retrains_although_the_checkpoint_is_intact(project):
+    result = run_cli("reconstruct", project, "--force", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint" not in result.stderr
