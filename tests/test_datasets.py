@@ -55,17 +55,22 @@ def intrinsic_keys(K, cameras):
     return {"fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "w": cameras.width, "h": cameras.height}
 
 
-def write_colmap(folder, cameras, images, model_dir="sparse/0", text=False):
-    """A COLMAP project: images/ and a model with the true cameras and some points."""
+def write_colmap(folder, cameras, images, model_dir="sparse/0", text=False, radial=None):
+    """A COLMAP project: images/ and a model with the true cameras and some points; with `radial`
+    (one k per image) a SIMPLE_RADIAL camera per image, as COLMAP makes by default."""
     (folder / "images").mkdir(parents=True)
     model = pycolmap.Reconstruction()
     K = cameras.K[0]
-    camera = pycolmap.Camera.create_from_model_name(1, "PINHOLE", K[0, 0], cameras.width, cameras.height)
-    camera.params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]
-    model.add_camera_with_trivial_rig(camera)
+    for i in range(1 if radial is None else len(images)):
+        camera = pycolmap.Camera.create_from_model_name(i + 1, "PINHOLE" if radial is None else "SIMPLE_RADIAL",
+                                                        K[0, 0], cameras.width, cameras.height)
+        camera.params = ([K[0, 0], K[1, 1], K[0, 2], K[1, 2]] if radial is None else
+                         [K[0, 0], K[0, 2], K[1, 2], radial[i]])
+        model.add_camera_with_trivial_rig(camera)
     for i, (world_to_cam, image) in enumerate(zip(cameras.world_to_cam(), images)):
         iio.imwrite(folder / "images" / f"view{i}.jpg", image, quality=95)
-        model.add_image_with_trivial_frame(pycolmap.Image(name=f"view{i}.jpg", camera_id=1, image_id=i + 1),
+        camera_id = 1 if radial is None else i + 1
+        model.add_image_with_trivial_frame(pycolmap.Image(name=f"view{i}.jpg", camera_id=camera_id, image_id=i + 1),
                                            pycolmap.Rigid3d(world_to_cam[:3]))
     for xyz in np.random.default_rng(0).normal(scale=0.3, size=(150, 3)):
         model.add_point3D(xyz, pycolmap.Track(), np.array([10, 200, 30], np.uint8))
@@ -97,7 +102,8 @@ def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
     assert rotation_errors_deg(poses.cam_to_world, scene["cameras"].cam_to_world).max() < 0.1
     assert np.allclose(poses.cam_to_world[:, :3, 3], scene["cameras"].cam_to_world[:, :3, 3], atol=1e-6)
     assert np.allclose(poses.Ks, scene["cameras"].K)
-    assert {c.model.name for c in pycolmap.Reconstruction(project / "poses" / "sparse" / "0").cameras.values()} == {"PINHOLE"}
+    model = pycolmap.Reconstruction(project / "poses" / "sparse" / "0")
+    assert {camera.model.name for camera in model.cameras.values()} == {"PINHOLE"}
     assert (project / "splats" / "splats.ply").is_file()
     index = json.loads((project / "frames" / "index.json").read_text())
     assert index["kind"] == "dataset" and [f["source"] for f in index["frames"]][:2] == [
@@ -243,3 +249,17 @@ def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
     transforms.write_text(good)
     (dataset / "images" / "frame_00003.png").write_bytes(iio.imwrite("<bytes>", scene["images"][0], extension=".png"))
     assert "poses.cameras" in refused(project, dataset, "--poses", transforms)
+
+
+def test_cameras_of_different_lenses_are_cropped_to_one_size(scene, tmp_path):
+    """A COLMAP project with a camera per image (COLMAP's default), distortions differing: the
+    undistorted images differ in size and are cropped about their centres to the smallest."""
+    dataset = write_colmap(tmp_path / "colmap", scene["cameras"][:4], scene["images"][:4],
+                           radial=[0, -0.05, -0.1, -0.15])
+    code, result = run_json("poses", tmp_path / "p", "--input", dataset)
+    assert code == 0, result
+    poses = read_dataset(tmp_path / "p" / "poses")
+    assert {iio.imread(path).shape[:2] for path in poses.paths} == {(poses.height, poses.width)}
+    cropped = pycolmap.Reconstruction(tmp_path / "p" / "poses" / "sparse" / "0")
+    assert {(c.width, c.height) for c in cropped.cameras.values()} == {(poses.width, poses.height)}
+    assert poses.width < SIZE and np.allclose(poses.Ks[:, :2, 2], [poses.width / 2, poses.height / 2], atol=0.6)

@@ -77,7 +77,8 @@ def read_colmap_project(folder: Path) -> DatasetInput:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{model_dir}: not a readable COLMAP model ({reason}); export it again from COLMAP "
                         "(File > Export model) or pass another --input") from None
-    dataset = DatasetInput(folder, "colmap", sorted(p for p in model_dir.iterdir() if p.is_file()), pycolmap.Reconstruction())
+    model_files = sorted(path for path in model_dir.iterdir() if path.is_file())
+    dataset = DatasetInput(folder, "colmap", model_files, pycolmap.Reconstruction())
     cameras: dict[int, int] = {}  # the project's camera id -> ours
     for image in sorted(source.images.values(), key=lambda image: image.name):
         if not image.has_pose:
@@ -137,9 +138,10 @@ def _load_json(file: Path) -> dict:
     try:
         meta = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file}: not valid JSON ({exc}); fix or regenerate it (ns-process-data, colmap2nerf)") from None
+        fix = "fix it or write it again (ns-process-data, colmap2nerf)"
+        raise UserError(f"{file}: not valid JSON ({exc}); {fix}") from None
     if not isinstance(meta, dict):
-        raise UserError(f"{file}: expected a JSON object with \"frames\"; fix or regenerate it")
+        raise UserError(f"{file}: expected a JSON object with \"frames\"; fix it or write it again")
     return meta
 
 

@@ -18,9 +18,10 @@ import imageio.v3 as iio
 import numpy as np
 import pycolmap
 
-from vid3d.ingest.datasets import CAMERAS_DIR, read_dataset_cameras
 from vid3d.ingest import FramesIndex
+from vid3d.ingest.datasets import CAMERAS_DIR, read_dataset_cameras
 from vid3d.project import StageOutput
+from vid3d import ui
 from vid3d.ui import keep_signal_handlers, log
 
 from .dataset import IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
@@ -60,6 +61,7 @@ def poses_from_dataset(frames_dir: Path, out_dir: Path, seed: int = 0) -> StageO
 def _undistort(frames_dir: Path, out_dir: Path) -> None:
     """Pinhole images and model: out_dir/images and out_dir/sparse/0."""
     scratch = out_dir / "undistorted"
+    pycolmap.logging.minloglevel = 0 if ui.verbose else 2  # COLMAP's own log is very chatty
     pycolmap.undistort_images(scratch, frames_dir / CAMERAS_DIR, frames_dir, output_type="COLMAP")
     shutil.move(scratch / "images", out_dir / IMAGES_DIR)
     (out_dir / SPARSE_DIR).parent.mkdir()
