@@ -56,6 +56,7 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
 
     metrics = trainer.evaluate(out_dir / "renders")
     metrics.update(gaussians=len(trainer.splats["means"]), steps=settings.steps, train_seconds=round(seconds, 1),
+                   train_size=[data.width, data.height],
                    background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
                    backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
     save_ply(trainer.splats, out_dir / SPLATS_FILE)

@@ -1,0 +1,212 @@
+"""Every CUDA check of vid3d in one run that fits a lent GPU's time, written to one results file.
+
+    bash scripts/gpu_check.sh                          # on the GPU machine (see docs/gpu-checks.md)
+    python scripts/gpu_check.py --dry-run --out F.json # here: every check starts, CUDA-only parts skip
+
+Checks, each timed; a failure is recorded and the next check runs:
+  environment   torch, the device, nvcc, package versions
+  gsplat_build  gsplat compiles its CUDA extension on first use (nvcc + ninja, JIT); started in the
+                background at once so the checks that do not need it run meanwhile
+  attention     the Triton multi-source attention kernel against SDPA: largest difference, ms per call
+  generate      tiny-svd and tiny-cogvideox through `vid3d generate` on CUDA in float16 and bfloat16
+  rasterizer    gsplat against vid3d's torch backend on the same Gaussians: images and gradients
+  reconstruct   `vid3d reconstruct --preset fast` of the bundled example with gsplat, from frames and
+                poses prepared on the CPU machine (`gpu_check.sh --prepare`): seconds, held-out PSNR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PREPARED = ROOT / "runs" / "gpu-check" / "project"  # frames + poses of examples/orbit.mp4, made by --prepare
+TORCH_BACKEND_FIGURES = "docs/benchmarks.md: fast preset on the CPU, torch backend: 26.14 dB, 1,500 steps in 456 s"
+BUILD_SNIPPET = ("import torch, gsplat; from gsplat.cuda._backend import _C; "
+                 "print('gsplat', gsplat.__version__, 'built' if _C is not None else 'not built')")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-check")) / "gpu-check.json")
+    parser.add_argument("--dry-run", action="store_true", help="on a CPU: start every check, skip what needs CUDA")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() and not args.dry_run
+    results: dict[str, dict] = {}
+    build = start_gsplat_build() if cuda else None
+    checks = [("environment", environment), ("attention", attention), ("generate", generate),
+              ("gsplat_build", lambda c: finish_gsplat_build(build)), ("rasterizer", rasterizer),
+              ("reconstruct", reconstruct)]
+    for name, check in checks:
+        began = time.time()
+        try:
+            results[name] = {"status": "ok", **check(cuda)}
+        except Skipped as reason:
+            results[name] = {"status": "skipped", "why": str(reason)}
+        except Exception as error:  # record it and go on: one failure must not cost the other checks
+            results[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                             "traceback": traceback.format_exc(limit=6)}
+        results[name]["seconds"] = round(time.time() - began, 1)
+        print(f"{name}: {results[name]['status']} ({results[name]['seconds']} s)", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))  # after every check: a timeout keeps what ran
+    print(f"results: {args.out}")
+
+
+class Skipped(Exception):
+    """A check that cannot run here (no CUDA, nothing prepared)."""
+
+
+def environment(cuda: bool) -> dict:
+    import importlib.metadata as meta
+
+    versions = {}
+    for package in ("torch", "triton", "gsplat", "diffusers", "pycolmap", "open3d"):
+        try:
+            versions[package] = meta.version(package)
+        except meta.PackageNotFoundError:
+            versions[package] = None
+    nvcc = shutil.which("nvcc")
+    return {"cuda": torch.cuda.is_available(), "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "torch_cuda": torch.version.cuda, "nvcc": nvcc and subprocess.run(
+                [nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
+            "python": sys.version.split()[0], "versions": versions}
+
+
+def start_gsplat_build() -> subprocess.Popen:
+    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", _arch()),
+           "MAX_JOBS": str(os.cpu_count() or 8)}
+    return subprocess.Popen([sys.executable, "-c", BUILD_SNIPPET], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish_gsplat_build(build: subprocess.Popen | None) -> dict:
+    if build is None:
+        raise Skipped("no CUDA: gsplat's extension is only built on a GPU machine")
+    output, _ = build.communicate(timeout=420)
+    if build.returncode != 0 or "not built" in output:
+        raise RuntimeError(f"gsplat's CUDA extension did not build: {output[-1500:]}")
+    return {"output": output.strip().splitlines()[-1], "arch": os.environ.get("TORCH_CUDA_ARCH_LIST", _arch())}
+
+
+def _arch() -> str:
+    major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
+    return f"{major}.{minor}"  # only the GPU at hand: a fraction of the build time of every arch
+
+
+def attention(cuda: bool) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from vid3d_kernels.attention import multi_source_attention_reference, triton_multi_source_attention
+
+    if not cuda:
+        raise Skipped("no CUDA: the Triton kernel's correctness on CPU is tested under TRITON_INTERPRET=1")
+    from attention import make_inputs, measure  # benchmarks/attention.py
+
+    rows = []
+    for batch, heads, lq in [(2, 8, 4096), (2, 16, 8192)]:
+        query, sources = make_inputs(batch, heads, lq)
+        with torch.no_grad():
+            kernel = triton_multi_source_attention(query, sources)
+            reference = multi_source_attention_reference(query, sources)
+            kernel_ms, kernel_mb = measure(lambda: triton_multi_source_attention(query, sources))
+            sdpa_ms, sdpa_mb = measure(lambda: multi_source_attention_reference(query, sources))
+        rows.append({"B": batch, "H": heads, "Lq": lq, "max_abs_diff": float((kernel - reference).abs().max()),
+                     "triton_ms": round(kernel_ms, 3), "sdpa_ms": round(sdpa_ms, 3), "triton_mb": round(kernel_mb),
+                     "sdpa_mb": round(sdpa_mb)})
+    return {"cases": rows}
+
+
+def generate(cuda: bool) -> dict:
+    runs = []
+    dtypes = ("float16", "bfloat16") if cuda else ("float32",)
+    for model in ("tiny-svd", "tiny-cogvideox"):
+        for dtype in dtypes:
+            project = Path(os.environ.get("TMPDIR", "/tmp")) / f"vid3d-gpu-check-{model}-{dtype}"
+            shutil.rmtree(project, ignore_errors=True)
+            frames = 9 if model == "tiny-cogvideox" else 8
+            code, out, seconds = _vid3d("generate", project, "--image", ROOT / "examples" / "reference.png",
+                                        "--model", model, "--frames", frames, "--device", "cuda" if cuda else "cpu",
+                                        "--set", f"generate.dtype={dtype}", "--set", f"generate.steps={4 if cuda else 1}",
+                                        "--set", "generate.height=64", "--set", "generate.width=64", timeout=240)
+            runs.append({"model": model, "dtype": dtype, "exit": code, "seconds": seconds,
+                         "metrics": out.get("metrics", {}).get("generate") if code == 0 else out})
+    if any(r["exit"] != 0 for r in runs):
+        raise RuntimeError(json.dumps(runs)[:2000])
+    return {"runs": runs}
+
+
+def rasterizer(cuda: bool) -> dict:
+    """gsplat and the torch backend on the same 20,000 Gaussians and cameras (the dry run renders
+    with the torch backend only, to run the code)."""
+    import numpy as np
+
+    from vid3d.scenes import orbit_cameras
+    from vid3d.splats.model import init_splats, render
+
+    device = "cuda" if cuda else "cpu"
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    splats = init_splats(rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
+                         rng.uniform(0, 1, (20_000, 3)).astype(np.float32), 3, 0.5, 1.0, generator).to(device)
+    cams = orbit_cameras(2, width=256, height=192)
+    viewmats = torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32, device=device)
+    Ks = torch.tensor(cams.K, dtype=torch.float32, device=device)
+    out = {}
+    for backend in ("gsplat", "torch") if cuda else ("torch",):
+        for p in splats.values():
+            p.grad = None
+        began = time.time()
+        images, _, _ = render(splats, viewmats, Ks, 256, 192, 3, backend=backend)
+        images.square().mean().backward()
+        if cuda:
+            torch.cuda.synchronize()
+        out[backend] = (images.detach(), {k: p.grad.clone() for k, p in splats.items()}, time.time() - began)
+    if not cuda:
+        raise Skipped("no CUDA: rendered with the torch backend only")
+    (a, grads_a, _), (b, grads_b, _) = out["gsplat"], out["torch"]
+    cosine = lambda x, y: float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0))
+    return {"image_max_abs_diff": float((a - b).abs().max()), "image_mean_abs_diff": float((a - b).abs().mean()),
+            "gradient_cosine": {k: round(cosine(grads_a[k], grads_b[k]), 5) for k in grads_a},
+            "seconds_first_call": {k: round(v[2], 3) for k, v in out.items()}}
+
+
+def reconstruct(cuda: bool) -> dict:
+    if not cuda:
+        raise Skipped("no CUDA: gsplat's rasterizer needs a GPU")
+    if not (PREPARED / "poses").is_dir():
+        raise Skipped(f"{PREPARED} was not prepared: run `bash scripts/gpu_check.sh --prepare` here and carry it")
+    project = Path(os.environ.get("TMPDIR", "/tmp")) / "vid3d-gpu-check-reconstruct"
+    shutil.rmtree(project, ignore_errors=True)
+    shutil.copytree(PREPARED, project)
+    code, out, seconds = _vid3d("reconstruct", project, "--preset", "fast", "--device", "cuda", timeout=300)
+    if code != 0:
+        raise RuntimeError(json.dumps(out)[:2000])
+    stages = out.get("stages", out)
+    return {"seconds": seconds, "result": stages, "torch_backend_figures": TORCH_BACKEND_FIGURES}
+
+
+def _vid3d(*args, timeout: int) -> tuple[int, dict, float]:
+    began = time.time()
+    try:
+        result = subprocess.run([sys.executable, "-m", "vid3d.cli", *map(str, args), "--json"], capture_output=True,
+                                text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return 124, {"error": f"timed out after {timeout} s"}, round(time.time() - began, 1)
+    try:
+        out = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        out = {"stdout": result.stdout[-1000:], "stderr": result.stderr[-1500:]}
+    return result.returncode, out, round(time.time() - began, 1)
+
+
+if __name__ == "__main__":
+    main()
