@@ -17,4 +17,5 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
     assert list(results) == ["environment", "attention", "generate", "gsplat_build", "rasterizer", "reconstruct"]
     assert {name: r["status"] for name, r in results.items() if r["status"] == "failed"} == {}
     assert results["generate"]["status"] == "ok" and len(results["generate"]["runs"]) == 2
+    assert all(run["frames"][0] >= 8 for run in results["generate"]["runs"])
     assert results["rasterizer"]["status"] == "skipped" and "torch backend only" in results["rasterizer"]["why"]
