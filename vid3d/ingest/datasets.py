@@ -1,13 +1,14 @@
 """A dataset as --input: a nerfstudio or instant-ngp folder (transforms.json + images) or a COLMAP
 project (sparse/0 or sparse/ + images/), its cameras taken as given (read by dataset_readers).
 
-frames/ of a dataset holds every posed image, in natural order of its path in the dataset, written as
-00000.png ... like any frames (so frames/ reads the same for every input); index.json with kind
-"dataset" and each frame's `source` (its path in the dataset); and cameras/, the dataset's cameras as
-a COLMAP model (binary, COLMAP's world) whose images are named as the frames, with the dataset's points
-when it has them (their tracks are not kept). The poses stage turns that model into poses/ without
-running COLMAP (poses.imported). frames.count, frames.max_side and the sharpness selection do not
-apply: the cameras belong to the images as they are (splats.max_side sets the training size).
+frames/ of a dataset holds every posed image, in natural order of its path in the dataset, written
+as 00000.png ... (00000.jpg for JPEG sources) like any frames, so frames/ reads the same for every
+input; index.json with kind "dataset" and each frame's `source` (its path in the dataset); and
+cameras/, the dataset's cameras as a COLMAP model (binary, COLMAP's world) whose images are named as
+the frames, with the dataset's points when it has them (their tracks are not kept). The poses stage
+turns that model into poses/ without running COLMAP (poses.imported). frames.count, frames.max_side
+and the sharpness selection do not apply: the cameras belong to the images as they are
+(splats.max_side sets the training size).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import imageio.v3 as iio
 import pycolmap
 
 from vid3d.errors import UserError
-from vid3d.ingest import INDEX_FILE, FrameEntry, FramesIndex, read_image
+from vid3d.ingest import FRAME_FORMATS, INDEX_FILE, FrameEntry, FramesIndex, frame_name, read_image
 from vid3d.ingest.dataset_readers import (COLMAP_IMAGES_DIR, TRANSFORMS_FILE, DatasetInput, colmap_model_dir,
                                           read_colmap_project, read_transforms)
 from vid3d.project import StageOutput, content_hash, file_fingerprint
@@ -85,9 +86,10 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
             if pixels.shape[:2] != (camera.height, camera.width):
                 raise UserError(f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
                                 f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras")
-            entries.append(FrameEntry(f"{n:05d}.png", source=os.path.relpath(file, dataset.folder)))
-            iio.imwrite(out_dir / entries[-1].file, pixels, compress_level=1)  # lossless, and fast to write
-            image.name = entries[-1].file
+            name = frame_name(n, DATASET_KIND, file.name)  # .jpg for JPEG images, .png for the others
+            iio.imwrite(out_dir / name, pixels, **FRAME_FORMATS[Path(name).suffix])
+            entries.append(FrameEntry(name, source=os.path.relpath(file, dataset.folder)))
+            image.name = name
             advance()
     (out_dir / CAMERAS_DIR).mkdir()
     dataset.model.write(out_dir / CAMERAS_DIR)
