@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,7 @@ def read_transforms(folder: Path) -> DatasetInput:
         if key not in cameras:
             cameras[key] = add_camera(dataset.model, camera)
         cam_from_world = nerfstudio_to_colmap(_transform_matrix(frame, where))[:3]
-        image_id = add_posed_image(dataset.model, image_file.relative_to(folder).as_posix(), cameras[key],
-                                   cam_from_world)
+        image_id = add_posed_image(dataset.model, os.path.relpath(image_file, folder), cameras[key], cam_from_world)
         dataset.files[image_id] = image_file
     if meta.get("ply_file_path"):
         ply = folder / str(meta["ply_file_path"])
