@@ -25,6 +25,7 @@ from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
 from vid3d.splats.rasterize import resolve_backend
+from vid3d.splats.results import HISTORY_FILE, write_history
 from vid3d.splats.strategy import fitted_schedule, strategy_for
 from vid3d.ui import log, progress
 
@@ -60,13 +61,14 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
                    background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
                    backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
     save_ply(trainer.splats, out_dir / SPLATS_FILE)
+    write_history(out_dir / HISTORY_FILE, trainer.history)
     (out_dir / "ckpt").mkdir()
     trainer.save(out_dir / "ckpt" / CHECKPOINT)
     # the held-out frames by name (every test_every-th of transforms.json: nerfstudio's
     # --eval-mode interval --eval-interval N holds out the same)
     held_out = [data.names[i] for i in data.test]
     (out_dir / "metrics.json").write_text(json.dumps({**metrics, "held_out_frames": held_out}, indent=1))
-    return StageOutput(outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt"], metrics=metrics,
+    return StageOutput(outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt", HISTORY_FILE], metrics=metrics,
                        timings={"train": seconds})
 
 
@@ -98,6 +100,7 @@ class Trainer:
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         self.step = 0
         self.order: list[int] | None = None
+        self.history: list[tuple[int, float, float, int]] = []  # (step, loss, PSNR, Gaussians) of fit()'s steps
 
     def fit(self, checkpoint: Path) -> None:
         settings = self.settings
@@ -106,6 +109,7 @@ class Trainer:
                 advance(self.step)
                 while self.step < settings.steps:
                     loss, psnr = self.train_step()
+                    self.history.append((self.step, loss, psnr, len(self.splats["means"])))
                     if self.step % settings.checkpoint_every == 0 and self.step < settings.steps:
                         self.save(checkpoint)
                     advance(1, loss=loss, psnr=psnr, gaussians=len(self.splats["means"]))
@@ -193,7 +197,8 @@ class Trainer:
         state = {"step": self.step, "splats": {k: v.detach() for k, v in self.splats.items()},
                  "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                  "scheduler": self.scheduler.state_dict(), "strategy_state": self.strategy_state,
-                 "background": self.background.detach(), "background_optimizer": self.background_optimizer.state_dict()}
+                 "background": self.background.detach(), "background_optimizer": self.background_optimizer.state_dict(),
+                 "history": self.history}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -212,6 +217,7 @@ class Trainer:
         self.background.data.copy_(state["background"])
         self.background_optimizer.load_state_dict(state["background_optimizer"])
         self.step = state["step"]
+        self.history = state.get("history", [])
         log.info("splats: resuming from the checkpoint at step %d", self.step)
 
 
