@@ -78,7 +78,9 @@ class GenerateSettings:
 
 @dataclass
 class FramesSettings:
-    input: str = setting("", "video file (mp4, mov, webm, avi, mkv) or folder of images; remembered by the project")
+    input: str = setting("", "video file (mp4, mov, webm, avi, mkv), folder of images, or dataset (a folder with "
+                             "nerfstudio's/instant-ngp's transforms.json, or COLMAP's sparse/0 and images/: its "
+                             "cameras are used as given); remembered by the project")
     count: int = setting(120, "frames to keep, sampled evenly: the sharpest (variance of the Laplacian) in each interval", min=2)
     max_side: int = setting(1280, "resize so the longer side is at most this many pixels; 0 keeps the size", min=0)
     min_frames: int = setting(10, "fail when fewer usable (non-blank) frames than this remain", min=2)
