@@ -15,6 +15,8 @@ Two layouts of self-attention are handled:
   embedded orbit model's spatial attention). Anchor tokens are shared by all frames of a video.
 - "joint": batch = videos, tokens = text tokens then all frames' tokens with rotary positions
   (CogVideoX). Anchor keys are stored after their rotary embedding, so they keep their positions.
+- "rotary": batch = videos, tokens = all frames' tokens with rotary positions, the text in a
+  separate cross-attention (Wan). Keys are stored after their rotary embedding too.
 
 With no anchors and no cache the processors compute exactly what diffusers' defaults compute.
 """
@@ -29,7 +31,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-Layout = Literal["frames", "joint"]
+Layout = Literal["frames", "joint", "rotary"]
 
 
 @dataclass
@@ -42,6 +44,9 @@ class AttentionState:
     step: int = 0
     window: int | None = None  # the window being denoised, keys the cache
     recording: bool = False
+    # Which of a model's separate passes runs (Wan: conditional or not, per expert): each keeps its own
+    # anchors and cache, as a batched pass keeps one per video.
+    branch: str = ""
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     cache: dict[tuple[str, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
@@ -177,6 +182,50 @@ class JointAttnProcessor:
         return hidden_states, encoder_hidden_states
 
 
+class RotaryAttnProcessor:
+    """Self-attention over all frames' tokens with rotary positions (batch = videos; the text is in
+    a separate cross-attention). Mirrors diffusers' `WanAttnProcessor` on self-attention layers."""
+
+    def __init__(self, name: str, state: AttentionState):
+        self.name, self.state = name, state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None:
+            raise ValueError(f"{self.name}: the rotary processor is for self-attention layers")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))  # [batch, tokens, heads, dim]
+        if rotary_emb is not None:
+            query, key = _wan_rotary(query, *rotary_emb), _wan_rotary(key, *rotary_emb)
+
+        state = self.state
+        name = self.name + state.branch
+        heads_first = [t.transpose(1, 2) for t in (query, key, value)]  # [batch, heads, tokens, dim]
+        if state.recording:
+            state.anchors[name] = tuple(heads_first[1:])
+        state.keep_in_cache(name, *heads_first[1:])
+        extra = state.extra_sources(name, slice(None))
+        if extra:
+            out = _attend(*heads_first, extra, attention_mask).transpose(1, 2)
+        else:
+            out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        hidden_states = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+def _wan_rotary(hidden_states, freqs_cos, freqs_sin):
+    """Wan's rotary embedding of [batch, tokens, heads, dim] (a function inside WanAttnProcessor)."""
+    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = torch.empty_like(hidden_states)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(hidden_states)
+
+
 def _project(attn, hidden_states, batch_size):
     """Queries, keys and values [batch, heads, tokens, head_dim], normalised as the layer says."""
     query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -195,7 +244,7 @@ def _frames_to_tokens(tensor: torch.Tensor, videos: int) -> torch.Tensor:
     return tensor.view(videos, frames, heads, tokens, dim).transpose(1, 2).reshape(videos, heads, frames * tokens, dim)
 
 
-PROCESSORS = {"frames": FramesAttnProcessor, "joint": JointAttnProcessor}
+PROCESSORS = {"frames": FramesAttnProcessor, "joint": JointAttnProcessor, "rotary": RotaryAttnProcessor}
 
 
 def install_processors(model, state: AttentionState, layout_of: Callable[[str], Layout | None]) -> list[str]:

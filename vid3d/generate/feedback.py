@@ -62,9 +62,12 @@ def _noise_levels(scheduler, t: torch.Tensor) -> tuple[float, float, float]:
 
 def _x0_coefficients(scheduler, t: torch.Tensor) -> tuple[float, float]:
     """(p, q) with x0 = p * latents + q * model output, for the scheduler's prediction type."""
-    kind = scheduler.config.prediction_type
+    kind = scheduler.config.get("prediction_type", "flow_prediction")  # flow-matching schedulers name none
     if kind == "sample":
         return 0.0, 1.0
+    if kind == "flow_prediction":  # x_t = (1 - sigma) x0 + sigma eps, and the model predicts eps - x0 (Wan)
+        index = int((scheduler.timesteps == t).nonzero()[0])
+        return 1.0, -float(scheduler.sigmas[index])
     a, s, c = _noise_levels(scheduler, t)
     if kind == "epsilon":
         return 1 / a, -s / a

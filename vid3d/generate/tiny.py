@@ -10,12 +10,15 @@ import torch
 from diffusers import (
     AutoencoderKLCogVideoX,
     AutoencoderKLTemporalDecoder,
+    AutoencoderKLWan,
     CogVideoXImageToVideoPipeline,
     CogVideoXTransformer3DModel,
     DDIMScheduler,
     EulerDiscreteScheduler,
     StableVideoDiffusionPipeline,
     UNetSpatioTemporalConditionModel,
+    WanImageToVideoPipeline,
+    WanTransformer3DModel,
 )
 
 
@@ -65,6 +68,41 @@ def tiny_cogvideox(seed: int = 0, sample_frames: int = 9, size: int = 32) -> Cog
     pipe = CogVideoXImageToVideoPipeline(tokenizer=_word_tokenizer(), text_encoder=text_encoder, vae=vae,
                                          transformer=transformer, scheduler=DDIMScheduler())
     return _inference(pipe)
+
+
+def tiny_wan(seed: int = 0, version: str = "2.1") -> WanImageToVideoPipeline:
+    """Wan I2V with 2-layer transformers, an 8x VAE (4x in time), a 2-layer UMT5 and a word-level tokenizer
+    built in memory, and Wan 2.1-I2V's scheduler (UniPC on flow sigmas). "2.1": a 2-layer CLIP image
+    encoder whose embeddings the cross-attention also attends to; "2.2": no image encoder and two
+    experts, `transformer` for the noisy steps and `transformer_2` after boundary_ratio (as Wan 2.2 A14B)."""
+    from diffusers import UniPCMultistepScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    if version not in ("2.1", "2.2"):
+        raise ValueError(f"tiny Wan {version!r}: 2.1 or 2.2")
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
+    image_dim = 8 if version == "2.1" else None
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
+            image_dim=image_dim, added_kv_proj_dim=None if image_dim is None else 24)
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    parts = dict(tokenizer=_word_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                 transformer=transformer())
+    if version == "2.1":
+        parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=image_dim, projection_dim=image_dim, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, intermediate_size=16, patch_size=8))
+        parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    else:
+        parts.update(transformer_2=transformer(), boundary_ratio=0.875)
+    return _inference(WanImageToVideoPipeline(**parts))
 
 
 def _inference(pipe):

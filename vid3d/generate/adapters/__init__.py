@@ -11,16 +11,17 @@ from vid3d.errors import UserError
 
 from .base import Request, VideoModel
 
-TINY = ("tiny-svd", "tiny-cogvideox")
+TINY = ("tiny-svd", "tiny-cogvideox", "tiny-wan")
 PIPELINES = {
     "StableVideoDiffusionPipeline": "svd",
     "CogVideoXImageToVideoPipeline": "cogvideox",
+    "WanImageToVideoPipeline": "wan",
 }
 
 
 def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> VideoModel:
     """`spec`: empty for the embedded orbit model (or a folder of orbit weights); tiny-svd /
-    tiny-cogvideox for random-weight test models; else a diffusers pipeline folder or a Hugging Face
+    tiny-cogvideox / tiny-wan for random-weight test models; else a diffusers pipeline folder or a Hugging Face
     id already in the local cache."""
     if not spec:
         from .orbit import OrbitVideoModel
@@ -39,6 +40,11 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> VideoMode
         from .svd import SVDModel
 
         return SVDModel(pipe)
+    if family == "wan":
+        from .wan import WanModel
+
+        pipe.vae.to(torch.float32)  # as Wan's own examples load it: the video decodes in full precision
+        return WanModel(pipe)
     from .cogvideox import CogVideoXModel
 
     return CogVideoXModel(pipe)
@@ -51,6 +57,10 @@ def _tiny(spec: str, device: torch.device) -> VideoModel:
         from .svd import SVDModel
 
         return SVDModel(tiny.tiny_svd().to(device))
+    if spec == "tiny-wan":
+        from .wan import WanModel
+
+        return WanModel(tiny.tiny_wan().to(device), height=32, width=32, window_frames=9)
     from .cogvideox import CogVideoXModel
 
     return CogVideoXModel(tiny.tiny_cogvideox().to(device), max_sequence_length=16)
