@@ -101,8 +101,8 @@ def generate(project: ProjectArg,
              image: Annotated[Optional[Path], typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
              prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
              model: Annotated[Optional[str], typer.Option(
-                 "--model", help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V); "
-                                 "default: the embedded orbit model.")] = None,
+                 "--model", help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V, "
+                                 "Wan 2.1/2.2 I2V); default: the embedded orbit model.")] = None,
              frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to generate.")] = None,
              loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
              cameras: Annotated[Optional[Path], typer.Option(

@@ -29,9 +29,9 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 @dataclass
 class GenerateSettings:
     image: str = setting("", "reference image (PNG or JPEG) the video starts from; remembered by the project")
-    prompt: str = setting("", "text prompt, for models that take one (CogVideoX)")
+    prompt: str = setting("", "text prompt, for models that take one (CogVideoX, Wan)")
     model: str = setting("", "diffusers pipeline folder or Hugging Face id already in the local cache; empty: the "
-                             "embedded orbit model; tiny-svd or tiny-cogvideox: random-weight models for tests")
+                             "embedded orbit model; tiny-svd, tiny-cogvideox or tiny-wan: random-weight models for tests")
     frames: int = setting(48, "video frames to generate (a camera-conditioned model sweeps one orbit over them)", min=2)
     height: int = setting(0, "frame height in pixels; 0: the model's own", min=0)
     width: int = setting(0, "frame width in pixels; 0: the model's own", min=0)
@@ -55,7 +55,7 @@ class GenerateSettings:
     kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
                               min=1e-6, max=1.0)
     cameras: str = setting("", "the frames' cameras (vid3d's cameras.json format) for the feedback loop of a model "
-                               "that gives none (SVD); empty: the model's own (the embedded model's orbit)")
+                               "that gives none (SVD, CogVideoX, Wan); empty: the model's own (the embedded model's orbit)")
     feedback: Literal["off", "rectify", "gradient"] = setting(
         "off", "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
                "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
@@ -72,7 +72,7 @@ class GenerateSettings:
                                               "fit them anew each time")
     seed: int = setting(0, "random seed of the noise", min=0)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
-        "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX), float32 on the CPU")
+        "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX and Wan), float32 on the CPU")
     fps: int = setting(12, "frame rate of generate/video.mp4", min=1)
 
 

@@ -28,9 +28,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device, model: str) -> torch.dtype:
-    """auto: float32 on the CPU; on CUDA float16, or bfloat16 for CogVideoX (trained in it)."""
+    """auto: float32 on the CPU; on CUDA float16, or bfloat16 for CogVideoX and Wan (trained in it)."""
     if name != "auto":
         return getattr(torch, name)
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if "cogvideo" in model.lower() else torch.float16
+    return torch.bfloat16 if re.search(r"cogvideo|\bwan", model.lower()) else torch.float16

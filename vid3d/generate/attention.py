@@ -197,7 +197,8 @@ class RotaryAttnProcessor:
             raise ValueError(f"{self.name}: the rotary processor is for self-attention layers")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))  # [batch, tokens, heads, dim]
+        # [batch, tokens, heads, dim], as diffusers' attention backends take them
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
         if rotary_emb is not None:
             query, key = _wan_rotary(query, *rotary_emb), _wan_rotary(key, *rotary_emb)
 

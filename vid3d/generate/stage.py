@@ -125,7 +125,8 @@ def feedback_loop(model: VideoModel, request: Request, settings: GenerateSetting
         return None
     if type(model).decode_frames is VideoModel.decode_frames:
         raise StageError(f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
-                         "(it needs a differentiable decode and encode); use the embedded model, SVD or CogVideoX")
+                         "(it needs a differentiable decode and encode); use the embedded model, SVD, CogVideoX "
+                         "or Wan")
     cameras = model.cameras(request) or given_cameras(settings)
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
