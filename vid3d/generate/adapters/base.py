@@ -70,11 +70,12 @@ class VideoModel(ABC):
         """Which self-attention layers take the stabilizing processors, and their layout."""
 
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """Differentiable decode for the feedback loop: latents [1, F, ...] -> frames [F, H, W, 3] in [0, 1]."""
+        """Differentiable decode for the feedback loop: latents [1, ...] with their frames along `frame_dim`
+        -> frames [F, H, W, 3] in [0, 1] (a temporal VAE may decode more frames than the video has)."""
         raise NotImplementedError(f"{type(self).__name__} does not support generate.feedback yet")
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Inverse of decode_frames: frames [F, H, W, 3] in [0, 1] -> latents [1, F, ...]."""
+        """Inverse of decode_frames: frames [F, H, W, 3] in [0, 1] -> latents [1, ...] (frames along `frame_dim`)."""
         raise NotImplementedError(f"{type(self).__name__} does not support generate.feedback yet")
 
     def cameras(self, request: Request) -> list[dict] | None:
