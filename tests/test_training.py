@@ -1,10 +1,7 @@
 """Training details with known answers: images loaded at a reduced size, the densification
 schedule fitted to the step count, and opacity resets at the step the setting names."""
 
-import json
-
 import numpy as np
-import pytest
 import torch
 
 from vid3d.config import SplatsSettings

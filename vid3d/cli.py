@@ -37,6 +37,7 @@ from vid3d.config import load_settings, read_preset, read_toml
 from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
+from vid3d.report import REPORT_FILE, refresh_report
 from vid3d import ui
 from vid3d.ui import console, log
 
@@ -187,12 +188,48 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
                      summarize=summary, report=False)
     generated = _execute(project / "generated", common, "export", sets=GENERATED_SETTINGS, force_all=True,
                          image=EXAMPLE_REFERENCE, summarize=generated_summary, report=False)
+    reports = [str(project / REPORT_FILE), str(project / "generated" / REPORT_FILE)]
     if json:
-        print(_dumps({**video, "generated": generated}))
+        print(_dumps({**video, "generated": generated, "reports": reports}))
         return
     _print_report(video, "export")
     console.print(Text.assemble(("generated", "bold"), ": the reference image -> orbit video -> Gaussians -> mesh"))
     _print_report(generated, "export")
+    console.print(f"report: {reports[0]}\nreport: {reports[1]}\nin 3D: vid3d view {project}", soft_wrap=True)
+
+
+@app.command()
+def view(project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
+         port: Annotated[int, typer.Option("--port", help="Port to serve on (the next free one when taken).")] = 8080,
+         host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for other machines.")] = "127.0.0.1",
+         verbose: VerboseOpt = False) -> None:
+    """Show the project in the browser (viser): Gaussians, cameras with their frames, points, mesh."""
+    from vid3d.view import serve
+
+    _setup_logging(verbose)
+    try:
+        _check_project_folder(project, must_exist=True)
+        serve(project, host, port)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code, False)
+
+
+@app.command()
+def report(project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
+           verbose: VerboseOpt = False) -> None:
+    """Write PROJECT/report.html (every stage refreshes it too) and print its path."""
+    from vid3d.report import write_report
+
+    _setup_logging(verbose)
+    try:
+        _check_project_folder(project, must_exist=True)
+        path = write_report(project)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code, False)
+    except Exception as exc:
+        log.debug("report failed", exc_info=True)
+        _fail(f"{project / REPORT_FILE}: not written ({type(exc).__name__}: {exc}); rerun with -v for details", 1, False)
+    print(path)
 
 
 @app.command()
@@ -294,7 +331,11 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
                 forced = (STAGES if force_all else (target,)) if common.force else ()
                 settings = _load_settings(project, common, [*sets, *common.sets], input, image)
                 ctx = pipeline.Context(project, settings, common.device, force=forced)
-                pipeline.run(ctx, target)
+                try:
+                    pipeline.run(ctx, target)
+                finally:  # after a failed stage too (it shows what ran); bad input leaves the project as it was
+                    if not isinstance(sys.exc_info()[1], (UserError, KeyboardInterrupt)):
+                        refresh_report(project_dir)
             except UserError:
                 _undo(project_dir, created, log_state, ctx, new_parents)  # before the lock is released
                 raise
@@ -306,8 +347,10 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
             traceback.print_exc()
         message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc} (details: {project_dir / 'logs' / 'vid3d.log'})"
         _fail(message, 1, common.json)
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to continue", 130, common.json)
+    except KeyboardInterrupt as exc:
+        # the shells' codes: 128 + the signal's number, so a farm tells its own stop from a user's Ctrl-C
+        _fail("interrupted; rerun the same command to continue", 143 if isinstance(exc, Terminated) else 130,
+              common.json)
     outcome = _outcome(project_dir, ctx.results, summarize(project_dir) if summarize else None)
     if report and common.json:
         print(_dumps(outcome))
@@ -440,8 +483,12 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, default=str)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (a training stage checkpoints on KeyboardInterrupt)."""
+
+
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 if __name__ == "__main__":  # pragma: no cover
