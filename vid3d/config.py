@@ -96,6 +96,10 @@ class PosesSettings:
     loop_every: int = setting(5, "sequential matching: every Nth frame is a keyframe, keyframes are matched "
                                  "with each other to close loops; 0 turns loop closing off", min=0)
     mapper: Literal["incremental", "global"] = setting("incremental", "pycolmap mapper: incremental, or global (GLOMAP)")
+    bundle_adjustment: Literal["fast", "thorough"] = setting(
+        "fast", "incremental mapper's bundle adjustment: fast (COLMAP's low-quality preset: fewer iterations, global "
+                "adjustments less often; half the mapping time at the same accuracy on phone photos, "
+                "docs/benchmarks.md) or thorough (COLMAP's defaults)")
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = setting(
         "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards")
     max_features: int = setting(8192, "SIFT features per image", min=64)

@@ -30,6 +30,10 @@ from vid3d.project import StageOutput
 from vid3d import ui
 from vid3d.ui import keep_signal_handlers, log, progress
 
+# COLMAP's low-quality preset for the incremental mapper (option_manager.cc, ModifyForLowQuality)
+FAST_BUNDLE_ADJUSTMENT = {"ba_local_max_num_iterations": 6, "ba_global_max_num_iterations": 25,
+                          "ba_global_frames_ratio": 1.32, "ba_global_points_ratio": 1.32, "ba_global_max_refinements": 2}
+
 keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
 
 
@@ -177,6 +181,9 @@ def _map(database: Path, frames_dir: Path, sparse: Path, settings: PosesSettings
         models = pycolmap.global_mapping(database, frames_dir, sparse, options=options)
     else:
         options = pycolmap.IncrementalPipelineOptions(random_seed=settings.seed)
+        if settings.bundle_adjustment == "fast":
+            for name, value in FAST_BUNDLE_ADJUSTMENT.items():
+                setattr(options, name, value)
         with progress("poses: registering", total) as advance:
             models = pycolmap.incremental_mapping(database, frames_dir, sparse, options=options,
                                                   initial_image_pair_callback=lambda: advance(2),
