@@ -65,7 +65,7 @@ def test_training_reaches_a_quality_floor_on_held_out_frames(trained):
     assert metrics["psnr"] >= 20.0 and metrics["psnr"] >= sum(flat) / len(flat) + 7
     assert metrics["gaussians"] > 0 and metrics["backend"] == "torch"
     renders = sorted((trained / "project" / "splats" / "renders").glob("*.png"))
-    assert [p.name for p in renders] == [data.names[i] for i in data.test]
+    assert [p.stem for p in renders] == [Path(data.names[i]).stem for i in data.test]
     assert iio.imread(renders[0]).shape == (data.height, 2 * data.width, 3)  # render beside original
 
 

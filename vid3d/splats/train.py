@@ -184,7 +184,8 @@ class Trainer:
             psnrs.append(float(-10 * torch.log10(((image - target) ** 2).mean())))
             ssims.append(float(ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0)))
             side_by_side = torch.cat([image[0], target[0]], dim=1)
-            iio.imwrite(renders_dir / self.data.names[index], (side_by_side * 255).round().byte().cpu().numpy())
+            picture = renders_dir / Path(self.data.names[index]).with_suffix(".png")  # lossless, whatever the frames are
+            iio.imwrite(picture, (side_by_side * 255).round().byte().cpu().numpy())
         return {"psnr": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4),
                 "eval_frames": len(frames), "held_out": bool(self.data.test)}
 
