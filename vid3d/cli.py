@@ -37,7 +37,6 @@ from vid3d.config import load_settings, read_preset, read_toml
 from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
-from vid3d.report import REPORT_FILE, refresh_report
 from vid3d import ui
 from vid3d.ui import console, log
 
@@ -182,6 +181,7 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
          json: JsonOpt = False, device: DeviceOpt = "auto", verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
     """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
     from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, VIDEO_SETTINGS, generated_summary, summary
+    from vid3d.report import REPORT_FILE
 
     common = Common(force=force, json=json, device=device, verbose=verbose, preset="fast")
     video = _execute(project, common, "export", sets=VIDEO_SETTINGS, input=EXAMPLE_VIDEO, force_all=True,
@@ -218,7 +218,7 @@ def view(project: Annotated[Path, typer.Argument(help="Project folder.", show_de
 def report(project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
            verbose: VerboseOpt = False) -> None:
     """Write PROJECT/report.html (every stage refreshes it too) and print its path."""
-    from vid3d.report import write_report
+    from vid3d.report import REPORT_FILE, write_report
 
     _setup_logging(verbose)
     try:
@@ -335,6 +335,8 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
                     pipeline.run(ctx, target)
                 finally:  # after a failed stage too (it shows what ran); bad input leaves the project as it was
                     if not isinstance(sys.exc_info()[1], (UserError, KeyboardInterrupt)):
+                        from vid3d.report import refresh_report  # matplotlib: only when a stage ran
+
                         refresh_report(project_dir)
             except UserError:
                 _undo(project_dir, created, log_state, ctx, new_parents)  # before the lock is released
