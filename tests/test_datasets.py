@@ -90,12 +90,17 @@ def given_cameras(poses_dir):
     return report
 
 
+def reconstruct(dataset, project):
+    """`vid3d reconstruct --input dataset`, checked; the poses stage's report."""
+    code, result = run_json("reconstruct", project, "--input", dataset, *FAST)
+    assert code == 0, result
+    return given_cameras(project / "poses")
+
+
 def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
     dataset = write_nerfstudio(tmp_path / "ns", scene["cameras"], scene["images"])
     project = tmp_path / "p"
-    code, result = run_json("reconstruct", project, "--input", dataset, *FAST)
-    assert code == 0, result
-    report = given_cameras(project / "poses")
+    report = reconstruct(dataset, project)
     assert report["cameras_given"] == VIEWS and report["points"].startswith("ball") and not report["undistorted"]
 
     poses = read_dataset(project / "poses")  # nerfstudio's world is kept: the cameras come back as written
@@ -117,9 +122,7 @@ def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
 def test_colmap_project_reconstructs_with_its_cameras(scene, tmp_path):
     dataset = write_colmap(tmp_path / "colmap", scene["cameras"], scene["images"])
     project = tmp_path / "p"
-    code, result = run_json("reconstruct", project, "--input", dataset, *FAST)
-    assert code == 0, result
-    report = given_cameras(project / "poses")
+    report = reconstruct(dataset, project)
     assert report["cameras_given"] == VIEWS and report["points"] == "dataset" and report["points3D"] == 150
 
     # poses/ is in nerfstudio's z-up world: COLMAP's world through applied_transform

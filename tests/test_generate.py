@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from conftest import error_line, run_cli, run_json
+from conftest import error_line, run_cli, run_json, with_processors
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.cogvideox import CogVideoXModel
 from vid3d.generate.adapters.svd import SVDModel
@@ -100,10 +100,8 @@ def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd
     pipe, model, condition, latents = svd
     frames = torch.arange(4)
     ours = _svd_window_output(model, condition, latents[:, :4], frames)
-    saved = pipe.unet.attn_processors
-    pipe.unet.set_attn_processor(AttnProcessor2_0())  # what diffusers installs on torch 2
-    default = _svd_window_output(model, condition, latents[:, :4], frames)
-    pipe.unet.set_attn_processor(saved)
+    default = with_processors(pipe.unet, AttnProcessor2_0(),  # what diffusers installs on torch 2
+                              lambda: _svd_window_output(model, condition, latents[:, :4], frames))
     assert torch.equal(ours, default)
 
 

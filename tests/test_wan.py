@@ -11,7 +11,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from conftest import run_json
+from conftest import run_json, with_processors
 from vid3d.errors import UserError
 from vid3d.generate.adapters import load_model
 from vid3d.generate.adapters.base import Request
@@ -68,10 +68,7 @@ def test_rotary_processors_without_anchors_equal_diffusers_wan_processor(window)
     pipe, model, condition, latents = window
     frames = torch.arange(3)
     ours = output(model, condition, latents, frames)
-    saved = pipe.transformer.attn_processors
-    pipe.transformer.set_attn_processor(WanAttnProcessor())
-    default = output(model, condition, latents, frames)
-    pipe.transformer.set_attn_processor(saved)
+    default = with_processors(pipe.transformer, WanAttnProcessor(), lambda: output(model, condition, latents, frames))
     assert torch.equal(ours, default)
 
 

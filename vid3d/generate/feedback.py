@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from vid3d.config import GenerateSettings, SplatsSettings
 
+from .output import camera_arrays
+
 FeedbackMode = Literal["off", "rectify", "gradient"]
 SSIM_LAMBDA = SplatsSettings.ssim_lambda  # the weight of (1 - SSIM) in the gradient's loss, as in training
 BALL_POINTS = 5_000  # Gaussians the loop starts from (a quarter of poses.given's): plenty for 64-pixel frames
@@ -95,10 +97,8 @@ class FeedbackLoop:
     def __init__(self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device,
                  seed: int = 0):
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
-        self.cameras = self.cam_to_world = self.Ks = self.camera_width = None
+        self.cameras = cameras  # as the model adapters give them; None until estimated
         self.estimated = not cameras  # no cameras: COLMAP on the frames of the first acting step
-        if cameras:
-            self._use_cameras(cameras)
         acting = sum(feedback.acts(i, steps) for i in range(steps))
         # One learning-rate schedule over the whole sampling; no densification (as VistaDream: the
         # points of the initial ball are enough for 64-pixel frames) and view-independent colour
@@ -109,12 +109,6 @@ class FeedbackLoop:
         self.trainer = None
         self.history: list[dict] = []  # per acting step: the fit's loss and how far the prediction moved
 
-    def _use_cameras(self, cameras: list[dict]) -> None:
-        self.cameras = cameras
-        self.cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
-        self.Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
-        self.camera_width = cameras[0].get("width")  # None: the intrinsics are for the frames as they are
-
     def acts(self, step: int, steps: int) -> bool:
         return self.feedback.acts(step, steps)
 
@@ -123,11 +117,11 @@ class FeedbackLoop:
         scheduler = self.model.scheduler
         x0 = prediction_to_x0(scheduler, output, latents, t)
         frames = self.model.decode_frames(x0)
-        if self.cam_to_world is None:
-            self._use_cameras(estimated_cameras(frames, self.seed))
+        if not self.cameras:
+            self.cameras = estimated_cameras(frames, self.seed)
         # Decoders with temporal compression may give more frames than there are cameras: those
         # frames are left as decoded.
-        n = min(len(frames), len(self.cam_to_world))
+        n = min(len(frames), len(self.cameras))
         renders = frames.detach().clone()
         renders[:n] = self.fit(frames[:n])
         if self.feedback.mode == "rectify":
@@ -147,12 +141,11 @@ class FeedbackLoop:
         side = self.feedback.size or width
         small = frames if side == width else F.interpolate(
             frames.permute(0, 3, 1, 2), size=(side * height // width, side), mode="area").permute(0, 2, 3, 1)
-        scale = side / (self.camera_width or width)
-        Ks = self.Ks.copy()
-        Ks[:, :2] *= scale
         n = len(frames)
+        cam_to_world, Ks = camera_arrays(self.cameras[:n], width)
+        Ks[:, :2] *= side / width
         data = Dataset(names=[f"{i:05d}" for i in range(n)], images=small.detach().float().to(self.device),
-                       viewmats=torch.tensor(np.linalg.inv(self.cam_to_world), dtype=torch.float32, device=self.device),
+                       viewmats=torch.tensor(np.linalg.inv(cam_to_world), dtype=torch.float32, device=self.device),
                        Ks=torch.tensor(Ks, dtype=torch.float32, device=self.device), train=list(range(n)), test=[])
         if self.trainer is None or not self.feedback.warm_start:
             self.trainer = self._start(data)
@@ -172,7 +165,8 @@ class FeedbackLoop:
         from vid3d.splats.train import Trainer
 
         images = (data.images.clamp(0, 1) * 255).round().byte().cpu().numpy()
-        cameras = [(c2w, K) for c2w, K in zip(self.cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
+        cam_to_world = np.linalg.inv(data.viewmats.cpu().numpy().astype(np.float64))
+        cameras = [(c2w, K) for c2w, K in zip(cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
         points = coloured_ball(cameras, lambda i: images[i], BALL_POINTS, self.seed)
         backend = resolve_backend("auto", self.device)
         return Trainer(data, self.splat_settings, backend, self.device,

@@ -55,6 +55,15 @@ class GeneratedVideo:
         return np.stack([iio.imread(path) for path in self.frame_paths()])
 
 
+def camera_arrays(cameras: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cameras as the model adapters give them -> camera-to-world [F, 4, 4] and intrinsics [F, 3, 3]
+    for frames `width` pixels wide (a camera without a width has K for the frames as they are)."""
+    cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
+    Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
+    Ks[:, :2] *= np.array([width / (c.get("width") or width) for c in cameras])[:, None, None]
+    return cam_to_world, Ks
+
+
 def write_video(out_dir: Path, frames: np.ndarray, fps: int, cameras: list[dict], metrics: dict) -> list[str]:
     """Write the folder; returns its main outputs."""
     frames_dir = out_dir / FRAMES_DIR

@@ -25,7 +25,7 @@ from vid3d.splats.model import save_ply
 
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
-from .output import SPLATS_FILE, read_cameras, write_video
+from .output import SPLATS_FILE, camera_arrays, read_cameras, write_video
 from .sampler import Plan, Stabilizers, sample, use_scheduler
 
 
@@ -116,10 +116,11 @@ def generate(model: VideoModel, request: Request, settings: GenerateSettings, on
     return model.decode(latents, condition)
 
 
-def feedback_loop(model: VideoModel, request: Request, settings: GenerateSettings,
-                  device: torch.device) -> FeedbackLoop | None:
+def feedback_loop(model: VideoModel, request: Request, settings: GenerateSettings, device: torch.device,
+                  given: list[dict] | None = None) -> FeedbackLoop | None:
     """The feedback stabilizer's loop when generate.feedback is on, with the frames' cameras: the
-    model's, --cameras, or else estimated with COLMAP at the first acting step."""
+    model's, `given` (--cameras, as `given_cameras` reads them), or else estimated with COLMAP at the
+    first acting step."""
     feedback = Feedback.of(settings)
     if feedback.mode == "off":
         return None
@@ -127,7 +128,7 @@ def feedback_loop(model: VideoModel, request: Request, settings: GenerateSetting
         raise StageError(f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
                          "(it needs a differentiable decode and encode); use the embedded model, SVD, CogVideoX "
                          "or Wan")
-    cameras = model.cameras(request) or given_cameras(settings)
+    cameras = model.cameras(request) or given
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
 
@@ -146,15 +147,6 @@ def given_cameras(settings: GenerateSettings) -> list[dict] | None:
             for i, c in sorted(cameras.items())]
 
 
-def camera_arrays(cameras: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cameras as the adapters give them -> camera-to-world [F, 4, 4] and intrinsics [F, 3, 3] for
-    frames `width` pixels wide."""
-    cam_to_world = np.stack([np.asarray(c["camera_to_world"], dtype=np.float64) for c in cameras])
-    Ks = np.stack([np.asarray(c["K"], dtype=np.float64) for c in cameras])
-    Ks[:, :2] *= np.array([width / (c.get("width") or width) for c in cameras])[:, None, None]
-    return cam_to_world, Ks
-
-
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:
     image = read_reference(Path(settings.image))
     anchor_latents(settings, settings.frames, settings.frames)  # bad anchor lists fail before the model loads
@@ -164,7 +156,8 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     loaded = time.time()
     request = Request(image=image, prompt=settings.prompt, num_frames=settings.frames, height=settings.height,
                       width=settings.width, guidance=settings.guidance)
-    loop = feedback_loop(model, request, settings, device)
+    given = given_cameras(settings)
+    loop = feedback_loop(model, request, settings, device, given)
     with progress("generate", settings.steps) as advance:
         frames = generate(model, request, settings, on_step=lambda done, total: advance(), feedback=loop)
     sampled = time.time()
@@ -174,7 +167,7 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     if loop is not None:
         metrics["feedback"] = loop.history
         metrics["feedback_cameras"] = "model" if cameras else "estimated" if loop.estimated else "given"
-        cameras = cameras or given_cameras(settings)  # the frames were pulled toward the given cameras: keep them
+        cameras = cameras or given  # the frames were pulled toward the given cameras: keep them
     graded = cameras or (loop.cameras if loop is not None else None)  # estimated ones grade their own frames
     if graded:
         metrics.update(epipolar_error(frames[:len(graded)], *camera_arrays(graded, frames.shape[2])))
