@@ -14,6 +14,10 @@ import os
 # "BLAS : Bad memory unallocation!" on stdout at exit (2 runs in 12 here), which breaks --json.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from vid3d.threads import set_openmp_defaults
+
+set_openmp_defaults()  # before torch loads libgomp: bounded spinning and threads for the CPUs we may use
+
 import functools
 import inspect
 import json
