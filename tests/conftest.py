@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from vid3d.threads import set_openmp_defaults
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # tests run beside other work; see README
+set_openmp_defaults()  # as the command line does (a short OpenMP spin), for the in-process tests too
 
 
 def run_cli(*args, timeout=600):
@@ -39,6 +41,17 @@ def tree(path: Path) -> dict:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def with_processors(network, processors, call):
+    """call() with attention `processors` set on a diffusers `network` (a UNet or transformer), then
+    the network's own processors back: compares a model's outputs under two processor sets."""
+    saved = network.attn_processors
+    network.set_attn_processor(processors)
+    try:
+        return call()
+    finally:
+        network.set_attn_processor(saved)
 
 
 def error_line(stderr: str) -> str:
