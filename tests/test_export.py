@@ -11,8 +11,10 @@ import pytest
 from conftest import error_line, run_cli, run_json, tree
 from vid3d.scenes import make_scene, orbit_cameras, render
 
-QUICK = ["--set", "frames.count=12", "--set", "frames.min_frames=8", "--set", "splats.steps=60",
+STEPS = 60
+QUICK = ["--set", "frames.count=12", "--set", "frames.min_frames=8", "--set", f"splats.steps={STEPS}",
          "--set", "splats.checkpoint_every=20"]
+COARSE = ["--voxel-size", "0.1"]  # a TSDF of 2-3% of the cameras' extent: thousands of faces, not 750,000
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def files(project):
 
 
 def export(project, *args):
-    code, report = run_json("export", project, *args)
+    code, report = run_json("export", project, *args, *COARSE)
     assert code == 0, report
     return report
 
@@ -107,7 +109,7 @@ def test_a_bad_splat_format_changes_nothing(project):
 
 def test_exports_made_from_older_splats_are_not_kept(project):
     export(project, "--mesh", "--pointcloud")
-    code, report = run_json("reconstruct", project, "--set", "splats.steps=40")
+    code, report = run_json("reconstruct", project, "--set", "splats.steps=5")
     assert code == 0, report
     export(project, "--splat", "ply")
     assert sorted(files(project)) == ["splat.ply"]
@@ -153,7 +155,7 @@ def test_a_body_corrupted_splats_ply_is_not_complete_and_is_rebuilt(project):
     assert code == 0 and status["stages"]["splats"]["status"] == "incomplete"
     result = run_cli("export", project, "--pointcloud", "--json")
     assert result.returncode == 0, result.stderr
-    assert "resuming from the checkpoint at step 60" in result.stderr
+    assert f"resuming from the checkpoint at step {STEPS}" in result.stderr
     assert splats.read_bytes() == original
 
 
@@ -163,7 +165,7 @@ def test_a_truncated_splats_ply_is_rebuilt_from_the_checkpoint_not_retrained(pro
     splats.write_bytes(original[: len(original) // 3])
     result = run_cli("reconstruct", project, "--json")
     assert result.returncode == 0, result.stderr
-    assert "resuming from the checkpoint at step 60" in result.stderr
+    assert f"resuming from the checkpoint at step {STEPS}" in result.stderr
     assert splats.read_bytes() == original
     assert json.loads(result.stdout)["stages"]["splats"]["status"] == "complete"
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,9 +21,14 @@ from conftest import error_line, run_cli, run_json
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.splats.data import load_dataset
 from vid3d.splats.model import PARAM_NAMES, load_ply, render as render_splats
+from vid3d.splats.results import read_history
 
 QUICK = ["--set", "splats.steps=500", "--set", "splats.sh_degree_interval=100", "--set", "splats.refine_start=50",
          "--set", "splats.refine_stop=400", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50",
+         "--set", "splats.reset_every=1000"]
+# the interruption tests: a checkpoint at step 50 of 150
+SHORT = ["--set", "splats.steps=150", "--set", "splats.sh_degree_interval=50", "--set", "splats.refine_start=50",
+         "--set", "splats.refine_stop=120", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50",
          "--set", "splats.reset_every=1000"]
 
 
@@ -101,20 +107,23 @@ def test_rerun_is_cached(trained, tmp_path):
 def test_killed_training_resumes_from_its_checkpoint(trained, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(trained / "posed", project)
-    command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), *QUICK]
+    command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), *SHORT]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(project, process, step=100)
+    wait_for_checkpoint(project, process, step=50)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (project / "splats").exists()
 
-    result = run_cli("reconstruct", project, *QUICK, "--json")
+    result = run_cli("reconstruct", project, *SHORT, "--json")
     assert result.returncode == 0, result.stderr
-    assert "resuming from the checkpoint at step" in result.stderr
-    resumed = json.loads(result.stdout)["metrics"]
-    uninterrupted = json.loads((trained / "project" / "splats" / "metrics.json").read_text())
-    assert resumed["psnr"] == pytest.approx(uninterrupted["psnr"], abs=1.0)
+    resumed_at = int(re.search(r"resuming from the checkpoint at step (\d+)", result.stderr)[1])
+    assert 50 <= resumed_at < 150 and json.loads(result.stdout)["metrics"]["steps"] == 150
     assert not list(project.glob(".resume/splats-*"))
+    # one curve: the checkpoint's steps, then the resumed ones, each step once; and the resumed steps
+    # start where the checkpoint left off, well above where training from scratch starts
+    history = read_history(project / "splats")
+    assert history["step"].tolist() == list(range(1, 151))
+    assert history["psnr"][resumed_at:resumed_at + 10].mean() > history["psnr"][:10].mean() + 2
 
 
 def test_gsplat_backend_without_cuda_is_a_usage_error(trained, tmp_path):
@@ -182,9 +191,9 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     glog handler must not take the signal): one line, a checkpoint, and a rerun that resumes."""
     project = tmp_path / "project"
     command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), "--input", str(trained / "orbit.mp4"),
-               *QUICK]
+               *SHORT]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(project, process, step=100)
+    wait_for_checkpoint(project, process, step=50)
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=60)[1]
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
@@ -192,7 +201,7 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     assert error_line(stderr) == "error: interrupted; rerun the same command to continue"
     assert (project / "poses").is_dir() and not (project / "splats").exists()
 
-    result = run_cli("reconstruct", project, *QUICK, "--json")
+    result = run_cli("reconstruct", project, *SHORT, "--json")
     assert result.returncode == 0, result.stderr
     assert "resuming from the checkpoint at step" in result.stderr
     stages = json.loads(result.stdout)["stages"]

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +50,7 @@ def project(tmp_path_factory):
     project = root / "project"
     code, out = run_json("reconstruct", project, "--input", root / "dataset", *QUICK)
     assert code == 0, out
-    assert "<section id=\"splats\">" in (project / "report.html").read_text()  # written by the stage's command
+    assert "<section id=\"splats\"" in (project / "report.html").read_text()  # written by the stage's command
     code, out = run_json("export", project, "--mesh", "--faces", 4000, "--voxel-size", 0.06)
     assert code == 0, out
     return project
@@ -134,8 +135,11 @@ def test_report_opens_offline_without_errors(project, tmp_path):
 
 def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
     port = free_port()
+    # Ctrl-C's SIGINT as a terminal delivers it; a test run started in the background (`pytest &`)
+    # has SIGINT ignored, and its children would inherit that
     server = subprocess.Popen([sys.executable, "-m", "vid3d.cli", "view", str(project), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = server.stdout.readline()  # the URL, once the scene is served
         assert f"http://localhost:{port}" in line, line
@@ -168,10 +172,27 @@ def test_view_without_results_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2 and "not a vid3d project" in error_line(result.stderr)
 
 
+def test_a_refresh_redraws_only_the_stages_that_changed(project, tmp_path):
+    from vid3d.project import Project
+    from vid3d.report import SECTION, build_page
+
+    shutil.copytree(project, tmp_path / "project")
+    project = Project(tmp_path / "project")
+    page = build_page(project)
+    marked = SECTION.sub(lambda section: section[0].replace("</h2>", "</h2>MARK", 1), page)  # as if drawn before
+    drawn = marked.count("MARK")
+    assert drawn == 4 and build_page(project, marked).count("MARK") == drawn  # frames, poses, splats, export kept
+    manifest = json.loads((project.root / "manifest.json").read_text())
+    manifest["stages"]["splats"]["finished"] = "2099-01-01T00:00:00"  # splats ran again
+    (project.root / "manifest.json").write_text(json.dumps(manifest))
+    again = build_page(project, marked)
+    assert again.count("MARK") == drawn - 1 and "</h2>MARK" not in again[again.index('<section id="splats"'):][:200]
+
+
 def test_a_failing_report_never_fails_a_stage(tmp_path, monkeypatch):
     import vid3d.report
 
-    def broken(_):
+    def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(vid3d.report, "write_report", broken)

@@ -1,5 +1,7 @@
 """PROJECT/report.html: one self-contained page (plots, pictures and the video inlined, nothing
 fetched) with a section per stage that has run, refreshed after every command and by `vid3d report`.
+A refresh keeps the sections of stages that did not change since the last page (each section
+carries its stage's status, fingerprint and finish time), so only what a command ran is redrawn.
 
 Everything is read through the stages' readers and the manifest; a section that cannot be drawn
 says why instead of failing the page, and `refresh_report` never fails a command.
@@ -8,9 +10,11 @@ says why instead of failing the page, and `refresh_report` never fails a command
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
-import io
+import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,8 +23,7 @@ import numpy as np
 
 from vid3d import __version__
 from vid3d.project import MANIFEST, STAGES, Project, atomic_write_text
-from vid3d.report_plots import (camera_path_figure, curves_figure, figure_png, mesh_figure, sharpness_figure,
-                                thumbnail_jpeg)
+from vid3d.report_plots import camera_path_figure, curves_figure, mesh_figure, sharpness_figure, thumbnail_jpeg
 from vid3d.ui import log
 
 REPORT_FILE = "report.html"
@@ -36,33 +39,47 @@ def refresh_report(project_dir: Path) -> None:
     try:
         if report.is_file() and manifest.is_file() and report.stat().st_mtime_ns > manifest.stat().st_mtime_ns:
             return
-        write_report(project_dir)
+        write_report(project_dir, reuse=True)
     except Exception as exc:  # noqa: BLE001 - the stages' results matter more than their report
         log.warning("report: %s not refreshed (%s: %s); `vid3d report %s` retries",
                     Path(project_dir) / REPORT_FILE, type(exc).__name__, exc, project_dir)
         log.debug("report failed", exc_info=True)
 
 
-def write_report(project_dir: Path) -> Path:
-    """Build the page from the project as it is now and write it atomically."""
+def write_report(project_dir: Path, reuse: bool = False) -> Path:
+    """Build the page from the project as it is now and write it atomically; with `reuse`, the
+    sections of stages unchanged since the page already there are taken from it."""
     project = Project(project_dir)
     path = project.root / REPORT_FILE
-    atomic_write_text(path, build_page(project))
+    previous = path.read_text(errors="replace") if reuse and path.is_file() else ""
+    atomic_write_text(path, build_page(project, previous))
     return path
 
 
-def build_page(project: Project) -> str:
+SECTION = re.compile(r'<section id="\w+" data-key="([^"]*)">.*?</section>', re.S)  # bodies are escaped: no </section>
+
+
+def build_page(project: Project, previous: str = "") -> str:
     status = project.status()
+    drawn = {match[1]: match[0] for match in SECTION.finditer(previous)}
     sections = [_overview(project, status)]
     for stage in STAGES:
         if status[stage]["status"] in RAN:
-            sections.append(_section(project, stage, status[stage]))
+            key = _section_key(stage, status[stage])
+            sections.append(drawn.get(key) or _section(project, stage, status[stage], key))
     sections.append(_settings(project))
     title = f"vid3d report: {html.escape(project.root.resolve().name)}"
     return PAGE.format(title=title, body="\n".join(sections))
 
 
-def _section(project: Project, stage: str, record: dict) -> str:
+def _section_key(stage: str, record: dict) -> str:
+    """What a stage's section is drawn from: the stage's record (status, fingerprint, finish time,
+    metrics, error) and the version of vid3d that draws it."""
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{__version__}:{stage}:{digest}"
+
+
+def _section(project: Project, stage: str, record: dict, key: str) -> str:
     """A stage's section; when drawing it fails, a note that says why (the page still opens)."""
     note = "" if record["status"] == "complete" else (
         f'<p class="warn">{record["status"]}: {html.escape(record.get("error", "the files shown are from an earlier run"))}</p>')
@@ -71,7 +88,7 @@ def _section(project: Project, stage: str, record: dict) -> str:
     except Exception as exc:  # noqa: BLE001
         log.debug("report: the %s section failed", stage, exc_info=True)
         body = f'<p class="warn">could not be shown: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>'
-    return f'<section id="{stage}"><h2>{stage}</h2>{note}{body}</section>'
+    return f'<section id="{stage}" data-key="{key}"><h2>{stage}</h2>{note}{body}</section>'
 
 
 def _overview(project: Project, status: dict) -> str:
