@@ -1,6 +1,7 @@
 """Phone-like footage end to end: `vid3d reconstruct --preset fast` on 50 photos and on a 20 s video.
 
     .venv/bin/python benchmarks/phone.py [--inputs photos,video] [--set poses.sift_max_side=1280 ...]
+                                         [--poses-only]
 
 The footage (vid3d.scenes.phone: procedural scene 3, a handheld walk of 150 degrees round it,
 720x1280 portrait, shake, motion blur, exposure drift, noise; photos IMG_0001.jpg ... as JPEG q85,
@@ -49,12 +50,13 @@ def source_numbers(frames_dir: Path) -> dict[str, int]:
     return {e.file: (int(e.source[4:8]) - 1 if e.source else e.source_index) for e in index.frames}
 
 
-def run(name: str, overrides: list[str]) -> dict:
+def run(name: str, overrides: list[str], poses_only: bool = False) -> dict:
     path, truth = footage(name)
     project = RUNS / "projects" / name
     shutil.rmtree(project, ignore_errors=True)
-    command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), "--input", str(path),
-               "--preset", "fast", "--json", *[arg for o in overrides for arg in ("--set", o)]]
+    command = [sys.executable, "-m", "vid3d.cli", "poses" if poses_only else "reconstruct", str(project), "--input",
+               str(path), *([] if poses_only else ["--preset", "fast"]), "--json",  # the preset sets only splats
+               *[arg for o in overrides for arg in ("--set", o)]]
     began = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.time() - began
@@ -70,23 +72,29 @@ def run(name: str, overrides: list[str]) -> dict:
     return {"input": name, "seconds": round(seconds, 1),
             "frames_s": round(stages["frames"]["timings"]["total"], 1),
             "poses_s": round(stages["poses"]["timings"]["total"], 1), "poses_parts_s": parts,
-            "splats_s": round(stages["splats"]["timings"]["total"], 1),
             "registered": f"{stages['poses']['metrics']['registered']}/{stages['poses']['metrics']['total']}",
             "rotation_error_deg": [round(float(np.median(errors)), 3), round(float(errors.max()), 3)],
-            "psnr": stages["splats"]["metrics"]["psnr"], "gaussians": stages["splats"]["metrics"]["gaussians"],
-            "train_size": stages["splats"]["metrics"].get("train_size")}
+            **splats_figures(stages.get("splats"))}
+
+
+def splats_figures(splats: dict | None) -> dict:
+    if splats is None:  # --poses-only
+        return {"splats_s": None, "psnr": None, "gaussians": 0, "train_size": None}
+    return {"splats_s": round(splats["timings"]["total"], 1), "psnr": splats["metrics"]["psnr"],
+            "gaussians": splats["metrics"]["gaussians"], "train_size": splats["metrics"].get("train_size")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", default="photos,video")
     parser.add_argument("--set", action="append", default=[], help="a setting for every run, as for vid3d --set")
+    parser.add_argument("--poses-only", action="store_true", help="stop after the poses stage (to compare its settings)")
     args = parser.parse_args()
     rows = []
     for name in args.inputs.split(","):
-        rows.append(run(name, args.set))
+        rows.append(run(name, args.set, args.poses_only))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n`vid3d reconstruct --preset fast` {' '.join(args.set)}")
+    print(f"\n`vid3d {'poses' if args.poses_only else 'reconstruct'} --preset fast` {' '.join(args.set)}")
     print("| input | frames s | poses s (features, matching, mapping, undistortion) | splats s | registered | "
           "rotation error median / max (deg) | held-out PSNR | Gaussians | total s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

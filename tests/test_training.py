@@ -49,6 +49,9 @@ def test_images_loaded_at_a_reduced_size_match_resizing_by_hand(tmp_path):
     # the known answer: the scene rendered directly at the small size with those intrinsics
     small = render(make_scene(4), Cameras(expected_K, cams.cam_to_world, 48, 32), supersample=4).images
     assert np.abs(half.images.numpy() * 255 - small).mean() < 4.0
+    # coarse to fine's half-size frames, made from the loaded ones, are the same frames
+    coarse = full.downscaled(2)
+    assert torch.allclose(coarse.images * 255, by_hand, atol=1e-3) and torch.allclose(coarse.Ks, half.Ks)
 
 
 def test_max_side_leaves_smaller_images_alone(tmp_path):
@@ -89,3 +92,20 @@ def test_opacities_are_reset_at_the_step_the_setting_names():
     after = torch.sigmoid(trainer.splats["opacities"]).detach()
     assert float(after.max()) <= 0.0101
     assert len(after) == len(before)
+
+
+def test_coarse_steps_train_on_half_size_frames_first(monkeypatch):
+    import vid3d.splats.train
+
+    sizes = []
+    real_render = vid3d.splats.train.render
+
+    def spy(splats, viewmats, Ks, width, height, *args, **kwargs):
+        sizes.append((width, height, round(float(Ks[0, 0, 0]), 3)))
+        return real_render(splats, viewmats, Ks, width, height, *args, **kwargs)
+
+    monkeypatch.setattr(vid3d.splats.train, "render", spy)
+    trainer = tiny_trainer(SplatsSettings(steps=4, coarse_steps=2, densify=False))
+    trainer.train(4)
+    focal = float(trainer.data.Ks[0, 0, 0])
+    assert sizes == [(16, 16, round(focal / 2, 3))] * 2 + [(32, 32, round(focal, 3))] * 2

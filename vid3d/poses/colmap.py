@@ -132,6 +132,7 @@ def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOp
     options = pycolmap.FeatureExtractionOptions()
     options.sift.max_num_features = settings.max_features
     options.max_image_size = settings.sift_max_side
+    options.sift.first_octave = settings.sift_first_octave
     return options
 
 

@@ -6,7 +6,7 @@ exported from them, line up with the cameras a user sees in that file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -33,6 +33,15 @@ class Dataset:
     @property
     def height(self) -> int:
         return self.images.shape[1]
+
+    def downscaled(self, factor: int) -> Dataset:
+        """The same frames at 1/factor of the size (area filter), intrinsics scaled to match."""
+        height, width = max(1, self.height // factor), max(1, self.width // factor)
+        images = F.interpolate(self.images.permute(0, 3, 1, 2), size=(height, width), mode="area")
+        Ks = self.Ks.clone()
+        Ks[:, 0] *= width / self.width
+        Ks[:, 1] *= height / self.height
+        return replace(self, images=images.permute(0, 2, 3, 1).contiguous(), Ks=Ks)
 
     def scene_scale(self) -> float:
         """Largest distance of a camera from the cameras' centroid (gsplat's scene_scale)."""

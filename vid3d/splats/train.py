@@ -78,6 +78,7 @@ class Trainer:
         """Gaussians initialised at `points` (positions, colours in [0, 1]), or `initial` ones."""
         settings = fitted_schedule(settings)
         self.data, self.settings, self.backend, self.device = data, settings, backend, device
+        self.coarse = data.downscaled(2) if settings.coarse_steps else None  # the frames of the first steps
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.scene_scale = data.scene_scale() * SCENE_SCALE_MARGIN
         if initial is None:
@@ -148,7 +149,8 @@ class Trainer:
         return torch.cat([train[torch.randperm(len(train), generator=generator)] for _ in range(epochs)]).tolist()
 
     def _train_step(self, index: int) -> tuple[float, float]:
-        settings, data = self.settings, self.data
+        settings = self.settings
+        data = self.coarse if self.coarse is not None and self.step < settings.coarse_steps else self.data
         sh_degree = min(self.step // settings.sh_degree_interval, settings.sh_degree)
         image, _, info = render(self.splats, data.viewmats[index:index + 1], data.Ks[index:index + 1], data.width,
                                 data.height, sh_degree, backend=self.backend, backgrounds=self.backgrounds())
