@@ -14,7 +14,7 @@ import pytest
 from vid3d.threads import set_openmp_defaults
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-set_openmp_defaults()  # as the command line does (a short OpenMP spin), for the in-process tests too
+set_openmp_defaults()  # as the command line does, for the in-process tests too
 
 
 def run_cli(*args, timeout=600):

@@ -1,12 +1,12 @@
-"""OpenMP defaults for shared render-farm nodes (vid3d.threads)."""
+"""Thread count under a cgroup CPU quota (vid3d.threads)."""
 
 import os
 import subprocess
 import sys
 
-from vid3d.threads import SPIN_COUNT, affinity_cpus, quota_cpus, set_openmp_defaults
+import pytest
 
-OMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+from vid3d.threads import affinity_cpus, quota_cpus, set_openmp_defaults
 
 
 def test_cgroup_quota_is_read_as_whole_cpus(tmp_path):
@@ -20,46 +20,42 @@ def test_cgroup_quota_is_read_as_whole_cpus(tmp_path):
     assert quota_cpus(tmp_path / "missing") is None
 
 
-def test_defaults_fill_in_only_what_the_user_left_unset(tmp_path):
-    no_quota = tmp_path / "missing"
-    environ = {}
-    set_openmp_defaults(environ, no_quota)
-    assert environ == {"GOMP_SPINCOUNT": str(SPIN_COUNT)}  # threads: torch's own count of the CPUs
-    environ = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}
-    set_openmp_defaults(environ, no_quota)
-    assert environ == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}
-    environ = {"GOMP_SPINCOUNT": "0"}
-    set_openmp_defaults(environ, no_quota)
-    assert environ == {"GOMP_SPINCOUNT": "0"}
-
-
-def test_a_cpu_quota_below_the_cpus_seen_sets_the_thread_count(tmp_path):
+def test_a_quota_below_the_cpus_seen_sets_the_thread_count_unless_the_user_did(tmp_path):
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text(f"{100000 * (affinity_cpus() + 4)} 100000\n")  # more than there are: not a limit
     environ = {}
     set_openmp_defaults(environ, cpu_max)
-    assert "OMP_NUM_THREADS" not in environ
+    assert environ == {}
+    set_openmp_defaults(environ, tmp_path / "missing")
+    assert environ == {}
     cpu_max.write_text("50000 100000\n")
     if affinity_cpus() > 1:
         set_openmp_defaults(environ, cpu_max)
-        assert environ["OMP_NUM_THREADS"] == "1"
+        assert environ == {"OMP_NUM_THREADS": "1"}
     environ = {"OMP_NUM_THREADS": "4"}
     set_openmp_defaults(environ, cpu_max)
-    assert environ["OMP_NUM_THREADS"] == "4"
+    assert environ == {"OMP_NUM_THREADS": "4"}
 
 
-def test_the_command_line_sets_them_before_torch_loads():
+@pytest.mark.skipif(affinity_cpus() < 2, reason="a one-CPU quota limits nothing on one CPU")
+def test_the_command_line_sets_it_before_torch_loads(tmp_path):
     """libgomp reads its environment once, when torch loads it: the CLI must set it first."""
-    env = {k: v for k, v in os.environ.items() if k not in OMP_VARIABLES}
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("50000 100000\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     probe = ("import builtins, os, sys\n"
+             "from pathlib import Path\n"
+             "import vid3d.threads\n"
+             "vid3d.threads.CGROUP_CPU_MAX = Path(sys.argv[1])\n"
              "real = builtins.__import__\n"
              "def watch(name, *args, **kwargs):\n"
-             "    if name == 'torch' and 'GOMP_SPINCOUNT' not in os.environ:\n"
+             "    if name == 'torch' and os.environ.get('OMP_NUM_THREADS') != '1':\n"
              "        sys.exit(3)\n"
              "    return real(name, *args, **kwargs)\n"
              "builtins.__import__ = watch\n"
              "import vid3d.cli\n"
-             "print(os.environ['GOMP_SPINCOUNT'])")
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+             "import torch\n"
+             "print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", probe, str(cpu_max)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(SPIN_COUNT)]
+    assert result.stdout.split() == ["1"]

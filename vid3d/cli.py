@@ -16,7 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from vid3d.threads import set_openmp_defaults
 
-set_openmp_defaults()  # before torch loads libgomp: bounded spinning and threads for the CPUs we may use
+set_openmp_defaults()  # before torch loads libgomp: threads for a container's CPU quota
 
 import functools
 import inspect
