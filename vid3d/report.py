@@ -1,7 +1,8 @@
 """PROJECT/report.html: one self-contained page (plots, pictures and the video inlined, nothing
 fetched) with a section per stage that has run, refreshed after every command and by `vid3d report`.
 A refresh keeps the sections of stages that did not change since the last page (each section
-carries its stage's status, fingerprint and finish time), so only what a command ran is redrawn.
+carries a hash of its stage's manifest record and vid3d's version), so only what a command ran is
+redrawn.
 
 Everything is read through the stages' readers and the manifest; a section that cannot be drawn
 says why instead of failing the page, and `refresh_report` never fails a command.
