@@ -1,5 +1,5 @@
-"""Forward+backward time and peak memory of the torch rasterization backend, beside the dense
-reference (every Gaussian against every pixel), on Gaussians spread over a procedural scene's
+"""Forward+backward time and peak memory of the torch rasterization backend, with its compiled
+compositing and with its PyTorch one, beside the dense reference (every Gaussian against every pixel), on Gaussians spread over a procedural scene's
 surfaces as training initialises them (kNN scales, SH degree 3).
 
     .venv/bin/python benchmarks/raster.py [--tile-size 8]
@@ -10,6 +10,7 @@ Each case runs in a fresh process so that its peak resident memory is its own.
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tile-size", type=int, default=4, help="the torch backend's tile (vid3d trains with 4)")
+    parser.add_argument("--compare", default="compiled,torch,dense",
+                        help="compiled (C++ compositing), torch (PyTorch compositing), dense (reference)")
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # size n layout which: one case, as JSON
     args = parser.parse_args()
     if args.case:
@@ -88,21 +91,23 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("image", "Gaussians", "layout", "torch fwd+bwd (s)", "torch peak MB", "dense fwd+bwd (s)",
-                  "dense peak MB", title=f"torch backend, tile {args.tile_size}, 2 threads")
+    kinds = args.compare.split(",")
+    table = Table("image", "Gaussians", "layout", *(f"{k} {what}" for k in kinds for what in ("fwd+bwd (s)", "peak MB")),
+                  title=f"torch backend, tile {args.tile_size}, 2 threads, {time.strftime('%Y-%m-%d')}")
     for size, n, layout in CASES:
         row = [f"{size}x{size}", f"{n:,}", layout]
-        for which in ("torch", "dense"):
+        for which in kinds:
             if which == "dense" and n * size * size > DENSE_LIMIT:
                 row += ["—", f"~{n * size * size * 4 * 12 / 2**30:.0f} GB, skipped"]
                 continue
+            # "torch": the backend's PyTorch compositing, as where the compiled one cannot be built
+            env = {**os.environ, "VID3D_CPU_KERNEL": "0" if which == "torch" else "1"}
             out = subprocess.run([sys.executable, __file__, "--tile-size", str(args.tile_size), "--case",
-                                  str(size), str(n), layout, which], capture_output=True, text=True, check=True)
+                                  str(size), str(n), layout, which], capture_output=True, text=True, check=True, env=env)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             row += [f"{result['seconds']:.3f}", f"{result['peak_mb']:.0f}"]
         table.add_row(*row)
-    Console(width=120).print(table)
-
+    Console(width=160).print(table)
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,19 @@ import pytest
 import torch
 
 from dense_reference import dense_reference
+from vid3d.splats import cpu_kernel
 from vid3d.splats.rasterize import rasterization
+
+
+@pytest.fixture(params=["compiled", "pytorch"])
+def compositing(request, monkeypatch):
+    """The torch backend's two ways of compositing on the CPU: the compiled one (cpu_rasterize.cpp),
+    and the PyTorch one it falls back to where no compiler is found."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+    else:
+        assert cpu_kernel.available(), "the compiled CPU rasterizer did not build (see the warning logged)"
+    return request.param
 
 
 def random_scene(n, cameras=2, sh_degree=None, seed=0, dtype=torch.float64):
@@ -38,8 +50,8 @@ PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
 
 @pytest.mark.parametrize("sh_degree, render_mode, background, tile_size", [
-    (None, "RGB", False, 16), (3, "RGB", True, 16), (1, "RGB+D", True, 8), (None, "RGB+D", False, 16)])
-def test_torch_backend_matches_dense_reference(sh_degree, render_mode, background, tile_size):
+    (None, "RGB", False, 16), (3, "RGB", True, 4), (1, "RGB+D", True, 8), (None, "RGB+D", False, 16)])
+def test_torch_backend_matches_dense_reference(sh_degree, render_mode, background, tile_size, compositing):
     scene = random_scene(60, sh_degree=sh_degree, seed=hash((sh_degree, render_mode)) % 1000)
     backgrounds = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64) if background else None
     weights = None
@@ -70,7 +82,7 @@ def test_torch_backend_matches_dense_reference(sh_degree, render_mode, backgroun
         assert ref.norm() > 0 and error < 1e-4, (name, float(error))
 
 
-def test_opaque_gaussians_stop_compositing_early():
+def test_opaque_gaussians_stop_compositing_early(compositing):
     """A wall of opaque Gaussians in front hides one behind: the early stop must be exact."""
     scene = random_scene(1, cameras=1)
     means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, -0.5]], dtype=torch.float64)
@@ -83,7 +95,7 @@ def test_opaque_gaussians_stop_compositing_early():
     assert torch.allclose(image, ref_image, atol=1e-6) and torch.allclose(alpha, ref_alpha, atol=1e-6)
 
 
-def test_info_feeds_gsplat_default_strategy():
+def test_info_feeds_gsplat_default_strategy(compositing):
     from gsplat.strategy import DefaultStrategy
 
     scene = random_scene(40, cameras=1, dtype=torch.float32)
@@ -102,7 +114,7 @@ def test_info_feeds_gsplat_default_strategy():
     assert len(params["means"]) > 40  # every visible Gaussian had a gradient above 0: duplicated or split
 
 
-def test_absgrad_bounds_the_gradient():
+def test_absgrad_bounds_the_gradient(compositing):
     """means2d.absgrad sums |per-pixel gradient|: never below |gradient|, and above it somewhere."""
     scene = random_scene(40, cameras=1)
     scene["means"].requires_grad_(True)

@@ -64,11 +64,15 @@ def render(splats: torch.nn.ParameterDict, viewmats: torch.Tensor, Ks: torch.Ten
 
 
 def tile_size_for(backend: str, device: torch.device) -> int:
-    """gsplat's CUDA kernels are tuned for 16-pixel tiles; the torch backend is fastest with 4
-    (benchmarks/raster.py: less work spent on pixels a Gaussian does not reach)."""
+    """gsplat's CUDA kernels are tuned for 16-pixel tiles; on the CPU the compiled compositing is
+    fastest with 8 and the PyTorch one with 4 (benchmarks/raster.py: the smaller the tile, the
+    fewer pixels a Gaussian is tried on, the more (tile, Gaussian) pairs to sort and gather)."""
+    from vid3d.splats import cpu_kernel
     from vid3d.splats.rasterize import resolve_backend
 
-    return 16 if resolve_backend(backend, device) == "gsplat" else 4
+    if resolve_backend(backend, device) == "gsplat":
+        return 16
+    return 8 if torch.device(device).type == "cpu" and cpu_kernel.available() else 4
 
 
 def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:

@@ -20,6 +20,9 @@ import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
 from torch import Tensor
 
+from vid3d.splats import cpu_kernel
+from vid3d.splats.cpu_kernel import CompiledRasterize
+
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
@@ -100,7 +103,9 @@ def rasterization(
 
     tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
                       tile_size)
-    render_colors, render_alphas = RasterizeToPixels.apply(
+    compiled = colors.device.type == "cpu" and colors.shape[-1] <= cpu_kernel.MAX_CHANNELS and cpu_kernel.available()
+    composite = CompiledRasterize if compiled else RasterizeToPixels
+    render_colors, render_alphas = composite.apply(
         means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat([render_colors[..., :-1],
