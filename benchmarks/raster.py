@@ -58,7 +58,10 @@ def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats
 
     from vid3d.splats.rasterize import rasterization
 
+    from vid3d.splats.model import tile_size_for
+
     torch.set_num_threads(2)
+    tile_size = tile_size or tile_size_for("torch", torch.device("cpu"))
     scene = scene_gaussians(n, size, layout)
     names = ("means", "quats", "scales", "opacities", "colors")
     times = []
@@ -78,7 +81,8 @@ def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tile-size", type=int, default=4, help="the torch backend's tile (vid3d trains with 4)")
+    parser.add_argument("--tile-size", type=int, default=0,
+                        help="tile side in pixels; 0: what vid3d trains with (8 compiled, 4 PyTorch compositing)")
     parser.add_argument("--compare", default="compiled,torch,dense",
                         help="compiled (C++ compositing), torch (PyTorch compositing), dense (reference)")
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # size n layout which: one case, as JSON
@@ -93,7 +97,7 @@ def main() -> None:
 
     kinds = args.compare.split(",")
     table = Table("image", "Gaussians", "layout", *(f"{k} {what}" for k in kinds for what in ("fwd+bwd (s)", "peak MB")),
-                  title=f"torch backend, tile {args.tile_size}, 2 threads, {time.strftime('%Y-%m-%d')}")
+                  title=f"torch backend, tile {args.tile_size or 'as trained'}, 2 threads, {time.strftime('%Y-%m-%d')}")
     for size, n, layout in CASES:
         row = [f"{size}x{size}", f"{n:,}", layout]
         for which in kinds:
