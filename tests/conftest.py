@@ -17,6 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 set_openmp_defaults()  # as the command line does, for the in-process tests too
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_rasterizer():
+    """Build the compiled CPU rasterizer before any test times or interrupts a command that would
+    otherwise build it first (about 15 s on a fresh machine)."""
+    from vid3d.splats import cpu_kernel
+
+    cpu_kernel.available()
+
+
 def run_cli(*args, timeout=600):
     """Run the vid3d command line in a fresh process, as a user or a farm script would."""
     return subprocess.run([sys.executable, "-m", "vid3d.cli", *map(str, args)], capture_output=True,

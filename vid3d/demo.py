@@ -51,8 +51,8 @@ def summary(project_dir: Path) -> dict:
 # The generation part: a held-out procedural scene's reference frame (examples/reference.json says
 # which), never seen in training, turned into an orbit by the embedded model, then into Gaussians and a mesh.
 EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
-# The fast preset's 1,500 Gaussian steps took the demo to 12 minutes on a 2-core CPU; 1,000 keep it
-# within 10 (docs/benchmarks.md has the full preset's figures).
+# 1,000 Gaussian steps: the demo in about 4 minutes on a 2-core CPU with the compiled CPU compositing
+# (docs/benchmarks.md has the figures).
 # On top of the fast preset (configs/fast.toml), with the schedules the figures in docs/benchmarks.md
 # were measured with: densifying from step 100 every 100 steps, SH degree raised every 300 steps,
 # and no opacity reset (gsplat 1.5.3 never reset; vid3d now does, so reset_every is set past the end).
