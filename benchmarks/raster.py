@@ -9,7 +9,6 @@ Each case runs in a fresh process so that its peak resident memory is its own.
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess

@@ -18,13 +18,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from vid3d.ui import log
 
 SOURCE = Path(__file__).with_name("cpu_rasterize.cpp")
 NAME = "vid3d_raster"
-MAX_CHANNELS = 4
+MAX_CHANNELS, TILE_SIZES = 4, (4, 8, 16)  # what the compiled loops are instantiated for
 # -fopenmp-simd: the pixel loops' `omp simd` (no OpenMP runtime); no -march=native: a cache folder
 # shared by a farm's nodes must run on all of them
 FLAGS = ["-O3", "-fopenmp"]

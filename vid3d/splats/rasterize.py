@@ -8,7 +8,9 @@ The torch backend is written here because gsplat's rasterizer exists only as a C
 Projection, covariances and spherical harmonics reuse gsplat's pure-PyTorch helpers; tile binning
 and front-to-back compositing follow gsplat's CUDA kernels exactly (per pixel: skip sigma < 0
 and alpha < 1/255, clamp alpha at 0.999, stop before transmittance falls to 1e-4), with a
-hand-written backward pass that recomputes the per-tile work instead of storing it.
+hand-written backward pass that recomputes the per-tile work instead of storing it. On the CPU the
+compositing runs compiled (vid3d/splats/cpu_kernel.py, the same rules in C++, several times faster);
+the PyTorch compositing here serves other devices and machines without a C++ compiler.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def rasterization(
 
     tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
                       tile_size)
-    compiled = colors.device.type == "cpu" and colors.shape[-1] <= cpu_kernel.MAX_CHANNELS and cpu_kernel.available()
+    compiled = (colors.device.type == "cpu" and colors.shape[-1] <= cpu_kernel.MAX_CHANNELS
+                and tile_size in cpu_kernel.TILE_SIZES and cpu_kernel.available())
     composite = CompiledRasterize if compiled else RasterizeToPixels
     render_colors, render_alphas = composite.apply(
         means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
