@@ -24,8 +24,9 @@ from vid3d.ui import log
 SOURCE = Path(__file__).with_name("cpu_rasterize.cpp")
 NAME = "vid3d_raster"
 MAX_CHANNELS, TILE_SIZES = 4, (4, 8, 16)  # what the compiled loops are instantiated for
-# -fopenmp-simd: the pixel loops' `omp simd` (no OpenMP runtime); no -march=native: a cache folder
-# shared by a farm's nodes must run on all of them
+# -fopenmp: ATen's parallel_for is OpenMP inlined from its header (without it, one thread); the library
+# links libgomp.so.1, which resolves to the copy torch has loaded, so there is one OpenMP runtime.
+# No -march=native: a cache folder shared by a farm's nodes must run on all of them.
 FLAGS = ["-O3", "-fopenmp"]
 
 
@@ -54,7 +55,8 @@ def available() -> bool:
     except Exception as error:  # no compiler, or one that fails: the PyTorch compositing still works
         reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
         log.warning("splats: could not build the compiled CPU rasterizer (%s); using the PyTorch one, several "
-                    "times slower (is a C++ compiler installed?)", reason[0][:200])
+                    "times slower: install a C++ compiler (g++) or set VID3D_CACHE to a writable folder",
+                    reason[0][:200])
         return False
 
 
@@ -66,7 +68,8 @@ def _build(library: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f".{library.parent.name}-", dir=library.parent.parent))
     try:
         log.info("splats: compiling the CPU rasterizer into %s (once; about 15 s on 2 cores)", library.parent)
-        load(NAME, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(scratch), is_python_module=False)
+        load(NAME, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(scratch),
+             is_python_module=False)
         try:
             scratch.rename(library.parent)
         except OSError:  # another job finished first: its library is the same
