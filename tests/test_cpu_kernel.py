@@ -38,6 +38,18 @@ def test_float32_matches_dense_reference(tile_size):
         assert (grads[name] - ref).norm() / ref.norm() < 1e-3, name
 
 
+def test_median_depth_agrees_with_the_pytorch_compositing(monkeypatch):
+    from vid3d.splats.rasterize import median_depth
+
+    scene = random_scene(300, cameras=2, seed=3)
+    kwargs = {k: scene[k] for k in ("means", "quats", "scales", "opacities", "viewmats", "Ks", "width", "height")}
+    compiled = median_depth(**kwargs, tile_size=8)
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+    reference = median_depth(**kwargs, tile_size=8)
+    assert (reference > 0).float().mean() > 0.3 and (reference == 0).any()
+    assert torch.isclose(compiled, reference, atol=1e-9).float().mean() > 0.995
+
+
 def run_python(code: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

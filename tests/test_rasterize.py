@@ -141,7 +141,7 @@ def test_gsplat_and_torch_backends_agree_on_cuda():
         assert (grads[name] - ref_grads[name]).norm() / ref_grads[name].norm() < 1e-3, name
 
 
-def test_median_depth_is_the_surface_where_transmittance_halves():
+def test_median_depth_is_the_surface_where_transmittance_halves(compositing):
     from vid3d.splats.rasterize import median_depth
 
     scene = random_scene(1, cameras=1)

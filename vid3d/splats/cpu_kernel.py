@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from vid3d.ui import log
 
@@ -86,7 +87,7 @@ class CompiledRasterize(torch.autograd.Function):
         n_cameras, _, channels = colors.shape
         gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6).contiguous()
         flat_colors = colors.reshape(-1, channels).contiguous()
-        color, trans, last = torch.ops.vid3d_raster.forward(
+        color, trans, last, _ = torch.ops.vid3d_raster.forward(
             gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count, n_cameras, tiles.tiles_x,
             tiles.tiles_y, tile_size, width, height)
         if backgrounds is not None:
@@ -117,3 +118,13 @@ class CompiledRasterize(torch.autograd.Function):
         v_gaussians = v_gaussians.reshape(*ctx.shape[:-1], -1)
         return (v_gaussians[..., :2], v_gaussians[..., 2:5], v_colors.reshape(*ctx.shape[:-1], -1),
                 v_gaussians[..., 5], v_backgrounds, None, None, None, None, None)
+
+
+def median_depth(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Tensor, tiles, width: int,
+                 height: int, tile_size: int) -> Tensor:
+    """[C, H, W] depth of the Gaussian at which each pixel's transmittance falls below one half."""
+    n_cameras = depths.shape[0]
+    gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6).contiguous()
+    return torch.ops.vid3d_raster.forward(
+        gaussians, depths.reshape(-1, 1).contiguous(), tiles.gaussians, tiles.start, tiles.count, n_cameras,
+        tiles.tiles_x, tiles.tiles_y, tile_size, width, height)[3]

@@ -153,7 +153,7 @@ bool sigmas(const scalar_t* p, const V<scalar_t>* px, const V<scalar_t>* py, con
 template <typename scalar_t, int CH, int64_t packs>
 void forward_tile(const scalar_t* packed, const scalar_t* colors, int64_t count, Lanes<scalar_t>& s) {
   V<scalar_t>*trans = s.trans.data(), *open = s.open.data(), *sigma = s.sigma.data(), *sums = s.sums.data(),
-  *last = s.last.data();
+  *last = s.last.data(), *crossing = s.extra.data();
   for (int64_t i = 0; i < packs * kWidth<scalar_t>; ++i) {
     trans[i / kWidth<scalar_t>][i % kWidth<scalar_t>] = 1;
     open[i / kWidth<scalar_t>][i % kWidth<scalar_t>] = s.pixel[i] >= 0;
@@ -172,6 +172,8 @@ void forward_tile(const scalar_t* packed, const scalar_t* colors, int64_t count,
       const auto draw = valid & ~stop;
       const V<scalar_t> weight = draw ? alpha * trans[i] : scalar_t(0);
       for (int d = 0; d < CH; ++d) sums[d * packs + i] += weight * color[d];
+      // the Gaussian that takes transmittance below one half (median depth, with depths as the colour)
+      crossing[i] = draw & (trans[i] >= scalar_t(0.5)) & (next < scalar_t(0.5)) ? color[0] : crossing[i];
       trans[i] = draw ? next : trans[i];
       last[i] = draw ? scalar_t(k + 1) : last[i];
       open[i] = stop ? scalar_t(0) : open[i];
@@ -184,7 +186,7 @@ void forward_tile(const scalar_t* packed, const scalar_t* colors, int64_t count,
 template <typename scalar_t, int CH, int64_t packs>
 void forward_kernel(const scalar_t* gaussians, const scalar_t* colors, const int64_t* ids, const int64_t* start,
                     const int64_t* count, int64_t n_tiles, const TileLayout& layout, scalar_t* out_color,
-                    scalar_t* out_trans, int32_t* out_last) {
+                    scalar_t* out_trans, int32_t* out_last, scalar_t* out_crossing) {
   for_each_tile(n_tiles, [&](int64_t tile) {
     thread_local std::vector<scalar_t> packed, tile_colors;
     thread_local Lanes<scalar_t> s;
@@ -197,6 +199,7 @@ void forward_kernel(const scalar_t* gaussians, const scalar_t* colors, const int
       for (int d = 0; d < CH; ++d) out_color[pixel * CH + d] = s.sums[d * packs + pack][lane];
       out_trans[pixel] = s.trans[pack][lane];
       out_last[pixel] = static_cast<int32_t>(s.last[pack][lane]);
+      out_crossing[pixel] = s.extra[pack][lane];
     }
   });
 }
@@ -310,8 +313,10 @@ void check(const at::Tensor& gaussians, const at::Tensor& colors, const at::Tens
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kLong, "tile lists: contiguous int64");
 }
 
-// -> colour [C, H, W, D], transmittance [C, H, W], Gaussians drawn per pixel [C, H, W] (int32)
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& gaussians, const at::Tensor& colors,
+// -> colour [C, H, W, D], transmittance [C, H, W], Gaussians drawn per pixel [C, H, W] (int32), and
+// the first colour channel of the Gaussian at which transmittance falls below one half [C, H, W] (0
+// where it never does)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& gaussians, const at::Tensor& colors,
                                                        const at::Tensor& tile_gaussians, const at::Tensor& tile_start,
                                                        const at::Tensor& tile_count, int64_t n_cameras, int64_t tiles_x,
                                                        int64_t tiles_y, int64_t tile_size, int64_t width, int64_t height) {
@@ -320,15 +325,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& gaussia
   auto out_color = at::zeros({n_cameras, height, width, colors.size(1)}, colors.options());
   auto out_trans = at::ones({n_cameras, height, width}, colors.options());
   auto out_last = at::zeros({n_cameras, height, width}, colors.options().dtype(at::kInt));
+  auto out_crossing = at::zeros({n_cameras, height, width}, colors.options());
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "vid3d_raster_forward", [&] {
     dispatch_sizes(colors.size(1), tile_size, [&](auto ch, auto lanes) {
       forward_kernel<scalar_t, decltype(ch)::value, decltype(lanes)::value / kWidth<scalar_t>>(
           gaussians.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), tile_gaussians.data_ptr<int64_t>(),
           tile_start.data_ptr<int64_t>(), tile_count.data_ptr<int64_t>(), tile_count.size(0), layout,
-          out_color.data_ptr<scalar_t>(), out_trans.data_ptr<scalar_t>(), out_last.data_ptr<int32_t>());
+          out_color.data_ptr<scalar_t>(), out_trans.data_ptr<scalar_t>(), out_last.data_ptr<int32_t>(),
+          out_crossing.data_ptr<scalar_t>());
     });
   });
-  return {out_color, out_trans, out_last};
+  return {out_color, out_trans, out_last, out_crossing};
 }
 
 // -> gradients per (tile, Gaussian) pair, in bin order: [L, 6] (mean x, mean y, conic a, b, c, opacity;

@@ -376,6 +376,8 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d)
     opacities = opacities.expand(len(viewmats), -1)
     tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
+    if means.device.type == "cpu" and tile_size in cpu_kernel.TILE_SIZES and cpu_kernel.available():
+        return cpu_kernel.median_depth(means2d, conics, opacities, depths, tiles, width, height, tile_size)
     gaussians = _pack(means2d, conics, opacities)
     flat_depths = depths.reshape(-1)
     features = _pixel_features(tile_size, means.dtype, means.device)
