@@ -58,7 +58,9 @@ EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
 # and no opacity reset (gsplat 1.5.3 never reset; vid3d now does, so reset_every is set past the end).
 # The first 500 steps on half-size frames (coarse to fine): 19% less training time, the same
 # held-out PSNR (benchmarks/coarse_to_fine.py).
-VIDEO_SETTINGS = ["splats.steps=1000", "splats.coarse_steps=500", "splats.refine_start=100", "splats.refine_stop=800",
+# COLMAP's doubled first octave for SIFT (the fast preset starts at the frames' size, for phone-size
+# frames): on these 256 px frames it finds four times the points.
+VIDEO_SETTINGS = ["poses.sift_first_octave=-1", "splats.steps=1000", "splats.coarse_steps=500", "splats.refine_start=100", "splats.refine_stop=800",
                   "splats.refine_every=100", "splats.sh_degree_interval=300", "splats.reset_every=3000"]
 GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1", "splats.refine_start=100",
                       "splats.refine_stop=250", "splats.refine_every=100", "splats.sh_degree_interval=300",
