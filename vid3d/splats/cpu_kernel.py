@@ -79,13 +79,18 @@ def _build(library: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def pack_gaussians(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
+    """[C * N, 6]: (mean x, mean y, conic a, b, c, opacity) per projected Gaussian."""
+    return torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
+
+
 class CompiledRasterize(torch.autograd.Function):
     """Front-to-back compositing of binned Gaussians per pixel, forward and backward in C++."""
 
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad):
         n_cameras, _, channels = colors.shape
-        gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6).contiguous()
+        gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels).contiguous()
         color, trans, last, _ = torch.ops.vid3d_raster.forward(
             gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count, n_cameras, tiles.tiles_x,
@@ -124,7 +129,7 @@ def median_depth(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Ten
                  height: int, tile_size: int) -> Tensor:
     """[C, H, W] depth of the Gaussian at which each pixel's transmittance falls below one half."""
     n_cameras = depths.shape[0]
-    gaussians = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6).contiguous()
+    gaussians = pack_gaussians(means2d, conics, opacities)
     return torch.ops.vid3d_raster.forward(
         gaussians, depths.reshape(-1, 1).contiguous(), tiles.gaussians, tiles.start, tiles.count, n_cameras,
         tiles.tiles_x, tiles.tiles_y, tile_size, width, height)[3]

@@ -23,7 +23,7 @@ from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_cova
 from torch import Tensor
 
 from vid3d.splats import cpu_kernel
-from vid3d.splats.cpu_kernel import CompiledRasterize
+from vid3d.splats.cpu_kernel import CompiledRasterize, pack_gaussians
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -251,11 +251,6 @@ def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor
     return (mu, mv, a, b, c), vis, raw, alpha, trans_before, log_t_end, stopped
 
 
-def _pack(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
-    """[C * N, 6]: (mean x, mean y, conic a, b, c, opacity) per Gaussian, gathered once per slab."""
-    return torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
-
-
 def _front_to_back(tiles: Tiles, gaussians: Tensor, features: Tensor, tile_size: int, log_t: Tensor, done: Tensor):
     """Composite every slab front to back, yielding (tile ids, begin, Gaussian ids, log_t0, done0,
     alpha, transmittance before each Gaussian); the per-pixel `log_t` and `done` advance in place."""
@@ -276,7 +271,7 @@ class RasterizeToPixels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles: Tiles, width, height, tile_size, absgrad):
         n_cameras, n, channels = colors.shape
-        gaussians = _pack(means2d, conics, opacities)
+        gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)
         n_tiles, pixels = n_cameras * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
@@ -302,7 +297,7 @@ class RasterizeToPixels(torch.autograd.Function):
         means2d, conics, colors, opacities, backgrounds, out_trans = ctx.saved_tensors
         tiles, tile_size = ctx.tiles, ctx.tile_size
         n_cameras, n, channels = colors.shape
-        gaussians = _pack(means2d, conics, opacities)
+        gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)
         g_color = _tile(grad_color, tiles, tile_size)  # [n_tiles, P, D]
@@ -378,7 +373,7 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
     if means.device.type == "cpu" and tile_size in cpu_kernel.TILE_SIZES and cpu_kernel.available():
         return cpu_kernel.median_depth(means2d, conics, opacities, depths, tiles, width, height, tile_size)
-    gaussians = _pack(means2d, conics, opacities)
+    gaussians = pack_gaussians(means2d, conics, opacities)
     flat_depths = depths.reshape(-1)
     features = _pixel_features(tile_size, means.dtype, means.device)
     n_tiles, pixels = len(viewmats) * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
