@@ -97,15 +97,14 @@ inline V<float> exp_clamped(V<float> x) {
   x = x > 0.0f ? 0.0f : x;
   const V<float> n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504f - 0.5f, Int), V<float>);
   const V<float> r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  V<float> p = 1.9875691500e-4f + r * 0.0f;
-  p = p * r + 1.3981999507e-3f;
+  V<float> p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const Int bits = (__builtin_convertvector(n, Int) + 127) << 23;  // 2^n
-  return p * reinterpret_cast<const V<float>&>(bits);
+  return p * (V<float>)bits;  // a cast between vector types of one size keeps the bits
 }
 inline V<double> exp_clamped(V<double> x) {
   V<double> out;
