@@ -61,6 +61,11 @@ def available() -> bool:
         return False
 
 
+def usable(device: torch.device, tile_size: int, channels: int = 1) -> bool:
+    """Whether the compiled compositing serves a call: CPU tensors, and tiles and channels it is built for."""
+    return device.type == "cpu" and channels <= MAX_CHANNELS and tile_size in TILE_SIZES and available()
+
+
 def _build(library: Path) -> None:
     """Compile in a scratch folder (which loads the library) and rename it to `library`'s folder."""
     from torch.utils.cpp_extension import load

@@ -72,7 +72,7 @@ def tile_size_for(backend: str, device: torch.device) -> int:
 
     if resolve_backend(backend, device) == "gsplat":
         return 16
-    return 8 if torch.device(device).type == "cpu" and cpu_kernel.available() else 4
+    return 8 if cpu_kernel.usable(torch.device(device), 8) else 4
 
 
 def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:

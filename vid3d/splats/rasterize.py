@@ -105,9 +105,7 @@ def rasterization(
 
     tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
                       tile_size)
-    compiled = (colors.device.type == "cpu" and colors.shape[-1] <= cpu_kernel.MAX_CHANNELS
-                and tile_size in cpu_kernel.TILE_SIZES and cpu_kernel.available())
-    composite = CompiledRasterize if compiled else RasterizeToPixels
+    composite = CompiledRasterize if cpu_kernel.usable(colors.device, tile_size, colors.shape[-1]) else RasterizeToPixels
     render_colors, render_alphas = composite.apply(
         means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
     if render_mode in ("ED", "RGB+ED"):
@@ -371,7 +369,7 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d)
     opacities = opacities.expand(len(viewmats), -1)
     tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
-    if means.device.type == "cpu" and tile_size in cpu_kernel.TILE_SIZES and cpu_kernel.available():
+    if cpu_kernel.usable(means.device, tile_size):
         return cpu_kernel.median_depth(means2d, conics, opacities, depths, tiles, width, height, tile_size)
     gaussians = pack_gaussians(means2d, conics, opacities)
     flat_depths = depths.reshape(-1)
