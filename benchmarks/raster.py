@@ -1,6 +1,7 @@
 """Forward+backward time and peak memory of the torch rasterization backend, with its compiled
-compositing and with its PyTorch one, beside the dense reference (every Gaussian against every pixel), on Gaussians spread over a procedural scene's
-surfaces as training initialises them (kNN scales, SH degree 3).
+compositing and with its PyTorch one, beside the dense reference (every Gaussian against every
+pixel), on Gaussians spread over a procedural scene's surfaces as training initialises them (kNN
+scales, SH degree 3).
 
     .venv/bin/python benchmarks/raster.py [--tile-size 8]
 

@@ -125,8 +125,8 @@ class SplatsSettings:
                                   "when loaded (area filter), their intrinsics with them; 0: the frames' own size",
                             min=0)
     coarse_steps: int = setting(0, "coarse to fine: the first this many steps train on the frames at half size "
-                                   "(the demo's 500 of 1,000: 19% less time, the same held-out PSNR); 0: full size "
-                                   "throughout", min=0)
+                                   "(the demo's 500 of 1,000: 19% less time with the PyTorch compositing, none with the "
+                                   "compiled one; the same held-out PSNR); 0: full size throughout", min=0)
     sh_degree: int = setting(3, "spherical-harmonics degree of the colours", min=0, max=3)
     sh_degree_interval: int = setting(0, "steps between raising the SH degree by one; 0: gsplat's 1,000 scaled by "
                                          "steps / 30,000 (as its simple_trainer's adjust_steps)", min=0)

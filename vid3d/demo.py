@@ -60,8 +60,9 @@ EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
 # compositing, none with the compiled one; kept, as the figures were measured with it.
 # COLMAP's doubled first octave for SIFT (the fast preset starts at the frames' size, for phone-size
 # frames): on these 256 px frames it finds four times the points.
-VIDEO_SETTINGS = ["poses.sift_first_octave=-1", "splats.steps=1000", "splats.coarse_steps=500", "splats.refine_start=100", "splats.refine_stop=800",
-                  "splats.refine_every=100", "splats.sh_degree_interval=300", "splats.reset_every=3000"]
+VIDEO_SETTINGS = ["poses.sift_first_octave=-1", "splats.steps=1000", "splats.coarse_steps=500", "splats.refine_start=100",
+                  "splats.refine_stop=800", "splats.refine_every=100", "splats.sh_degree_interval=300",
+                  "splats.reset_every=3000"]
 GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1", "splats.refine_start=100",
                       "splats.refine_stop=250", "splats.refine_every=100", "splats.sh_degree_interval=300",
                       "splats.reset_every=3000", "splats.test_every=8", "export.faces=20000"]

@@ -89,6 +89,13 @@ def pack_gaussians(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor
     return torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(-1, 6)
 
 
+def _forward(gaussians: Tensor, flat_colors: Tensor, tiles, n_cameras: int, tile_size: int, width: int, height: int):
+    """The C++ forward pass: colour, transmittance, Gaussians drawn, and the first channel's value
+    where transmittance falls below one half, each per pixel [C, H, W(, D)]."""
+    return torch.ops.vid3d_raster.forward(gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count,
+                                          n_cameras, tiles.tiles_x, tiles.tiles_y, tile_size, width, height)
+
+
 class CompiledRasterize(torch.autograd.Function):
     """Front-to-back compositing of binned Gaussians per pixel, forward and backward in C++."""
 
@@ -97,9 +104,7 @@ class CompiledRasterize(torch.autograd.Function):
         n_cameras, _, channels = colors.shape
         gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels).contiguous()
-        color, trans, last, _ = torch.ops.vid3d_raster.forward(
-            gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count, n_cameras, tiles.tiles_x,
-            tiles.tiles_y, tile_size, width, height)
+        color, trans, last, _ = _forward(gaussians, flat_colors, tiles, n_cameras, tile_size, width, height)
         if backgrounds is not None:
             color = color + trans[..., None] * backgrounds[:, None, None, :]
         ctx.save_for_backward(means2d, gaussians, flat_colors, backgrounds, trans, last)
@@ -133,8 +138,5 @@ class CompiledRasterize(torch.autograd.Function):
 def median_depth(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Tensor, tiles, width: int,
                  height: int, tile_size: int) -> Tensor:
     """[C, H, W] depth of the Gaussian at which each pixel's transmittance falls below one half."""
-    n_cameras = depths.shape[0]
     gaussians = pack_gaussians(means2d, conics, opacities)
-    return torch.ops.vid3d_raster.forward(
-        gaussians, depths.reshape(-1, 1).contiguous(), tiles.gaussians, tiles.start, tiles.count, n_cameras,
-        tiles.tiles_x, tiles.tiles_y, tile_size, width, height)[3]
+    return _forward(gaussians, depths.reshape(-1, 1).contiguous(), tiles, depths.shape[0], tile_size, width, height)[3]

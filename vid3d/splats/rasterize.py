@@ -105,7 +105,8 @@ def rasterization(
 
     tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
                       tile_size)
-    composite = CompiledRasterize if cpu_kernel.usable(colors.device, tile_size, colors.shape[-1]) else RasterizeToPixels
+    compiled = cpu_kernel.usable(colors.device, tile_size, colors.shape[-1])
+    composite = CompiledRasterize if compiled else RasterizeToPixels
     render_colors, render_alphas = composite.apply(
         means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
     if render_mode in ("ED", "RGB+ED"):
