@@ -12,7 +12,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from vid3d_kernels.attention import multi_source_attention_reference, triton_multi_source_attention
 
 # (batch, heads, query tokens); a frame is FRAME_TOKENS tokens (a 32x32 latent grid)
@@ -55,9 +54,20 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("B", "H", "Lq", "keys (local+anchors+cache)", "Triton ms", "Triton MB", "cat+SDPA ms",
-                  "cat+SDPA MB", "speed-up", "max |diff|", "SDPA, no cat/mask ms",
-                  title=f"multi-source attention, float16, D={DIM}, {torch.cuda.get_device_name()}")
+    table = Table(
+        "B",
+        "H",
+        "Lq",
+        "keys (local+anchors+cache)",
+        "Triton ms",
+        "Triton MB",
+        "cat+SDPA ms",
+        "cat+SDPA MB",
+        "speed-up",
+        "max |diff|",
+        "SDPA, no cat/mask ms",
+        title=f"multi-source attention, float16, D={DIM}, {torch.cuda.get_device_name()}",
+    )
     for batch, heads, lq in CASES:
         query, sources = make_inputs(batch, heads, lq)
         with torch.no_grad():
@@ -72,9 +82,19 @@ def main() -> None:
             plain_ms, _ = measure(lambda: F.scaled_dot_product_attention(query, keys, values))
             del keys, values
         lengths = "+".join(str(k.shape[2]) for k, _, _ in sources)
-        table.add_row(str(batch), str(heads), str(lq), lengths, f"{kernel_ms:.2f}", f"{kernel_mb:.0f}",
-                      f"{reference_ms:.2f}", f"{reference_mb:.0f}", f"{reference_ms / kernel_ms:.2f}x",
-                      f"{diff:.1e}", f"{plain_ms:.2f}")
+        table.add_row(
+            str(batch),
+            str(heads),
+            str(lq),
+            lengths,
+            f"{kernel_ms:.2f}",
+            f"{kernel_mb:.0f}",
+            f"{reference_ms:.2f}",
+            f"{reference_mb:.0f}",
+            f"{reference_ms / kernel_ms:.2f}x",
+            f"{diff:.1e}",
+            f"{plain_ms:.2f}",
+        )
         del query, sources
         torch.cuda.empty_cache()
     Console(width=160).print(table)

@@ -1,6 +1,6 @@
 """Time `vid3d poses` on the bundled example: the first run, then a cached rerun.
 
-    .venv/bin/python benchmarks/cache.py
+.venv/bin/python benchmarks/cache.py
 """
 
 import shutil

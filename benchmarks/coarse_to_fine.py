@@ -35,13 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     poses = PROJECT / "poses"
     if not (poses / "transforms.json").is_file():
-        subprocess.run([sys.executable, "-m", "vid3d.cli", "poses", str(PROJECT), "--input", str(EXAMPLE_VIDEO)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "vid3d.cli", "poses", str(PROJECT), "--input", str(EXAMPLE_VIDEO)], check=True
+        )
     settings = load_settings(read_preset("fast"), overrides=[*VIDEO_SETTINGS, *args.set]).splats
     data = load_dataset(poses, settings.test_every, "cpu", settings.max_side)
     rows = []
     for coarse in map(int, args.coarse.split(",")):
-        trainer = Trainer(data, replace(settings, coarse_steps=coarse), "torch", torch.device("cpu"), load_points(poses))
+        trainer = Trainer(
+            data, replace(settings, coarse_steps=coarse), "torch", torch.device("cpu"), load_points(poses)
+        )
         start = time.perf_counter()
         trainer.train(settings.steps)
         seconds = time.perf_counter() - start
@@ -49,8 +52,10 @@ def main() -> None:
             psnr = trainer.evaluate(Path(scratch) / "renders")["psnr"]
         rows.append((coarse, seconds, psnr, len(trainer.splats["means"])))
         print(rows[-1], flush=True)
-    print(f"\n{settings.steps} steps of the example at {data.width}x{data.height}, the demo's schedule; "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"\n{settings.steps} steps of the example at {data.width}x{data.height}, the demo's schedule; "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     print("| coarse_steps | train s | vs full size | held-out PSNR | Gaussians |")
     print("| --- | --- | --- | --- | --- |")
     full = rows[0][1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stabilizers import PLAIN, consistency_psnr  # benchmarks/ is on sys.path when a script there runs
 
 from vid3d.config import GenerateSettings
 from vid3d.generate.adapters.base import Request
@@ -26,8 +27,6 @@ from vid3d.generate.adapters.orbit import OrbitVideoModel
 from vid3d.generate.model.data import FRAMES, held_out_seeds, render_orbit_start
 from vid3d.generate.stage import feedback_loop, generate
 from vid3d.splats.model import save_ply
-
-from stabilizers import PLAIN, consistency_psnr  # benchmarks/ is on sys.path when a script there runs
 
 
 def main() -> None:
@@ -53,13 +52,17 @@ def main() -> None:
                 began = time.time()
                 row["psnr"].append(consistency_psnr(frames, cameras, n, loop_splats if start == "generate" else None))
                 row["seconds"].append(time.time() - began)
-                print(f"scene {seed} start {start:<8} {n:>4} steps: {row['psnr'][-1]:.2f} dB "
-                      f"{row['seconds'][-1]:.1f} s", flush=True)
+                print(
+                    f"scene {seed} start {start:<8} {n:>4} steps: {row['psnr'][-1]:.2f} dB {row['seconds'][-1]:.1f} s",
+                    flush=True,
+                )
 
     print(f"\n{args.scenes} held-out scenes, 48-frame orbits generated with feedback gradient 0.5; mean ± std")
     print(f"{'start':<10}{'steps':>6}{'held-out PSNR (dB)':>22}{'seconds':>10}")
     for (start, n), row in rows.items():
-        print(f"{start:<10}{n:>6}{np.mean(row['psnr']):>16.2f}±{np.std(row['psnr']):.2f}{np.mean(row['seconds']):>10.1f}")
+        print(
+            f"{start:<10}{n:>6}{np.mean(row['psnr']):>16.2f}±{np.std(row['psnr']):.2f}{np.mean(row['seconds']):>10.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,22 @@ def main() -> None:
     for name in CASES:
         runs = []
         for _ in range(args.repeats):
-            command = [sys.executable, __file__, "--one", name, "--model", args.model, "--frames", str(args.frames),
-                       "--steps", str(args.steps), "--size", str(args.size), "--device", args.device]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--model",
+                args.model,
+                "--frames",
+                str(args.frames),
+                "--steps",
+                str(args.steps),
+                "--size",
+                str(args.size),
+                "--device",
+                args.device,
+            ]
             out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         rows.append(min(runs, key=lambda r: r["per_step_s"]))
@@ -94,8 +108,9 @@ def main() -> None:
     for column in ("case", "s / step", "vs plain", "peak MB"):
         table.add_column(column, justify="right" if column != "case" else "left")
     for row in rows:
-        table.add_row(row["case"], f"{row['per_step_s']:.3f}", f"{row['per_step_s'] / plain - 1:+.1%}",
-                      f"{row['peak_mb']:.0f}")
+        table.add_row(
+            row["case"], f"{row['per_step_s']:.3f}", f"{row['per_step_s'] / plain - 1:+.1%}", f"{row['peak_mb']:.0f}"
+        )
     Console().print(table)
 
 

@@ -24,17 +24,24 @@ import torch
 
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
-from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.generate.model.data import FRAMES, RIG, held_out_seeds, render_orbit
 from vid3d.generate.model.warp import warp_grid, warp_reference
+from vid3d.generate.sampler import Plan, Stabilizers, sample
 
 MIN_DEGREES = 45.0
 BLUR_SIGMA = 1.5
 REQUIRED_REDUCTION = 0.30
 
 
-def generate(model: OrbitVideoModel, reference: np.ndarray, steps: int, seed: int, anchors: tuple[int, ...],
-             loop: bool, guidance: float = 0.0) -> np.ndarray:
+def generate(
+    model: OrbitVideoModel,
+    reference: np.ndarray,
+    steps: int,
+    seed: int,
+    anchors: tuple[int, ...],
+    loop: bool,
+    guidance: float = 0.0,
+) -> np.ndarray:
     request = Request(image=reference, num_frames=FRAMES, guidance=guidance)
     generator = torch.Generator().manual_seed(seed)
     condition = model.prepare(request, generator)
@@ -44,8 +51,14 @@ def generate(model: OrbitVideoModel, reference: np.ndarray, steps: int, seed: in
 
 def pixel_warp(reference: np.ndarray, degrees: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(reference).float().permute(2, 0, 1)[None] / 255
-    grid = warp_grid(torch.from_numpy(np.radians(degrees))[None], reference.shape[0], RIG["radius"],
-                     RIG["elevation_deg"], RIG["fov_deg"], RIG["look_at"])
+    grid = warp_grid(
+        torch.from_numpy(np.radians(degrees))[None],
+        reference.shape[0],
+        RIG["radius"],
+        RIG["elevation_deg"],
+        RIG["fov_deg"],
+        RIG["look_at"],
+    )
     return (warp_reference(x, grid)[0].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
@@ -71,7 +84,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--anchors", default="0", help="anchor frames, comma-separated ('' for none)")
     parser.add_argument("--no-loop", action="store_true", help="open windows instead of circular ones")
-    parser.add_argument("--guidance", type=float, default=0.0, help="autoguidance scale (0: the model's default, 1: off)")
+    parser.add_argument(
+        "--guidance", type=float, default=0.0, help="autoguidance scale (0: the model's default, 1: off)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/model_gate.json"))
     args = parser.parse_args()
     anchors = tuple(int(a) for a in args.anchors.split(",") if a.strip())
@@ -88,13 +103,20 @@ def main() -> None:
         began = time.time()
         generated = generate(model, truth[0], args.steps, seed, anchors, not args.no_loop, args.guidance)
         seconds.append(time.time() - began)
-        guesses = {"model": generated, "copy reference": np.repeat(truth[:1], FRAMES, 0),
-                   "ground warp": pixel_warp(truth[0], degrees), "autoencoder floor": reconstruct(model, truth)}
+        guesses = {
+            "model": generated,
+            "copy reference": np.repeat(truth[:1], FRAMES, 0),
+            "ground warp": pixel_warp(truth[0], degrees),
+            "autoencoder floor": reconstruct(model, truth),
+        }
         for name, frames in guesses.items():
             errors[name]["mae"].append(mae(frames[far], truth[far]))
             errors[name]["mae_blur"].append(mae(frames[far], truth[far], blur=True))
-        print(f"scene {seed}: model {errors['model']['mae'][-1]:.4f} copy {errors['copy reference']['mae'][-1]:.4f} "
-              f"({seconds[-1]:.1f}s)", flush=True)
+        print(
+            f"scene {seed}: model {errors['model']['mae'][-1]:.4f} copy {errors['copy reference']['mae'][-1]:.4f} "
+            f"({seconds[-1]:.1f}s)",
+            flush=True,
+        )
 
     summary = {m: {k: float(np.mean(v)) for k, v in e.items()} for m, e in errors.items()}
     copy = summary["copy reference"]
@@ -106,18 +128,35 @@ def main() -> None:
     print(f"\n{args.scenes} held-out scenes, {int(far.sum())} frames each >= {MIN_DEGREES:.0f} deg from the reference")
     print(f"{'method':<20}{'MAE':>8}{'vs copy':>10}{'MAE blur':>10}{'vs copy':>10}")
     for name, row in summary.items():
-        print(f"{name:<20}{row['mae']:>8.4f}{row['vs_copy']:>+10.1%}{row['mae_blur']:>10.4f}{row['vs_copy_blur']:>+10.1%}")
-    print(f"gate (model >= {REQUIRED_REDUCTION:.0%} below copy): {'PASS' if passed else 'FAIL'}; "
-          f"48 frames in {np.mean(seconds):.1f}s mean ({args.steps} steps, anchors {anchors}, "
-          f"loop {not args.no_loop}, guidance {args.guidance or 'default'})")
+        print(
+            f"{name:<20}{row['mae']:>8.4f}{row['vs_copy']:>+10.1%}{row['mae_blur']:>10.4f}{row['vs_copy_blur']:>+10.1%}"
+        )
+    print(
+        f"gate (model >= {REQUIRED_REDUCTION:.0%} below copy): {'PASS' if passed else 'FAIL'}; "
+        f"48 frames in {np.mean(seconds):.1f}s mean ({args.steps} steps, anchors {anchors}, "
+        f"loop {not args.no_loop}, guidance {args.guidance or 'default'})"
+    )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "scenes": list(held_out_seeds(args.scenes)), "min_degrees": MIN_DEGREES, "blur_sigma_px": BLUR_SIGMA,
-        "steps": args.steps, "anchors": list(anchors), "loop": not args.no_loop, "guidance": args.guidance,
-        "summary": summary,
-        "per_scene": errors, "passed": passed,
-        "seconds_per_48_frames": seconds, "required_reduction": REQUIRED_REDUCTION}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "scenes": list(held_out_seeds(args.scenes)),
+                "min_degrees": MIN_DEGREES,
+                "blur_sigma_px": BLUR_SIGMA,
+                "steps": args.steps,
+                "anchors": list(anchors),
+                "loop": not args.no_loop,
+                "guidance": args.guidance,
+                "summary": summary,
+                "per_scene": errors,
+                "passed": passed,
+                "seconds_per_48_frames": seconds,
+                "required_reduction": REQUIRED_REDUCTION,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

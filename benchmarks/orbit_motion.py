@@ -22,15 +22,20 @@ import torch
 
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import GUIDANCE_FROM_T, OrbitVideoModel
+from vid3d.generate.model.data import HELD_OUT_SEED, render_orbit_start
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.metrics.video import object_motion
-from vid3d.generate.model.data import HELD_OUT_SEED, render_orbit_start
 
 FRAMES = 16
-RUNS = {"12 runs": [(HELD_OUT_SEED + 50 + k, s) for k in range(4) for s in range(3)],
-        "16 other runs": [(HELD_OUT_SEED + 54 + k, s) for k in range(8) for s in range(2)]}
-SAMPLINGS = {f"autoguidance at t >= {GUIDANCE_FROM_T} (default)": GUIDANCE_FROM_T,
-             "autoguidance at every step": 0, "no autoguidance": float("inf")}
+RUNS = {
+    "12 runs": [(HELD_OUT_SEED + 50 + k, s) for k in range(4) for s in range(3)],
+    "16 other runs": [(HELD_OUT_SEED + 54 + k, s) for k in range(8) for s in range(2)],
+}
+SAMPLINGS = {
+    f"autoguidance at t >= {GUIDANCE_FROM_T} (default)": GUIDANCE_FROM_T,
+    "autoguidance at every step": 0,
+    "no autoguidance": float("inf"),
+}
 
 
 def measure(model: OrbitVideoModel, scene: int, seed: int) -> dict[str, float]:
@@ -60,8 +65,10 @@ def main() -> None:
             rows = [measure(model, scene, seed) for scene, seed in runs]
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             results[f"{name} / {runs_name}"] = {"mean": mean, "runs": rows}
-            print(f"{name:<42}{runs_name:<15}{mean['pairs_right']:>12.1%}{mean['motion']:>8.0%}{mean['error']:>8.4f}",
-                  flush=True)
+            print(
+                f"{name:<42}{runs_name:<15}{mean['pairs_right']:>12.1%}{mean['motion']:>8.0%}{mean['error']:>8.4f}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

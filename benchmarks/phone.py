@@ -54,9 +54,18 @@ def run(name: str, overrides: list[str], poses_only: bool = False) -> dict:
     path, truth = footage(name)
     project = RUNS / "projects" / name
     shutil.rmtree(project, ignore_errors=True)
-    command = [sys.executable, "-m", "vid3d.cli", "poses" if poses_only else "reconstruct", str(project), "--input",
-               str(path), *([] if poses_only else ["--preset", "fast"]), "--json",  # the preset sets only splats
-               *[arg for o in overrides for arg in ("--set", o)]]
+    command = [
+        sys.executable,
+        "-m",
+        "vid3d.cli",
+        "poses" if poses_only else "reconstruct",
+        str(project),
+        "--input",
+        str(path),
+        *([] if poses_only else ["--preset", "fast"]),
+        "--json",  # the preset sets only splats
+        *[arg for o in overrides for arg in ("--set", o)],
+    ]
     began = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.time() - began
@@ -69,40 +78,54 @@ def run(name: str, overrides: list[str], poses_only: bool = False) -> dict:
     numbers = source_numbers(Project(project).stage_dir("frames"))
     errors = pose_errors(poses.cam_to_world, truth[[numbers[n] for n in poses.names]])["rotation_deg"]
     parts = json.loads((poses_dir / "report.json").read_text()).get("seconds", {})
-    return {"input": name, "seconds": round(seconds, 1),
-            "frames_s": round(stages["frames"]["timings"]["total"], 1),
-            "poses_s": round(stages["poses"]["timings"]["total"], 1), "poses_parts_s": parts,
-            "registered": f"{stages['poses']['metrics']['registered']}/{stages['poses']['metrics']['total']}",
-            "rotation_error_deg": [round(float(np.median(errors)), 3), round(float(errors.max()), 3)],
-            **splats_figures(stages.get("splats"))}
+    return {
+        "input": name,
+        "seconds": round(seconds, 1),
+        "frames_s": round(stages["frames"]["timings"]["total"], 1),
+        "poses_s": round(stages["poses"]["timings"]["total"], 1),
+        "poses_parts_s": parts,
+        "registered": f"{stages['poses']['metrics']['registered']}/{stages['poses']['metrics']['total']}",
+        "rotation_error_deg": [round(float(np.median(errors)), 3), round(float(errors.max()), 3)],
+        **splats_figures(stages.get("splats")),
+    }
 
 
 def splats_figures(splats: dict | None) -> dict:
     if splats is None:  # --poses-only
         return {"splats_s": None, "psnr": None, "gaussians": 0, "train_size": None}
-    return {"splats_s": round(splats["timings"]["total"], 1), "psnr": splats["metrics"]["psnr"],
-            "gaussians": splats["metrics"]["gaussians"], "train_size": splats["metrics"].get("train_size")}
+    return {
+        "splats_s": round(splats["timings"]["total"], 1),
+        "psnr": splats["metrics"]["psnr"],
+        "gaussians": splats["metrics"]["gaussians"],
+        "train_size": splats["metrics"].get("train_size"),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", default="photos,video")
     parser.add_argument("--set", action="append", default=[], help="a setting for every run, as for vid3d --set")
-    parser.add_argument("--poses-only", action="store_true", help="stop after the poses stage (to compare its settings)")
+    parser.add_argument(
+        "--poses-only", action="store_true", help="stop after the poses stage (to compare its settings)"
+    )
     args = parser.parse_args()
     rows = []
     for name in args.inputs.split(","):
         rows.append(run(name, args.set, args.poses_only))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n`vid3d {'poses' if args.poses_only else 'reconstruct'} --preset fast` {' '.join(args.set)}")
-    print("| input | frames s | poses s (features, matching, mapping, undistortion) | splats s | registered | "
-          "rotation error median / max (deg) | held-out PSNR | Gaussians | total s |")
+    print(
+        "| input | frames s | poses s (features, matching, mapping, undistortion) | splats s | registered | "
+        "rotation error median / max (deg) | held-out PSNR | Gaussians | total s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         parts = ", ".join(f"{v:.0f}" for k, v in r["poses_parts_s"].items())
-        print(f"| {r['input']} | {r['frames_s']} | {r['poses_s']} ({parts}) | {r['splats_s']} | {r['registered']} | "
-              f"{r['rotation_error_deg'][0]} / {r['rotation_error_deg'][1]} | {r['psnr']} | {r['gaussians']:,} | "
-              f"{r['seconds']} |")
+        print(
+            f"| {r['input']} | {r['frames_s']} | {r['poses_s']} ({parts}) | {r['splats_s']} | {r['registered']} | "
+            f"{r['rotation_error_deg'][0]} / {r['rotation_error_deg'][1]} | {r['psnr']} | {r['gaussians']:,} | "
+            f"{r['seconds']} |"
+        )
 
 
 if __name__ == "__main__":

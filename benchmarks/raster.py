@@ -24,8 +24,15 @@ import trimesh
 ROOT = Path(__file__).parents[1]
 # (image size, Gaussians, layout): "scene" spreads them over a procedural scene's surfaces,
 # "clustered" packs them into a small ball, so a few tiles hold most of them (uneven tiles)
-CASES = [(128, 5_000, "scene"), (128, 20_000, "scene"), (128, 100_000, "scene"), (256, 5_000, "scene"),
-         (256, 20_000, "scene"), (256, 100_000, "scene"), (256, 100_000, "clustered")]
+CASES = [
+    (128, 5_000, "scene"),
+    (128, 20_000, "scene"),
+    (128, 100_000, "scene"),
+    (256, 5_000, "scene"),
+    (256, 20_000, "scene"),
+    (256, 100_000, "scene"),
+    (256, 100_000, "clustered"),
+]
 DENSE_LIMIT = 1e8  # Gaussians x pixels above which the dense reference does not fit in memory
 
 
@@ -47,18 +54,25 @@ def scene_gaussians(n: int, size: int, layout: str = "scene", seed: int = 0):
     sh[:, 1:] = rng.normal(0, 0.05, (n, 15, 3))
     camera = orbit_cameras(1, width=size, height=size)
     f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
-    return dict(means=f32(points), quats=f32(rng.normal(size=(n, 4))), scales=f32(np.repeat(scale[:, None], 3, 1)),
-                opacities=f32(rng.uniform(0.1, 0.9, n)), colors=f32(sh), viewmats=f32(camera.world_to_cam()),
-                Ks=f32(camera.K), width=size, height=size)
+    return dict(
+        means=f32(points),
+        quats=f32(rng.normal(size=(n, 4))),
+        scales=f32(np.repeat(scale[:, None], 3, 1)),
+        opacities=f32(rng.uniform(0.1, 0.9, n)),
+        colors=f32(sh),
+        viewmats=f32(camera.world_to_cam()),
+        Ks=f32(camera.K),
+        width=size,
+        height=size,
+    )
 
 
 def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats: int = 5) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from dense_reference import dense_reference
 
-    from vid3d.splats.rasterize import rasterization
-
     from vid3d.splats.model import tile_size_for
+    from vid3d.splats.rasterize import rasterization
 
     torch.set_num_threads(2)
     tile_size = tile_size or tile_size_for("torch", torch.device("cpu"))
@@ -81,10 +95,17 @@ def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tile-size", type=int, default=0,
-                        help="tile side in pixels; 0: what vid3d trains with (8 compiled, 4 PyTorch compositing)")
-    parser.add_argument("--compare", default="compiled,torch,dense",
-                        help="compiled (C++ compositing), torch (PyTorch compositing), dense (reference)")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=0,
+        help="tile side in pixels; 0: what vid3d trains with (8 compiled, 4 PyTorch compositing)",
+    )
+    parser.add_argument(
+        "--compare",
+        default="compiled,torch,dense",
+        help="compiled (C++ compositing), torch (PyTorch compositing), dense (reference)",
+    )
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # size n layout which: one case, as JSON
     args = parser.parse_args()
     if args.case:
@@ -96,8 +117,13 @@ def main() -> None:
     from rich.table import Table
 
     kinds = args.compare.split(",")
-    table = Table("image", "Gaussians", "layout", *(f"{k} {what}" for k in kinds for what in ("fwd+bwd (s)", "peak MB")),
-                  title=f"torch backend, tile {args.tile_size or 'as trained'}, 2 threads, {time.strftime('%Y-%m-%d')}")
+    table = Table(
+        "image",
+        "Gaussians",
+        "layout",
+        *(f"{k} {what}" for k in kinds for what in ("fwd+bwd (s)", "peak MB")),
+        title=f"torch backend, tile {args.tile_size or 'as trained'}, 2 threads, {time.strftime('%Y-%m-%d')}",
+    )
     for size, n, layout in CASES:
         row = [f"{size}x{size}", f"{n:,}", layout]
         for which in kinds:
@@ -106,12 +132,28 @@ def main() -> None:
                 continue
             # "torch": the backend's PyTorch compositing, as where the compiled one cannot be built
             env = {**os.environ, "VID3D_CPU_KERNEL": "0" if which == "torch" else "1"}
-            out = subprocess.run([sys.executable, __file__, "--tile-size", str(args.tile_size), "--case",
-                                  str(size), str(n), layout, which], capture_output=True, text=True, check=True, env=env)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--tile-size",
+                    str(args.tile_size),
+                    "--case",
+                    str(size),
+                    str(n),
+                    layout,
+                    which,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             row += [f"{result['seconds']:.3f}", f"{result['peak_mb']:.0f}"]
         table.add_row(*row)
     Console(width=160).print(table)
+
 
 if __name__ == "__main__":
     main()

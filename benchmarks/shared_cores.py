@@ -46,8 +46,13 @@ def vid3d(*args: str, env: dict[str, str], timeout: float | None = None) -> bool
     """Run one vid3d command; False when it ran past `timeout` and was stopped."""
     clean = {k: v for k, v in os.environ.items() if k not in OMP_VARIABLES}
     try:
-        subprocess.run([sys.executable, "-m", "vid3d.cli", *args], env={**clean, **env}, check=True,
-                       capture_output=True, timeout=timeout)
+        subprocess.run(
+            [sys.executable, "-m", "vid3d.cli", *args],
+            env={**clean, **env},
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return False
     return True
@@ -55,14 +60,32 @@ def vid3d(*args: str, env: dict[str, str], timeout: float | None = None) -> bool
 
 def prepare() -> None:
     if not (PROJECT / "poses" / "transforms.json").is_file():
-        vid3d("reconstruct", str(PROJECT), "--input", str(EXAMPLE), "--preset", "fast", "--set", "splats.steps=1",
-              env={"OMP_WAIT_POLICY": "PASSIVE"})
+        vid3d(
+            "reconstruct",
+            str(PROJECT),
+            "--input",
+            str(EXAMPLE),
+            "--preset",
+            "fast",
+            "--set",
+            "splats.steps=1",
+            env={"OMP_WAIT_POLICY": "PASSIVE"},
+        )
 
 
 def train(steps: int, env: dict[str, str], timeout: float | None = None) -> float:
     """The training's seconds (inf when stopped at `timeout`)."""
-    if not vid3d("reconstruct", str(PROJECT), "--force", "--preset", "fast", "--set", f"splats.steps={steps}",
-                 env=env, timeout=timeout):
+    if not vid3d(
+        "reconstruct",
+        str(PROJECT),
+        "--force",
+        "--preset",
+        "fast",
+        "--set",
+        f"splats.steps={steps}",
+        env=env,
+        timeout=timeout,
+    ):
         return float("inf")
     return json.loads((PROJECT / "splats" / "metrics.json").read_text())["train_seconds"]
 
@@ -98,13 +121,17 @@ def main() -> None:
             for process in busy:
                 process.kill()
     best = min(alone.values())
-    print(f"{args.steps} Gaussian steps of the example (fast preset), {os.cpu_count()} CPUs, "
-          f"{args.hogs} busy processes beside, median of {args.rounds} rounds; {time.strftime('%Y-%m-%d')}")
+    print(
+        f"{args.steps} Gaussian steps of the example (fast preset), {os.cpu_count()} CPUs, "
+        f"{args.hogs} busy processes beside, median of {args.rounds} rounds; {time.strftime('%Y-%m-%d')}"
+    )
     print(f"| policy | alone s | vs best alone | beside {args.hogs} busy s | beside / alone |")
     print("| --- | --- | --- | --- | --- |")
     for name in policies:
-        print(f"| {POLICIES[name][0]} | {alone[name]:.1f} | {alone[name] / best:.2f} | {shared[name]:.1f} | "
-              f"{shared[name] / alone[name]:.2f} |")
+        print(
+            f"| {POLICIES[name][0]} | {alone[name]:.1f} | {alone[name] / best:.2f} | {shared[name]:.1f} | "
+            f"{shared[name] / alone[name]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,17 +38,19 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+from model_gate import (
+    MIN_DEGREES,
+    mae,
+)  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
 
 from vid3d.config import GenerateSettings, SplatsSettings
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
-from vid3d.generate.sampler import Plan, frame_sets
 from vid3d.generate.model.data import FRAMES, held_out_seeds, render_orbit_start
+from vid3d.generate.sampler import Plan, frame_sets
 from vid3d.generate.stage import feedback_loop, generate
 from vid3d.metrics.epipolar import epipolar_error
 from vid3d.metrics.video import loop_closure, object_motion
-
-from model_gate import MIN_DEGREES, mae  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
 
 PLAIN = dict(shared_noise=False, freenoise=False, anchor_every=0, anchor_frames="", kv_cache_until=0)
 
@@ -61,10 +63,17 @@ def cases(steps: int) -> dict[str, dict]:
         "anchor attention": {**PLAIN, "anchor_frames": "0"},
         "K/V cache": {**PLAIN, "kv_cache_until": max(1, steps // 4)},
         "all together": together,
-        **{f"{mode} {weight}": {**PLAIN, "feedback": mode, "feedback_weight": weight}
-           for mode, weights in FEEDBACK_WEIGHTS.items() for weight in weights},
-        "rectify 0.5 refit each step": {**PLAIN, "feedback": "rectify", "feedback_weight": 0.5,
-                                         "feedback_warm_start": False},
+        **{
+            f"{mode} {weight}": {**PLAIN, "feedback": mode, "feedback_weight": weight}
+            for mode, weights in FEEDBACK_WEIGHTS.items()
+            for weight in weights
+        },
+        "rectify 0.5 refit each step": {
+            **PLAIN,
+            "feedback": "rectify",
+            "feedback_weight": 0.5,
+            "feedback_warm_start": False,
+        },
         "all together + rectify 0.5": {**together, "feedback": "rectify", "feedback_weight": 0.5},
     }
 
@@ -101,13 +110,28 @@ def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int, 
         for i, frame in enumerate(frames):
             iio.imwrite(frames_dir / f"{i:05d}.png", frame)
             entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
-        FramesIndex(source="generated", kind="images", source_frames=len(frames), fps=None, width=frames.shape[2],
-                    height=frames.shape[1], frames=entries).write(frames_dir)
+        FramesIndex(
+            source="generated",
+            kind="images",
+            source_frames=len(frames),
+            fps=None,
+            width=frames.shape[2],
+            height=frames.shape[1],
+            frames=entries,
+        ).write(frames_dir)
         write_cameras(scratch / "cameras.json", cameras)
         poses_from_cameras(frames_dir, scratch / "cameras.json", poses_dir, points=5000)
-        settings = SplatsSettings(steps=splat_steps, sh_degree=1, sh_degree_interval=100, refine_start=50,
-                                  refine_stop=splat_steps - 50, refine_every=50, reset_every=10 * splat_steps,
-                                  checkpoint_every=10 * splat_steps, test_every=8)
+        settings = SplatsSettings(
+            steps=splat_steps,
+            sh_degree=1,
+            sh_degree_interval=100,
+            refine_start=50,
+            refine_stop=splat_steps - 50,
+            refine_every=50,
+            reset_every=10 * splat_steps,
+            checkpoint_every=10 * splat_steps,
+            test_every=8,
+        )
         result = train_splats(poses_dir, settings, splats_dir, scratch / "resume", "cpu", start=start)
         return float(result.metrics["psnr"])
 
@@ -130,13 +154,21 @@ def main() -> None:
     joins = window_joins(model, base)
     request_cameras = model.cameras(Request(image=np.zeros((64, 64, 3), np.uint8), num_frames=FRAMES))
 
-    chosen = {name: overrides for name, overrides in cases(args.steps).items()
-              if not args.cases or name in args.cases.split(",")}
+    chosen = {
+        name: overrides
+        for name, overrides in cases(args.steps).items()
+        if not args.cases or name in args.cases.split(",")
+    }
     cam_to_world = np.stack([c["camera_to_world"] for c in request_cameras])
     Ks = np.stack([c["K"] for c in request_cameras])
-    rows = {name: {key: [] for key in ("error", "error_blur", "seam", "loop_closure", "psnr_3d", "epipolar_px",
-                                       "motion", "seconds")} for name in chosen}
-    for seed in held_out_seeds(args.scenes)[args.skip:]:
+    rows = {
+        name: {
+            key: []
+            for key in ("error", "error_blur", "seam", "loop_closure", "psnr_3d", "epipolar_px", "motion", "seconds")
+        }
+        for name in chosen
+    }
+    for seed in held_out_seeds(args.scenes)[args.skip :]:
         truth, objects = render_orbit_start(seed, FRAMES)
         for name, overrides in chosen.items():
             settings = replace(base, seed=seed, **overrides)
@@ -153,30 +185,51 @@ def main() -> None:
             row["psnr_3d"].append(consistency_psnr(generated, request_cameras, args.splat_steps))
             row["epipolar_px"].append(epipolar_error(generated, cam_to_world, Ks)["epipolar_px"])
             row["motion"].append(object_motion(generated, truth, objects)[1])
-            print(f"scene {seed} {name:<17} error {row['error'][-1]:.4f} blur {row['error_blur'][-1]:.4f} "
-                  f"seam {row['seam'][-1]:.4f} "
-                  f"loop {row['loop_closure'][-1]:.2f} 3D {row['psnr_3d'][-1]:.2f} dB "
-                  f"epipolar {row['epipolar_px'][-1]:.3f} px motion {row['motion'][-1]:.0%} "
-                  f"{row['seconds'][-1]:.1f} s", flush=True)
+            print(
+                f"scene {seed} {name:<17} error {row['error'][-1]:.4f} blur {row['error_blur'][-1]:.4f} "
+                f"seam {row['seam'][-1]:.4f} "
+                f"loop {row['loop_closure'][-1]:.2f} 3D {row['psnr_3d'][-1]:.2f} dB "
+                f"epipolar {row['epipolar_px'][-1]:.3f} px motion {row['motion'][-1]:.0%} "
+                f"{row['seconds'][-1]:.1f} s",
+                flush=True,
+            )
 
     plain = {k: float(np.mean(v)) for k, v in next(iter(rows.values())).items()}  # the first case: plain windows
-    print(f"\n{args.scenes} held-out scenes, 48-frame orbits, window {model.window}, non-circular, {args.steps} steps; "
-          "mean ± standard deviation over scenes")
-    header = (f"{'case':<28}{'error':>16}{'vs plain':>10}{'error (blur)':>16}{'seam':>16}{'loop closure':>14}"
-              f"{'3D PSNR':>16}{'epipolar px':>14}{'motion':>12}{'seconds':>10}")
+    print(
+        f"\n{args.scenes} held-out scenes, 48-frame orbits, window {model.window}, non-circular, {args.steps} steps; "
+        "mean ± standard deviation over scenes"
+    )
+    header = (
+        f"{'case':<28}{'error':>16}{'vs plain':>10}{'error (blur)':>16}{'seam':>16}{'loop closure':>14}"
+        f"{'3D PSNR':>16}{'epipolar px':>14}{'motion':>12}{'seconds':>10}"
+    )
     print(header)
     summary = {}
     for name, row in rows.items():
         stats = {k: (float(np.mean(v)), float(np.std(v))) for k, v in row.items()}
         summary[name] = stats
         cell = lambda k, digits=4: f"{stats[k][0]:.{digits}f}±{stats[k][1]:.{digits}f}"
-        print(f"{name:<28}{cell('error'):>16}{1 - stats['error'][0] / plain['error']:>+10.1%}"
-              f"{cell('error_blur'):>16}{cell('seam'):>16}{cell('loop_closure', 2):>14}{cell('psnr_3d', 2):>16}"
-              f"{cell('epipolar_px', 3):>14}{cell('motion', 2):>12}{stats['seconds'][0]:>10.1f}")
+        print(
+            f"{name:<28}{cell('error'):>16}{1 - stats['error'][0] / plain['error']:>+10.1%}"
+            f"{cell('error_blur'):>16}{cell('seam'):>16}{cell('loop_closure', 2):>14}{cell('psnr_3d', 2):>16}"
+            f"{cell('epipolar_px', 3):>14}{cell('motion', 2):>12}{stats['seconds'][0]:>10.1f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"scenes": list(held_out_seeds(args.scenes)), "steps": args.steps,
-                                    "splat_steps": args.splat_steps, "window": model.window, "joins": joins,
-                                    "cases": cases(args.steps), "summary": summary, "per_scene": rows}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "scenes": list(held_out_seeds(args.scenes)),
+                "steps": args.steps,
+                "splat_steps": args.splat_steps,
+                "window": model.window,
+                "joins": joins,
+                "cases": cases(args.steps),
+                "summary": summary,
+                "per_scene": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,14 @@ def main() -> None:
     frames = render(scene, orbit_cameras(FRAMES, width=SIZE, height=SIZE)).images
     out = Path(__file__).with_name("orbit.mp4")
     iio.imwrite(out, frames, plugin="FFMPEG", fps=FPS, codec="libx264", quality=9)
-    truth = {"scene_seed": SEED, "frames": FRAMES, "width": SIZE, "height": SIZE, "fps": FPS,
-             "orbit": "vid3d.scenes.orbit_cameras defaults"}
+    truth = {
+        "scene_seed": SEED,
+        "frames": FRAMES,
+        "width": SIZE,
+        "height": SIZE,
+        "fps": FPS,
+        "orbit": "vid3d.scenes.orbit_cameras defaults",
+    }
     out.with_suffix(".json").write_text(json.dumps(truth, indent=1) + "\n")
     print(f"{out}: {FRAMES} frames of {SIZE}x{SIZE}, {out.stat().st_size / 1e6:.1f} MB")
 

@@ -39,8 +39,9 @@ BLOCK_M = 64  # query rows per program
 BLOCK_N = 64  # keys per inner step
 
 
-def multi_source_attention(query: Tensor, sources: list[Source], scale: float | None = None,
-                           use_triton: bool | None = None) -> Tensor:
+def multi_source_attention(
+    query: Tensor, sources: list[Source], scale: float | None = None, use_triton: bool | None = None
+) -> Tensor:
     """Attention of query [B, H, Lq, D] over all sources' keys at once; output [B, H, Lq, D].
 
     use_triton=None takes the Triton kernel when the query is on CUDA, Triton imports and no input
@@ -71,8 +72,9 @@ def multi_source_attention_reference(query: Tensor, sources: list[Source], scale
     return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
 
 
-def triton_multi_source_attention(query: Tensor, sources: list[Source], scale: float | None = None,
-                                  block_m: int = BLOCK_M, block_n: int = BLOCK_N) -> Tensor:
+def triton_multi_source_attention(
+    query: Tensor, sources: list[Source], scale: float | None = None, block_m: int = BLOCK_M, block_n: int = BLOCK_N
+) -> Tensor:
     """The Triton path, forward only; block sizes are parameters so tests can run tiny tiles."""
     _check(query, sources)
     for key, value, _ in sources:
@@ -80,7 +82,7 @@ def triton_multi_source_attention(query: Tensor, sources: list[Source], scale: f
             raise ValueError(f"keys and values must have the query's dtype {query.dtype}")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     sources = [s for s in sources if s[0].shape[2] > 0]
-    groups = [sources[i:i + MAX_SOURCES] for i in range(0, len(sources), MAX_SOURCES)]
+    groups = [sources[i : i + MAX_SOURCES] for i in range(0, len(sources), MAX_SOURCES)]
     if len(groups) == 1:
         out, _ = _launch(query, groups[0], scale, query.dtype, block_m, block_n)
         return out
@@ -90,8 +92,9 @@ def triton_multi_source_attention(query: Tensor, sources: list[Source], scale: f
     return sum(s * o for s, (o, _) in zip(share, partial)).to(query.dtype)
 
 
-def _launch(query: Tensor, sources: list[Source], scale: float, out_dtype: torch.dtype,
-            block_m: int, block_n: int) -> tuple[Tensor, Tensor]:
+def _launch(
+    query: Tensor, sources: list[Source], scale: float, out_dtype: torch.dtype, block_m: int, block_n: int
+) -> tuple[Tensor, Tensor]:
     """One kernel launch over up to MAX_SOURCES sources: (normalised output, log-sum-exp of logits)."""
     batch, heads, lq, dim = query.shape
     out = torch.empty(query.shape, dtype=out_dtype, device=query.device)
@@ -101,11 +104,25 @@ def _launch(query: Tensor, sources: list[Source], scale: float, out_dtype: torch
     args = [a for source_args in per_source for a in source_args]
     grid = (triton.cdiv(lq, block_m), batch * heads)
     _multi_source_kernel[grid](
-        query, out, lse, *query.stride(), *out.stride(), *lse.stride(), heads, lq, dim, scale * LOG2E,
-        *args, NUM_SOURCES=len(sources), BLOCK_M=block_m, BLOCK_N=block_n,
+        query,
+        out,
+        lse,
+        *query.stride(),
+        *out.stride(),
+        *lse.stride(),
+        heads,
+        lq,
+        dim,
+        scale * LOG2E,
+        *args,
+        NUM_SOURCES=len(sources),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=4 if dim <= 64 else 8, num_stages=2)
+        num_warps=4 if dim <= 64 else 8,
+        num_stages=2,
+    )
     return out, lse
 
 
@@ -147,10 +164,17 @@ def _check(query: Tensor, sources: list[Source]) -> None:
         raise ValueError("need at least one source")
     batch, heads, _, dim = query.shape
     for i, (key, value, weight) in enumerate(sources):
-        if key.shape != value.shape or key.dim() != 4 or key.shape[0] not in (1, batch) \
-                or key.shape[1] != heads or key.shape[3] != dim:
-            raise ValueError(f"source {i}: key {tuple(key.shape)} and value {tuple(value.shape)} must both be "
-                             f"[{batch} or 1, {heads}, Lk, {dim}]")
+        if (
+            key.shape != value.shape
+            or key.dim() != 4
+            or key.shape[0] not in (1, batch)
+            or key.shape[1] != heads
+            or key.shape[3] != dim
+        ):
+            raise ValueError(
+                f"source {i}: key {tuple(key.shape)} and value {tuple(value.shape)} must both be "
+                f"[{batch} or 1, {heads}, Lk, {dim}]"
+            )
         if not _is_number(weight) and weight.shape != (key.shape[2],):
             raise ValueError(f"source {i}: log_weight must be a float or a 1-D tensor of length {key.shape[2]}")
 
@@ -161,17 +185,43 @@ if triton is not None:
     _LOG2E = tl.constexpr(LOG2E)  # the same number, as jitted code reads a global
 
     @triton.jit
-    def _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
-                       k_ptr, v_ptr, w_ptr, lk, skb, skh, skn, skd, svb, svh, svn, svd, sw,
-                       BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    def _attend_source(
+        acc,
+        m_i,
+        l_i,
+        q,
+        b,
+        h,
+        offs_d,
+        d_mask,
+        qk_scale,
+        k_ptr,
+        v_ptr,
+        w_ptr,
+        lk,
+        skb,
+        skh,
+        skn,
+        skd,
+        svb,
+        svh,
+        svn,
+        svd,
+        sw,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         """Fold one source's keys into the running (output sum, row max, row sum), base-2 logits."""
         k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
         v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
         for start in range(0, lk, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             n_mask = offs_n < lk
-            kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
-                         mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [D, N]
+            kt = tl.load(
+                k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                mask=n_mask[None, :] & d_mask[:, None],
+                other=0.0,
+            )  # [D, N]
             # keys past the end get log-weight -inf, which masks them out of the softmax
             w = tl.load(w_ptr + offs_n * sw, mask=n_mask, other=-float("inf"))
             s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale + w[None, :] * _LOG2E
@@ -179,21 +229,93 @@ if triton is not None:
             alpha = tl.math.exp2(m_i - m_new)
             p = tl.math.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [N, D]
+            v = tl.load(
+                v_base + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                mask=n_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )  # [N, D]
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
         return acc, m_i, l_i
 
     @triton.jit
     def _multi_source_kernel(
-            q_ptr, o_ptr, lse_ptr, sqb, sqh, sqm, sqd, sob, soh, som, sod, slb, slh, slm, heads, lq, dim, qk_scale,
-            k0, v0, w0, lk0, sk0b, sk0h, sk0n, sk0d, sv0b, sv0h, sv0n, sv0d, sw0,
-            k1, v1, w1, lk1, sk1b, sk1h, sk1n, sk1d, sv1b, sv1h, sv1n, sv1d, sw1,
-            k2, v2, w2, lk2, sk2b, sk2h, sk2n, sk2d, sv2b, sv2h, sv2n, sv2d, sw2,
-            k3, v3, w3, lk3, sk3b, sk3h, sk3n, sk3d, sv3b, sv3h, sv3n, sv3d, sw3,
-            NUM_SOURCES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            PRECISION: tl.constexpr):
+        q_ptr,
+        o_ptr,
+        lse_ptr,
+        sqb,
+        sqh,
+        sqm,
+        sqd,
+        sob,
+        soh,
+        som,
+        sod,
+        slb,
+        slh,
+        slm,
+        heads,
+        lq,
+        dim,
+        qk_scale,
+        k0,
+        v0,
+        w0,
+        lk0,
+        sk0b,
+        sk0h,
+        sk0n,
+        sk0d,
+        sv0b,
+        sv0h,
+        sv0n,
+        sv0d,
+        sw0,
+        k1,
+        v1,
+        w1,
+        lk1,
+        sk1b,
+        sk1h,
+        sk1n,
+        sk1d,
+        sv1b,
+        sv1h,
+        sv1n,
+        sv1d,
+        sw1,
+        k2,
+        v2,
+        w2,
+        lk2,
+        sk2b,
+        sk2h,
+        sk2n,
+        sk2d,
+        sv2b,
+        sv2h,
+        sv2n,
+        sv2d,
+        sw2,
+        k3,
+        v3,
+        w3,
+        lk3,
+        sk3b,
+        sk3h,
+        sk3n,
+        sk3d,
+        sv3b,
+        sv3h,
+        sv3n,
+        sv3d,
+        sw3,
+        NUM_SOURCES: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // heads
@@ -203,27 +325,120 @@ if triton is not None:
         m_mask = offs_m < lq
         d_mask = offs_d < dim
         q_base = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        q = tl.load(
+            q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=m_mask[:, None] & d_mask[None, :], other=0.0
+        )
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         # finite start: a block whose log-weights are all -inf must not compute exp2(-inf - -inf)
         m_i = tl.full((BLOCK_M,), -1e30, dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc, m_i, l_i = _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
-                                       k0, v0, w0, lk0, sk0b, sk0h, sk0n, sk0d, sv0b, sv0h, sv0n, sv0d, sw0,
-                                       BLOCK_N, PRECISION)
+        acc, m_i, l_i = _attend_source(
+            acc,
+            m_i,
+            l_i,
+            q,
+            b,
+            h,
+            offs_d,
+            d_mask,
+            qk_scale,
+            k0,
+            v0,
+            w0,
+            lk0,
+            sk0b,
+            sk0h,
+            sk0n,
+            sk0d,
+            sv0b,
+            sv0h,
+            sv0n,
+            sv0d,
+            sw0,
+            BLOCK_N,
+            PRECISION,
+        )
         if NUM_SOURCES > 1:
-            acc, m_i, l_i = _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
-                                           k1, v1, w1, lk1, sk1b, sk1h, sk1n, sk1d, sv1b, sv1h, sv1n, sv1d, sw1,
-                                           BLOCK_N, PRECISION)
+            acc, m_i, l_i = _attend_source(
+                acc,
+                m_i,
+                l_i,
+                q,
+                b,
+                h,
+                offs_d,
+                d_mask,
+                qk_scale,
+                k1,
+                v1,
+                w1,
+                lk1,
+                sk1b,
+                sk1h,
+                sk1n,
+                sk1d,
+                sv1b,
+                sv1h,
+                sv1n,
+                sv1d,
+                sw1,
+                BLOCK_N,
+                PRECISION,
+            )
         if NUM_SOURCES > 2:
-            acc, m_i, l_i = _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
-                                           k2, v2, w2, lk2, sk2b, sk2h, sk2n, sk2d, sv2b, sv2h, sv2n, sv2d, sw2,
-                                           BLOCK_N, PRECISION)
+            acc, m_i, l_i = _attend_source(
+                acc,
+                m_i,
+                l_i,
+                q,
+                b,
+                h,
+                offs_d,
+                d_mask,
+                qk_scale,
+                k2,
+                v2,
+                w2,
+                lk2,
+                sk2b,
+                sk2h,
+                sk2n,
+                sk2d,
+                sv2b,
+                sv2h,
+                sv2n,
+                sv2d,
+                sw2,
+                BLOCK_N,
+                PRECISION,
+            )
         if NUM_SOURCES > 3:
-            acc, m_i, l_i = _attend_source(acc, m_i, l_i, q, b, h, offs_d, d_mask, qk_scale,
-                                           k3, v3, w3, lk3, sk3b, sk3h, sk3n, sk3d, sv3b, sv3h, sv3n, sv3d, sw3,
-                                           BLOCK_N, PRECISION)
+            acc, m_i, l_i = _attend_source(
+                acc,
+                m_i,
+                l_i,
+                q,
+                b,
+                h,
+                offs_d,
+                d_mask,
+                qk_scale,
+                k3,
+                v3,
+                w3,
+                lk3,
+                sk3b,
+                sk3h,
+                sk3n,
+                sk3d,
+                sv3b,
+                sv3h,
+                sv3n,
+                sv3d,
+                sw3,
+                BLOCK_N,
+                PRECISION,
+            )
         o_base = o_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         out = (acc / l_i[:, None]).to(o_ptr.dtype.element_ty)
         tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, out, mask=m_mask[:, None] & d_mask[None, :])

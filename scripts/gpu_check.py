@@ -31,8 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "runs" / "gpu-check" / "project"  # frames + poses of examples/orbit.mp4, made by --prepare
 TORCH_BACKEND_FIGURES = "docs/benchmarks.md: fast preset on the CPU, torch backend: 26.14 dB, 1,500 steps in 456 s"
-BUILD_SNIPPET = ("import torch, gsplat; from gsplat.cuda._backend import _C; "
-                 "print('gsplat', gsplat.__version__, 'built' if _C is not None else 'not built')")
+BUILD_SNIPPET = (
+    "import torch, gsplat; from gsplat.cuda._backend import _C; "
+    "print('gsplat', gsplat.__version__, 'built' if _C is not None else 'not built')"
+)
 
 
 def main() -> None:
@@ -43,9 +45,14 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.dry_run
     results: dict[str, dict] = {}
     build = start_gsplat_build() if cuda else None
-    checks = [("environment", environment), ("attention", attention), ("generate", generate),
-              ("gsplat_build", lambda c: finish_gsplat_build(build)), ("rasterizer", rasterizer),
-              ("reconstruct", reconstruct)]
+    checks = [
+        ("environment", environment),
+        ("attention", attention),
+        ("generate", generate),
+        ("gsplat_build", lambda c: finish_gsplat_build(build)),
+        ("rasterizer", rasterizer),
+        ("reconstruct", reconstruct),
+    ]
     for name, check in checks:
         began = time.time()
         try:
@@ -53,8 +60,11 @@ def main() -> None:
         except Skipped as reason:
             results[name] = {"status": "skipped", "why": str(reason)}
         except Exception as error:  # record it and go on: one failure must not cost the other checks
-            results[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                             "traceback": traceback.format_exc(limit=6)}
+            results[name] = {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=6),
+            }
         results[name]["seconds"] = round(time.time() - began, 1)
         print(f"{name}: {results[name]['status']} ({results[name]['seconds']} s)", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,17 +86,26 @@ def environment(cuda: bool) -> dict:
         except meta.PackageNotFoundError:
             versions[package] = None
     nvcc = shutil.which("nvcc")
-    return {"cuda": torch.cuda.is_available(), "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "torch_cuda": torch.version.cuda, "nvcc": nvcc and subprocess.run(
-                [nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
-            "python": sys.version.split()[0], "versions": versions}
+    return {
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch_cuda": torch.version.cuda,
+        "nvcc": nvcc
+        and subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
+        "python": sys.version.split()[0],
+        "versions": versions,
+    }
 
 
 def start_gsplat_build() -> subprocess.Popen:
-    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", _arch()),
-           "MAX_JOBS": str(os.cpu_count() or 8)}
-    return subprocess.Popen([sys.executable, "-c", BUILD_SNIPPET], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", _arch()),
+        "MAX_JOBS": str(os.cpu_count() or 8),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD_SNIPPET], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish_gsplat_build(build: subprocess.Popen | None) -> dict:
@@ -119,9 +138,18 @@ def attention(cuda: bool) -> dict:
             reference = multi_source_attention_reference(query, sources)
             kernel_ms, kernel_mb = measure(lambda: triton_multi_source_attention(query, sources))
             sdpa_ms, sdpa_mb = measure(lambda: multi_source_attention_reference(query, sources))
-        rows.append({"B": batch, "H": heads, "Lq": lq, "max_abs_diff": float((kernel - reference).abs().max()),
-                     "triton_ms": round(kernel_ms, 3), "sdpa_ms": round(sdpa_ms, 3), "triton_mb": round(kernel_mb),
-                     "sdpa_mb": round(sdpa_mb)})
+        rows.append(
+            {
+                "B": batch,
+                "H": heads,
+                "Lq": lq,
+                "max_abs_diff": float((kernel - reference).abs().max()),
+                "triton_ms": round(kernel_ms, 3),
+                "sdpa_ms": round(sdpa_ms, 3),
+                "triton_mb": round(kernel_mb),
+                "sdpa_mb": round(sdpa_mb),
+            }
+        )
     return {"cases": rows}
 
 
@@ -132,7 +160,8 @@ def generate(cuda: bool) -> dict:
 
     from vid3d.config import GenerateSettings
     from vid3d.generate.adapters import Request, load_model
-    from vid3d.generate.stage import generate as sample_video, read_reference
+    from vid3d.generate.stage import generate as sample_video
+    from vid3d.generate.stage import read_reference
 
     device = torch.device("cuda" if cuda else "cpu")
     image = read_reference(ROOT / "examples" / "reference.png")
@@ -144,8 +173,15 @@ def generate(cuda: bool) -> dict:
             began = time.time()
             model = load_model(name, device, dtype)
             video = sample_video(model, Request(image=image, num_frames=frames, height=64, width=64), settings)
-            runs.append({"model": name, "dtype": str(dtype).removeprefix("torch."), "frames": list(video.shape),
-                         "seconds": round(time.time() - began, 2), "mean_level": round(float(np.mean(video)), 2)})
+            runs.append(
+                {
+                    "model": name,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "frames": list(video.shape),
+                    "seconds": round(time.time() - began, 2),
+                    "mean_level": round(float(np.mean(video)), 2),
+                }
+            )
             if video.shape[0] < 1 or not np.isfinite(video.astype(np.float32)).all():
                 raise RuntimeError(f"{name} in {dtype}: no frames: {runs[-1]}")
     return {"runs": runs}
@@ -162,8 +198,14 @@ def rasterizer(cuda: bool) -> dict:
     device = "cuda" if cuda else "cpu"
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    splats = init_splats(rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
-                         rng.uniform(0, 1, (20_000, 3)).astype(np.float32), 3, 0.5, 1.0, generator).to(device)
+    splats = init_splats(
+        rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
+        rng.uniform(0, 1, (20_000, 3)).astype(np.float32),
+        3,
+        0.5,
+        1.0,
+        generator,
+    ).to(device)
     cams = orbit_cameras(2, width=256, height=192)
     viewmats = torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32, device=device)
     Ks = torch.tensor(cams.K, dtype=torch.float32, device=device)
@@ -181,9 +223,12 @@ def rasterizer(cuda: bool) -> dict:
         raise Skipped("no CUDA: rendered with the torch backend only")
     (a, grads_a, _), (b, grads_b, _) = out["gsplat"], out["torch"]
     cosine = lambda x, y: float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0))
-    return {"image_max_abs_diff": float((a - b).abs().max()), "image_mean_abs_diff": float((a - b).abs().mean()),
-            "gradient_cosine": {k: round(cosine(grads_a[k], grads_b[k]), 5) for k in grads_a},
-            "seconds_first_call": {k: round(v[2], 3) for k, v in out.items()}}
+    return {
+        "image_max_abs_diff": float((a - b).abs().max()),
+        "image_mean_abs_diff": float((a - b).abs().mean()),
+        "gradient_cosine": {k: round(cosine(grads_a[k], grads_b[k]), 5) for k in grads_a},
+        "seconds_first_call": {k: round(v[2], 3) for k, v in out.items()},
+    }
 
 
 def reconstruct(cuda: bool) -> dict:
@@ -195,8 +240,17 @@ def reconstruct(cuda: bool) -> dict:
     shutil.rmtree(project, ignore_errors=True)
     shutil.copytree(PREPARED, project)
     # the input by a path of this tree: its content fingerprint matches, so frames and poses stay cached
-    code, out, seconds = _vid3d("reconstruct", project, "--input", ROOT / "examples" / "orbit.mp4", "--preset", "fast",
-                                "--device", "cuda", timeout=300)
+    code, out, seconds = _vid3d(
+        "reconstruct",
+        project,
+        "--input",
+        ROOT / "examples" / "orbit.mp4",
+        "--preset",
+        "fast",
+        "--device",
+        "cuda",
+        timeout=300,
+    )
     if code != 0:
         raise RuntimeError(json.dumps(out)[:2000])
     stages = out.get("stages", out)
@@ -206,8 +260,13 @@ def reconstruct(cuda: bool) -> dict:
 def _vid3d(*args, timeout: int) -> tuple[int, dict, float]:
     began = time.time()
     try:
-        result = subprocess.run([sys.executable, "-m", "vid3d.cli", *map(str, args), "--json"], capture_output=True,
-                                text=True, timeout=timeout, cwd=ROOT)
+        result = subprocess.run(
+            [sys.executable, "-m", "vid3d.cli", *map(str, args), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
     except subprocess.TimeoutExpired:
         return 124, {"error": f"timed out after {timeout} s"}, round(time.time() - began, 1)
     try:

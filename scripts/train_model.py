@@ -18,20 +18,26 @@ from pathlib import Path
 # Sleeping (not spinning) OpenMP threads: on a shared 2-core machine spinning made steps 10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from vid3d.generate.model import WEIGHTS  # noqa: E402
-from vid3d.generate.model.train import Settings, run  # noqa: E402
+from vid3d.generate.model import WEIGHTS
+from vid3d.generate.model.train import Settings, run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/orbit"))
     parser.add_argument("--data", type=Path, default=Path("runs/data"))
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop the diffusion stage after this long (the stop is recorded in settings.json)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop the diffusion stage after this long (the stop is recorded in settings.json)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--install", action="store_true", help="copy the exported weights into vid3d/generate/model/weights")
+    parser.add_argument(
+        "--install", action="store_true", help="copy the exported weights into vid3d/generate/model/weights"
+    )
     for field in fields(Settings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args()

@@ -40,11 +40,24 @@ class Browser:
 
         self.profile = tempfile.mkdtemp(prefix="vid3d-chromium-")
         self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
-             "--use-angle=swiftshader", "--enable-unsafe-swiftshader",  # WebGL on the CPU
-             f"--window-size={width},{height}", "--hide-scrollbars", "--remote-debugging-port=0",
-             f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                executable,
+                "--headless",
+                "--no-sandbox",
+                "--no-first-run",
+                "--disable-gpu-sandbox",
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",  # WebGL on the CPU
+                f"--window-size={width},{height}",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         port = self._devtools_port()
         pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(p for p in pages if p["type"] == "page")
@@ -84,7 +97,7 @@ class Browser:
         elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
             self.errors.append(" ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"]))
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            self.errors.append(f'{params["entry"].get("text")} ({params["entry"].get("url", "")})')
+            self.errors.append(f"{params['entry'].get('text')} ({params['entry'].get('url', '')})")
 
     def open(self, url: str, settle: float = 1.0) -> None:
         """Load `url`, wait for its load event, then `settle` seconds more for scripts to draw."""
@@ -118,7 +131,7 @@ class Browser:
         result = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
         return iio.imread(base64.b64decode(result["data"]))[..., :3]
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,8 +28,9 @@ def compiled_rasterizer():
 
 def run_cli(*args, timeout=600):
     """Run the vid3d command line in a fresh process, as a user or a farm script would."""
-    return subprocess.run([sys.executable, "-m", "vid3d.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vid3d.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_json(*args):

@@ -8,8 +8,20 @@ import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
 
-def dense_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None,
-                    backgrounds=None, render_mode="RGB"):
+def dense_reference(
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    sh_degree=None,
+    backgrounds=None,
+    render_mode="RGB",
+):
     """gsplat's compositing rules, evaluated for all Gaussians at all pixels with plain autograd."""
     from vid3d.splats.rasterize import _view_colors
 
@@ -20,8 +32,9 @@ def dense_reference(means, quats, scales, opacities, colors, viewmats, Ks, width
         colors = torch.cat([colors, depths[..., None]], -1)
         if backgrounds is not None:
             backgrounds = torch.cat([backgrounds, torch.zeros_like(backgrounds[:, :1])], -1)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=means.dtype) + 0.5,
-                            torch.arange(width, dtype=means.dtype) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=means.dtype) + 0.5, torch.arange(width, dtype=means.dtype) + 0.5, indexing="ij"
+    )
     images, alphas = [], []
     for c in range(len(viewmats)):
         order = torch.argsort(depths[c])
@@ -29,7 +42,7 @@ def dense_reference(means, quats, scales, opacities, colors, viewmats, Ks, width
         m, q, o, col = means2d[c][order], conics[c][order], opacities[order], colors[c][order]
         dx = xs.reshape(1, -1) - m[:, :1]
         dy = ys.reshape(1, -1) - m[:, 1:]
-        sigma = 0.5 * (q[:, :1] * dx ** 2 + q[:, 2:] * dy ** 2) + q[:, 1:2] * dx * dy
+        sigma = 0.5 * (q[:, :1] * dx**2 + q[:, 2:] * dy**2) + q[:, 1:2] * dx * dy
         alpha = torch.clamp_max(o[:, None] * torch.exp(-sigma), 0.999)
         alpha = torch.where((sigma >= 0) & (alpha >= 1 / 255), alpha, torch.zeros_like(alpha))
         # all Gaussians at all pixels at once: transmittance as a running product over depth order

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import error_line, run_cli
 
 
@@ -12,7 +11,8 @@ def test_paths_and_settings_are_printed_literally(tmp_path):
     missing = folder / "clip[/x] :smile:.mp4"
     result = run_cli("frames", tmp_path / "project", "--input", missing)
     assert result.returncode == 2 and error_line(result.stderr) == (
-        f"error: {missing}: no such file or folder; pass a video file or a folder of images to --input")
+        f"error: {missing}: no such file or folder; pass a video file or a folder of images to --input"
+    )
     result = run_cli("frames", tmp_path / "project", "--set", "bogus.x=1")
     assert result.returncode == 2 and "unknown stage [bogus]" in error_line(result.stderr)
     result = run_cli("frames", tmp_path / "project", "--device", "cuda:x")

@@ -23,8 +23,11 @@ def test_default_toml_documents_every_setting_with_its_default():
 def test_layers_and_overrides_apply_in_order(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[frames]\ncount = 40\nmax_side = 320\n[poses]\nmatcher = "exhaustive"\n')
-    settings = load_settings(({"frames": {"count": 10}}, "project.toml"), read_toml(config),
-                             overrides=["frames.count=25", "poses.min_registered=0.9", "poses.mapper=global"])
+    settings = load_settings(
+        ({"frames": {"count": 10}}, "project.toml"),
+        read_toml(config),
+        overrides=["frames.count=25", "poses.min_registered=0.9", "poses.mapper=global"],
+    )
     assert settings.frames.count == 25
     assert settings.frames.max_side == 320
     assert settings.poses.matcher == "exhaustive"
@@ -32,15 +35,18 @@ def test_layers_and_overrides_apply_in_order(tmp_path):
     assert settings.poses.mapper == "global"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("frames.cont=3", ["frames.cont", "count", "max_side"]),
-    ("frame.count=3", ["[frame]", "frames", "poses"]),
-    ("poses.matcher=fast", ["poses.matcher", "auto", "sequential", "exhaustive"]),
-    ("frames.count=many", ["frames.count", "whole number"]),
-    ("frames.count=1", ["frames.count", "at least 2"]),
-    ("poses.min_registered=1.5", ["poses.min_registered", "between 0.0 and 1.0"]),
-    ("frames.count", ["stage.key=value"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("frames.cont=3", ["frames.cont", "count", "max_side"]),
+        ("frame.count=3", ["[frame]", "frames", "poses"]),
+        ("poses.matcher=fast", ["poses.matcher", "auto", "sequential", "exhaustive"]),
+        ("frames.count=many", ["frames.count", "whole number"]),
+        ("frames.count=1", ["frames.count", "at least 2"]),
+        ("poses.min_registered=1.5", ["poses.min_registered", "between 0.0 and 1.0"]),
+        ("frames.count", ["stage.key=value"]),
+    ],
+)
 def test_bad_settings_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(UserError) as info:
         load_settings(overrides=[override])

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-
 from dense_reference import dense_reference
 from test_rasterize import PARAMS, random_scene
+
 from vid3d.splats import cpu_kernel
 from vid3d.splats.rasterize import rasterization
 
@@ -24,8 +24,14 @@ def test_float32_matches_dense_reference(tile_size):
     for render in ("compiled", "dense"):
         inputs = {k: (v.clone().requires_grad_(True) if k in PARAMS else v) for k, v in scene.items()}
         if render == "compiled":
-            image, alpha, _ = rasterization(**inputs, sh_degree=2, backgrounds=backgrounds, render_mode="RGB+D",
-                                            tile_size=tile_size, backend="torch")
+            image, alpha, _ = rasterization(
+                **inputs,
+                sh_degree=2,
+                backgrounds=backgrounds,
+                render_mode="RGB+D",
+                tile_size=tile_size,
+                backend="torch",
+            )
         else:
             image, alpha = dense_reference(**inputs, sh_degree=2, backgrounds=backgrounds, render_mode="RGB+D")
         weights = torch.linspace(0.1, 1.0, image.numel()).reshape(image.shape)
@@ -51,8 +57,13 @@ def test_median_depth_agrees_with_the_pytorch_compositing(monkeypatch):
 
 
 def run_python(code: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 RENDER = """
@@ -78,16 +89,23 @@ def test_two_jobs_build_it_once_into_an_empty_cache(tmp_path):
     assert len(built) == 1 and not built[0].startswith("."), built
     assert (tmp_path / built[0] / "vid3d_raster.so").is_file()
     # a third job loads it without compiling
-    job = run_python(RENDER + "\nimport sys; sys.exit('torch.utils.cpp_extension' in sys.modules)",
-                     VID3D_CACHE=str(tmp_path), PYTHONPATH=tests)
+    job = run_python(
+        RENDER + "\nimport sys; sys.exit('torch.utils.cpp_extension' in sys.modules)",
+        VID3D_CACHE=str(tmp_path),
+        PYTHONPATH=tests,
+    )
     out, err = job.communicate(timeout=120)
     assert job.returncode == 0 and out.startswith("True"), err
 
 
 def test_without_a_compiler_it_warns_once_and_renders_with_pytorch(tmp_path):
     tests = os.path.dirname(__file__)
-    job = run_python(RENDER + "\nrasterization(**random_scene(5, dtype=torch.float32), backend='torch')",
-                     VID3D_CACHE=str(tmp_path), PYTHONPATH=tests, CXX="/bin/false")
+    job = run_python(
+        RENDER + "\nrasterization(**random_scene(5, dtype=torch.float32), backend='torch')",
+        VID3D_CACHE=str(tmp_path),
+        PYTHONPATH=tests,
+        CXX="/bin/false",
+    )
     out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err
     used, covered = out.split()

@@ -7,9 +7,9 @@ import imageio.v3 as iio
 import numpy as np
 import pycolmap
 import pytest
+from conftest import error_line, run_cli, run_json, tree
 from plyfile import PlyData
 
-from conftest import error_line, run_cli, run_json, tree
 from vid3d.config import load_settings
 from vid3d.pipeline import Context, run
 from vid3d.poses import read_dataset
@@ -62,16 +62,19 @@ def write_colmap(folder, cameras, images, model_dir="sparse/0", text=False, radi
     model = pycolmap.Reconstruction()
     K = cameras.K[0]
     for i in range(1 if radial is None else len(images)):
-        camera = pycolmap.Camera.create_from_model_name(i + 1, "PINHOLE" if radial is None else "SIMPLE_RADIAL",
-                                                        K[0, 0], cameras.width, cameras.height)
-        camera.params = ([K[0, 0], K[1, 1], K[0, 2], K[1, 2]] if radial is None else
-                         [K[0, 0], K[0, 2], K[1, 2], radial[i]])
+        camera = pycolmap.Camera.create_from_model_name(
+            i + 1, "PINHOLE" if radial is None else "SIMPLE_RADIAL", K[0, 0], cameras.width, cameras.height
+        )
+        camera.params = (
+            [K[0, 0], K[1, 1], K[0, 2], K[1, 2]] if radial is None else [K[0, 0], K[0, 2], K[1, 2], radial[i]]
+        )
         model.add_camera_with_trivial_rig(camera)
     for i, (world_to_cam, image) in enumerate(zip(cameras.world_to_cam(), images)):
         iio.imwrite(folder / "images" / f"view{i}.jpg", image, quality=95)
         camera_id = 1 if radial is None else i + 1
-        model.add_image_with_trivial_frame(pycolmap.Image(name=f"view{i}.jpg", camera_id=camera_id, image_id=i + 1),
-                                           pycolmap.Rigid3d(world_to_cam[:3]))
+        model.add_image_with_trivial_frame(
+            pycolmap.Image(name=f"view{i}.jpg", camera_id=camera_id, image_id=i + 1), pycolmap.Rigid3d(world_to_cam[:3])
+        )
     for xyz in np.random.default_rng(0).normal(scale=0.3, size=(150, 3)):
         model.add_point3D(xyz, pycolmap.Track(), np.array([10, 200, 30], np.uint8))
     (folder / model_dir).mkdir(parents=True)
@@ -112,7 +115,9 @@ def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
     assert (project / "splats" / "splats.ply").is_file()
     index = json.loads((project / "frames" / "index.json").read_text())
     assert index["kind"] == "dataset" and [f["source"] for f in index["frames"]][:2] == [
-        "images/frame_00001.png", "images/frame_00002.png"]
+        "images/frame_00001.png",
+        "images/frame_00002.png",
+    ]
     assert np.array_equal(iio.imread(project / "poses" / "images" / "00003.png"), scene["images"][3])
 
     code, again = run_json("poses", project)  # the project remembers the dataset; nothing reruns
@@ -139,6 +144,7 @@ def test_colmap_project_reconstructs_with_its_cameras(scene, tmp_path):
 @pytest.mark.parametrize("kind", ["nerfstudio", "colmap"])
 def test_no_colmap_step_runs(scene, tmp_path, monkeypatch, kind):
     """The poses stage of a dataset never reaches COLMAP's feature extraction, matching or mapping."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("COLMAP ran on a dataset input")
 
@@ -257,8 +263,9 @@ def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
 def test_cameras_of_different_lenses_are_cropped_to_one_size(scene, tmp_path):
     """A COLMAP project with a camera per image (COLMAP's default), distortions differing: the
     undistorted images differ in size and are cropped about their centres to the smallest."""
-    dataset = write_colmap(tmp_path / "colmap", scene["cameras"][:4], scene["images"][:4],
-                           radial=[0, -0.05, -0.1, -0.15])
+    dataset = write_colmap(
+        tmp_path / "colmap", scene["cameras"][:4], scene["images"][:4], radial=[0, -0.05, -0.1, -0.15]
+    )
     code, result = run_json("poses", tmp_path / "p", "--input", dataset)
     assert code == 0, result
     poses = read_dataset(tmp_path / "p" / "poses")

@@ -7,13 +7,21 @@ import shutil
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from conftest import error_line, run_cli, run_json, tree
+
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 STEPS = 60
-QUICK = ["--set", "frames.count=12", "--set", "frames.min_frames=8", "--set", f"splats.steps={STEPS}",
-         "--set", "splats.checkpoint_every=20"]
+QUICK = [
+    "--set",
+    "frames.count=12",
+    "--set",
+    "frames.min_frames=8",
+    "--set",
+    f"splats.steps={STEPS}",
+    "--set",
+    "splats.checkpoint_every=20",
+]
 COARSE = ["--voxel-size", "0.1"]  # a TSDF of 2-3% of the cameras' extent: thousands of faces, not 750,000
 
 
@@ -26,11 +34,20 @@ def trained(tmp_path_factory):
     folder.mkdir()
     for i, image in enumerate(render(make_scene(3, simple=True), cams).images):
         iio.imwrite(folder / f"{i:05d}.png", image)
-    entries = [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
-                "width": 96, "height": 96} for i in range(len(cams))]
+    entries = [
+        {
+            "frame": i,
+            "camera_to_world": cams.cam_to_world[i].tolist(),
+            "K": cams.K[i].tolist(),
+            "width": 96,
+            "height": 96,
+        }
+        for i in range(len(cams))
+    ]
     (root / "cameras.json").write_text(json.dumps({"frames": entries}))
-    code, report = run_json("reconstruct", root / "project", "--input", folder, "--poses", root / "cameras.json",
-                            *QUICK)
+    code, report = run_json(
+        "reconstruct", root / "project", "--input", folder, "--poses", root / "cameras.json", *QUICK
+    )
     assert code == 0, report
     return root / "project"
 
@@ -142,7 +159,7 @@ def test_camera_path_reads_as_nerfstudio_reads_it(project):
 def corrupt_middle(path):
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)
+    data[middle : middle + 64] = bytes(64)
     path.write_bytes(bytes(data))
 
 

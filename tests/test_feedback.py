@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_line, run_cli, run_json, tree
 from diffusers import CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from conftest import error_line, run_cli, run_json, tree
 from vid3d.config import GenerateSettings
 from vid3d.errors import StageError
 from vid3d.generate.adapters.base import Request, VideoModel
+from vid3d.generate.feedback import (
+    Feedback,
+    FeedbackLoop,
+    consistency_loss,
+    gradient_step,
+    prediction_to_x0,
+    x0_to_prediction,
+)
 from vid3d.generate.output import camera_arrays
-from vid3d.generate.feedback import Feedback, FeedbackLoop, consistency_loss, gradient_step, prediction_to_x0, x0_to_prediction
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.generate.stage import feedback_loop
 from vid3d.scenes import make_scene, orbit_cameras, render
@@ -23,9 +30,15 @@ from vid3d.splats.model import load_ply as read_ply
 EXAMPLES = Path(__file__).parents[1] / "examples"
 FRAMES, SIZE, STEPS = 12, 32, 8
 
-SCHEDULERS = [(DDIMScheduler, "epsilon"), (DDIMScheduler, "v_prediction"), (DDIMScheduler, "sample"),
-              (EulerDiscreteScheduler, "epsilon"), (EulerDiscreteScheduler, "v_prediction"),
-              (DPMSolverMultistepScheduler, "epsilon"), (CogVideoXDPMScheduler, "v_prediction")]
+SCHEDULERS = [
+    (DDIMScheduler, "epsilon"),
+    (DDIMScheduler, "v_prediction"),
+    (DDIMScheduler, "sample"),
+    (EulerDiscreteScheduler, "epsilon"),
+    (EulerDiscreteScheduler, "v_prediction"),
+    (DPMSolverMultistepScheduler, "epsilon"),
+    (CogVideoXDPMScheduler, "v_prediction"),
+]
 
 
 @pytest.mark.parametrize("kind,prediction", SCHEDULERS, ids=lambda v: getattr(v, "__name__", v))
@@ -57,8 +70,9 @@ class ShiftedOrbit(VideoModel):
         rng = np.random.default_rng(seed)
         self.shift = torch.tensor(rng.uniform(-shift, shift, (FRAMES, 1, 1, 3)), dtype=torch.float32)
         self.window, self.device, self.dtype = FRAMES, torch.device("cpu"), torch.float32
-        self.scheduler = DDIMScheduler(prediction_type="sample", set_alpha_to_one=True, timestep_spacing="trailing",
-                                       clip_sample=False)
+        self.scheduler = DDIMScheduler(
+            prediction_type="sample", set_alpha_to_one=True, timestep_spacing="trailing", clip_sample=False
+        )
 
     def prepare(self, request, generator):
         return None
@@ -85,8 +99,10 @@ class ShiftedOrbit(VideoModel):
         return None
 
     def cameras(self, request):
-        return [{"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": self.size}
-                for i in range(FRAMES)]
+        return [
+            {"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": self.size}
+            for i in range(FRAMES)
+        ]
 
 
 class UncalibratedOrbit(ShiftedOrbit):
@@ -102,8 +118,9 @@ class UncalibratedOrbit(ShiftedOrbit):
 def run(model, feedback: Feedback | None):
     request = Request(image=np.zeros((model.size, model.size, 3), np.uint8), num_frames=FRAMES)
     generator = torch.Generator().manual_seed(0)
-    loop = None if feedback is None else FeedbackLoop(model, model.cameras(request), feedback, STEPS,
-                                                      torch.device("cpu"))
+    loop = (
+        None if feedback is None else FeedbackLoop(model, model.cameras(request), feedback, STEPS, torch.device("cpu"))
+    )
     latents = sample(model, None, request, Plan(steps=STEPS), Stabilizers(), generator, feedback=loop)
     return model.decode_frames(latents), loop
 
@@ -153,9 +170,22 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
     """The whole stage with the embedded model (few steps): generate/splats.ply, the loop's history
     and the epipolar error in metrics.json."""
     project = tmp_path / "project"
-    code, out = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--frames", 16,
-                         "--set", "generate.steps=4", "--set", "generate.feedback=rectify",
-                         "--set", "generate.feedback_start=2", "--set", "generate.feedback_iterations=20")
+    code, out = run_json(
+        "generate",
+        project,
+        "--image",
+        EXAMPLES / "reference.png",
+        "--frames",
+        16,
+        "--set",
+        "generate.steps=4",
+        "--set",
+        "generate.feedback=rectify",
+        "--set",
+        "generate.feedback_start=2",
+        "--set",
+        "generate.feedback_iterations=20",
+    )
     assert code == 0, out
     assert str(project / "generate" / "splats.ply") in out["outputs"]
     metrics = json.loads((project / "generate" / "metrics.json").read_text())
@@ -164,8 +194,16 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
     assert len(generated["means"]) > 0
 
     # reconstruct may start from those Gaussians: one step moves them by at most a learning rate
-    code, out = run_json("reconstruct", project, "--set", "splats.init=generate", "--set", "splats.steps=1",
-                         "--set", "splats.densify=false")
+    code, out = run_json(
+        "reconstruct",
+        project,
+        "--set",
+        "splats.init=generate",
+        "--set",
+        "splats.steps=1",
+        "--set",
+        "splats.densify=false",
+    )
     assert code == 0, out
     trained = read_ply(project / "splats" / "splats.ply")
     assert trained["means"].shape == generated["means"].shape
@@ -175,8 +213,9 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
 
 def test_splats_init_generate_without_generated_gaussians_exits_2(tmp_path):
     project = tmp_path / "project"
-    code, _ = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--frames", 16,
-                       "--set", "generate.steps=1")
+    code, _ = run_json(
+        "generate", project, "--image", EXAMPLES / "reference.png", "--frames", 16, "--set", "generate.steps=1"
+    )
     assert code == 0
     before = tree(project)
     result = run_cli("reconstruct", project, "--set", "splats.init=generate")
@@ -184,15 +223,43 @@ def test_splats_init_generate_without_generated_gaussians_exits_2(tmp_path):
     assert tree(project) == before
 
 
-SVD = ["--model", "tiny-svd", "--frames", 4, "--set", "generate.steps=2", "--set", "generate.height=32",
-       "--set", "generate.width=32", "--set", "generate.feedback=rectify", "--set", "generate.feedback_start=0",
-       "--set", "generate.feedback_iterations=5"]
+SVD = [
+    "--model",
+    "tiny-svd",
+    "--frames",
+    4,
+    "--set",
+    "generate.steps=2",
+    "--set",
+    "generate.height=32",
+    "--set",
+    "generate.width=32",
+    "--set",
+    "generate.feedback=rectify",
+    "--set",
+    "generate.feedback_start=0",
+    "--set",
+    "generate.feedback_iterations=5",
+]
 
 
 def write_cameras(path, frames: int):
     cams = orbit_cameras(frames, width=SIZE, height=SIZE, arc_deg=40.0)
-    path.write_text(json.dumps({"frames": [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(),
-                                            "K": cams.K[i].tolist(), "width": SIZE} for i in range(frames)]}))
+    path.write_text(
+        json.dumps(
+            {
+                "frames": [
+                    {
+                        "frame": i,
+                        "camera_to_world": cams.cam_to_world[i].tolist(),
+                        "K": cams.K[i].tolist(),
+                        "width": SIZE,
+                    }
+                    for i in range(frames)
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -204,8 +271,9 @@ def test_feedback_without_cameras_fails_with_one_line(tmp_path):
 
 def test_given_cameras_drive_the_feedback_of_a_model_without_its_own(tmp_path):
     cameras = write_cameras(tmp_path / "cameras.json", 4)
-    code, out = run_json("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD,
-                         "--cameras", cameras)
+    code, out = run_json(
+        "generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD, "--cameras", cameras
+    )
     assert code == 0, out
     assert len(json.loads((tmp_path / "project" / "generate" / "metrics.json").read_text())["feedback"]) == 2
     assert (tmp_path / "project" / "generate" / "splats.ply").is_file()
@@ -214,9 +282,22 @@ def test_given_cameras_drive_the_feedback_of_a_model_without_its_own(tmp_path):
 @pytest.mark.parametrize("problem", ["frame count", "broken"])
 def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
     project = tmp_path / "project"
-    code, _ = run_json("generate", project, "--image", EXAMPLES / "reference.png", "--model", "tiny-svd",
-                       "--frames", 4, "--set", "generate.steps=1", "--set", "generate.height=32",
-                       "--set", "generate.width=32")
+    code, _ = run_json(
+        "generate",
+        project,
+        "--image",
+        EXAMPLES / "reference.png",
+        "--model",
+        "tiny-svd",
+        "--frames",
+        4,
+        "--set",
+        "generate.steps=1",
+        "--set",
+        "generate.height=32",
+        "--set",
+        "generate.width=32",
+    )
     assert code == 0
     before = tree(project)
     cameras = tmp_path / "cameras.json"
@@ -231,11 +312,30 @@ def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
 
 def test_cogvideox_takes_the_gradient_feedback_through_its_3d_autoencoder(tmp_path):
     cameras = write_cameras(tmp_path / "cameras.json", 9)
-    code, out = run_json("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", "--model",
-                         "tiny-cogvideox", "--frames", 9, "--set", "generate.steps=2", "--set", "generate.height=32",
-                         "--set", "generate.width=32", "--set", "generate.feedback=gradient",
-                         "--set", "generate.feedback_start=0", "--set", "generate.feedback_iterations=5",
-                         "--cameras", cameras)
+    code, out = run_json(
+        "generate",
+        tmp_path / "project",
+        "--image",
+        EXAMPLES / "reference.png",
+        "--model",
+        "tiny-cogvideox",
+        "--frames",
+        9,
+        "--set",
+        "generate.steps=2",
+        "--set",
+        "generate.height=32",
+        "--set",
+        "generate.width=32",
+        "--set",
+        "generate.feedback=gradient",
+        "--set",
+        "generate.feedback_start=0",
+        "--set",
+        "generate.feedback_iterations=5",
+        "--cameras",
+        cameras,
+    )
     assert code == 0, out
     metrics = json.loads((tmp_path / "project" / "generate" / "metrics.json").read_text())
     assert metrics["feedback_cameras"] == "given" and len(metrics["feedback"]) == 2

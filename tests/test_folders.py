@@ -21,8 +21,10 @@ FRAMES = 6
 
 
 def test_frames_index_reads_back_what_was_written(tmp_path):
-    video = [FrameEntry("00000.png", 12.5, source_index=3, timestamp=0.25), FrameEntry("00001.png", 8.0,
-                                                                                       source_index=9, timestamp=0.75)]
+    video = [
+        FrameEntry("00000.png", 12.5, source_index=3, timestamp=0.25),
+        FrameEntry("00001.png", 8.0, source_index=9, timestamp=0.75),
+    ]
     index = FramesIndex(source="in.mp4", kind="video", source_frames=12, fps=12.0, width=32, height=24, frames=video)
     index.write(tmp_path)
     read = FramesIndex.read(tmp_path)
@@ -31,7 +33,8 @@ def test_frames_index_reads_back_what_was_written(tmp_path):
     # absent fields stay out of the file (an image folder's entries have no timestamp)
     FramesIndex("photos", "images", 1, None, 32, 24, [FrameEntry("00000.png", 1.0, source="a.jpg")]).write(tmp_path)
     assert json.loads((tmp_path / "index.json").read_text())["frames"] == [
-        {"file": "00000.png", "sharpness": 1.0, "source": "a.jpg"}]
+        {"file": "00000.png", "sharpness": 1.0, "source": "a.jpg"}
+    ]
 
 
 def test_known_cameras_come_back_from_poses_in_opencv_axes(tmp_path):
@@ -42,8 +45,10 @@ def test_known_cameras_come_back_from_poses_in_opencv_axes(tmp_path):
     generate_dir, frames_dir, poses_dir = (tmp_path / name for name in ("generate", "frames", "poses"))
     for folder in (generate_dir, frames_dir, poses_dir):
         folder.mkdir()
-    entries = [{"frame": i, "camera_to_world": cameras.cam_to_world[i].tolist(), "K": cameras.K[i].tolist(),
-                "width": 64} for i in range(FRAMES)]
+    entries = [
+        {"frame": i, "camera_to_world": cameras.cam_to_world[i].tolist(), "K": cameras.K[i].tolist(), "width": 64}
+        for i in range(FRAMES)
+    ]
     write_video(generate_dir, images, fps=12, cameras=entries, metrics={})
     generated = GeneratedVideo.read(generate_dir)
     assert np.array_equal(generated.frames(), images)

@@ -7,9 +7,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import error_line, run_cli, run_json, with_processors
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from conftest import error_line, run_cli, run_json, with_processors
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.cogvideox import CogVideoXModel
 from vid3d.generate.adapters.svd import SVDModel
@@ -24,8 +24,15 @@ def image():
 
 def test_one_svd_window_reproduces_the_diffusers_pipeline_bit_for_bit(image):
     pipe = tiny_svd(num_frames=4, size=32)
-    expected = pipe(PIL.Image.fromarray(image), height=32, width=32, num_frames=4, num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(7), output_type="latent").frames
+    expected = pipe(
+        PIL.Image.fromarray(image),
+        height=32,
+        width=32,
+        num_frames=4,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(7),
+        output_type="latent",
+    ).frames
     model = SVDModel(pipe)
     request = Request(image, num_frames=4, height=32, width=32)
     generator = torch.Generator().manual_seed(7)
@@ -38,9 +45,17 @@ def test_one_cogvideox_window_reproduces_the_diffusers_pipeline_bit_for_bit(imag
     pipe = tiny_cogvideox()
     if scheduler != "default":
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
-    expected = pipe(PIL.Image.fromarray(image), prompt="an orbit", height=32, width=32, num_frames=9,
-                    num_inference_steps=3, max_sequence_length=16, generator=torch.Generator().manual_seed(3),
-                    output_type="latent").frames
+    expected = pipe(
+        PIL.Image.fromarray(image),
+        prompt="an orbit",
+        height=32,
+        width=32,
+        num_frames=9,
+        num_inference_steps=3,
+        max_sequence_length=16,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+    ).frames
     model = CogVideoXModel(pipe, max_sequence_length=16)
     request = Request(image, prompt="an orbit", num_frames=9, height=32, width=32)
     generator = torch.Generator().manual_seed(3)
@@ -51,10 +66,12 @@ def test_one_cogvideox_window_reproduces_the_diffusers_pipeline_bit_for_bit(imag
 def test_shared_noise_is_the_same_in_every_window_that_holds_a_frame():
     sets = frame_sets(20, 8, Plan(stride=4))
     shape = (1, 20, 4, 8, 8)
-    shared = window_noises(shape, sets, 1, Stabilizers(shared_noise=True), torch.Generator().manual_seed(0), "cpu",
-                           torch.float32)
-    independent = window_noises(shape, sets, 1, Stabilizers(shared_noise=False), torch.Generator().manual_seed(0),
-                                "cpu", torch.float32)
+    shared = window_noises(
+        shape, sets, 1, Stabilizers(shared_noise=True), torch.Generator().manual_seed(0), "cpu", torch.float32
+    )
+    independent = window_noises(
+        shape, sets, 1, Stabilizers(shared_noise=False), torch.Generator().manual_seed(0), "cpu", torch.float32
+    )
     overlaps = 0
     for a in range(len(sets)):
         for b in range(a + 1, len(sets)):
@@ -70,13 +87,15 @@ def test_fusing_independent_noise_shrinks_its_variance_where_windows_overlap():
     sets = frame_sets(24, 8, Plan(stride=4))
     shape = (1, 24, 4, 32, 32)
     args = (shape, sets, 1)
-    shared = initial_noise(*args, Stabilizers(shared_noise=True), torch.Generator().manual_seed(0), "cpu",
-                           torch.float32, "flat")
-    fused = initial_noise(*args, Stabilizers(shared_noise=False), torch.Generator().manual_seed(0), "cpu",
-                          torch.float32, "flat")
+    shared = initial_noise(
+        *args, Stabilizers(shared_noise=True), torch.Generator().manual_seed(0), "cpu", torch.float32, "flat"
+    )
+    fused = initial_noise(
+        *args, Stabilizers(shared_noise=False), torch.Generator().manual_seed(0), "cpu", torch.float32, "flat"
+    )
     middle = slice(4, 20)  # frames held by two windows
     assert abs(shared[:, middle].std().item() - 1) < 0.02
-    assert abs(fused[:, middle].std().item() - 2 ** -0.5) < 0.02
+    assert abs(fused[:, middle].std().item() - 2**-0.5) < 0.02
 
 
 def _svd_window_output(model, condition, latents, frames):
@@ -91,7 +110,9 @@ def svd(image):
     request = Request(image, num_frames=6, height=32, width=32)
     condition = model.prepare(request, torch.Generator().manual_seed(0))
     model.scheduler.set_timesteps(4)
-    latents = torch.randn((1, 6, 4, 16, 16), generator=torch.Generator().manual_seed(1)) * model.scheduler.init_noise_sigma
+    latents = (
+        torch.randn((1, 6, 4, 16, 16), generator=torch.Generator().manual_seed(1)) * model.scheduler.init_noise_sigma
+    )
     return pipe, model, condition, latents
 
 
@@ -100,8 +121,11 @@ def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd
     pipe, model, condition, latents = svd
     frames = torch.arange(4)
     ours = _svd_window_output(model, condition, latents[:, :4], frames)
-    default = with_processors(pipe.unet, AttnProcessor2_0(),  # what diffusers installs on torch 2
-                              lambda: _svd_window_output(model, condition, latents[:, :4], frames))
+    default = with_processors(
+        pipe.unet,
+        AttnProcessor2_0(),  # what diffusers installs on torch 2
+        lambda: _svd_window_output(model, condition, latents[:, :4], frames),
+    )
     assert torch.equal(ours, default)
 
 
@@ -167,9 +191,24 @@ def test_generate_stage_writes_frames_video_and_metrics(tmp_path, image):
     reference = tmp_path / "ref.png"
     iio.imwrite(reference, image)
     project = tmp_path / "p"
-    code, out = run_json("generate", str(project), "--image", str(reference), "--model", "tiny-cogvideox",
-                         "--frames", "13", "--set", "generate.steps=2", "--set", "generate.anchor_every=8",
-                         "--set", "generate.height=32", "--set", "generate.width=32")
+    code, out = run_json(
+        "generate",
+        str(project),
+        "--image",
+        str(reference),
+        "--model",
+        "tiny-cogvideox",
+        "--frames",
+        "13",
+        "--set",
+        "generate.steps=2",
+        "--set",
+        "generate.anchor_every=8",
+        "--set",
+        "generate.height=32",
+        "--set",
+        "generate.width=32",
+    )
     assert code == 0, out
     frames = sorted((project / "generate" / "frames").glob("*.png"))
     assert len(frames) == 13 and iio.imread(frames[0]).shape == (32, 32, 3)
@@ -192,7 +231,9 @@ def test_generate_rejects_bad_input_without_touching_the_project(tmp_path):
     assert result.returncode == 2 and not project.exists()
     image = tmp_path / "ok.png"
     PIL.Image.new("RGB", (32, 32)).save(image)
-    result = run_cli("generate", project, "--image", image, "--model", "tiny-svd", "--set", "generate.anchor_frames=0,x")
+    result = run_cli(
+        "generate", project, "--image", image, "--model", "tiny-svd", "--set", "generate.anchor_frames=0,x"
+    )
     assert result.returncode == 2 and "generate.anchor_frames" in error_line(result.stderr) and not project.exists()
     result = run_cli("generate", project, "--image", image, "--model", "no/such-model")
     assert result.returncode == 2 and "no/such-model" in error_line(result.stderr) and not project.exists()

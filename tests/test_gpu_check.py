@@ -10,8 +10,12 @@ ROOT = Path(__file__).parents[1]
 
 def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
     out = tmp_path / "gpu-check.json"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads(out.read_text())
     assert list(results) == ["environment", "attention", "generate", "gsplat_build", "rasterizer", "reconstruct"]

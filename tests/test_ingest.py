@@ -4,19 +4,20 @@ import cv2
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from conftest import error_line, run_cli, run_json, tree
+
 from vid3d.config import FramesSettings
-from vid3d.ingest import ingest, select_sharpest, sharpness, Source
+from vid3d.ingest import Source, ingest, select_sharpest, sharpness
 
 
 def textured_frames(n, size=(96, 128), seed=0):
     """A sliding random texture: every frame sharp and distinct."""
     rng = np.random.default_rng(seed)
     base = (rng.random((size[0], size[1] + 4 * n, 3)) * 255).astype(np.uint8)
-    base = cv2.resize(cv2.resize(base, None, fx=0.5, fy=0.5), (base.shape[1], base.shape[0]),
-                      interpolation=cv2.INTER_NEAREST)
-    return [base[:, 4 * i:4 * i + size[1]].copy() for i in range(n)]
+    base = cv2.resize(
+        cv2.resize(base, None, fx=0.5, fy=0.5), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_NEAREST
+    )
+    return [base[:, 4 * i : 4 * i + size[1]].copy() for i in range(n)]
 
 
 def blur(image):
@@ -94,9 +95,27 @@ def bad_inputs(tmp_path):
     mostly_black = tmp_path / "black.mp4"
     write_video(mostly_black, [np.zeros((96, 128, 3), np.uint8)] * 20 + textured_frames(3))
     audio_only = tmp_path / "audio.mp4"
-    import subprocess, imageio_ffmpeg
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc",
-                    "-t", "1", "-c:a", "aac", str(audio_only)], check=True)
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc",
+            "-t",
+            "1",
+            "-c:a",
+            "aac",
+            str(audio_only),
+        ],
+        check=True,
+    )
     return {
         "missing": (tmp_path / "nope.mp4", "no such file or folder"),
         "not a video": (not_video, "not a readable video"),
@@ -132,11 +151,13 @@ def test_bad_usage_exits_2(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    for args, words in [(["frames", a_file, "--input", a_file], "is a file"),
-                        (["frames", mine, "--input", a_file], "not a vid3d project"),
-                        (["frames", tmp_path / "p", "--set", "frames.count=zero"], "frames.count"),
-                        (["frames", tmp_path / "p", "--device", "tpu"], "--device tpu"),
-                        (["frames", tmp_path / "p"], "--input")]:
+    for args, words in [
+        (["frames", a_file, "--input", a_file], "is a file"),
+        (["frames", mine, "--input", a_file], "not a vid3d project"),
+        (["frames", tmp_path / "p", "--set", "frames.count=zero"], "frames.count"),
+        (["frames", tmp_path / "p", "--device", "tpu"], "--device tpu"),
+        (["frames", tmp_path / "p"], "--input"),
+    ]:
         result = run_cli(*args)
         assert result.returncode == 2 and words in error_line(result.stderr), (args, result.stderr)
     assert (mine / "thesis.tex").read_text() == "precious" and len(list(mine.iterdir())) == 1

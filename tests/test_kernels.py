@@ -14,7 +14,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from vid3d_kernels.attention import multi_source_attention, multi_source_attention_reference
 
 
@@ -26,10 +25,11 @@ def three_sources(batch, heads, dim, dtype=torch.float32):
     """Lengths 7, 33 and 50 (not multiples of the 16-key test block), float and per-key weights,
     the last one batch-1 (expanded over the batch)."""
     k3, v3 = rand(1, heads, 50, dim, dtype=dtype), rand(1, heads, 50, dim, dtype=dtype)
-    return [(rand(batch, heads, 7, dim, dtype=dtype), rand(batch, heads, 7, dim, dtype=dtype), 0.5),
-            (rand(batch, heads, 33, dim, dtype=dtype), rand(batch, heads, 33, dim, dtype=dtype),
-             rand(33, dtype=dtype)),
-            (k3.expand(batch, -1, -1, -1), v3.expand(batch, -1, -1, -1), -0.7)]
+    return [
+        (rand(batch, heads, 7, dim, dtype=dtype), rand(batch, heads, 7, dim, dtype=dtype), 0.5),
+        (rand(batch, heads, 33, dim, dtype=dtype), rand(batch, heads, 33, dim, dtype=dtype), rand(33, dtype=dtype)),
+        (k3.expand(batch, -1, -1, -1), v3.expand(batch, -1, -1, -1), -0.7),
+    ]
 
 
 def naive(query, sources, scale=None):
@@ -38,8 +38,12 @@ def naive(query, sources, scale=None):
     d = lambda t: t.double().expand(batch, heads, -1, -1)
     keys = torch.cat([d(k) for k, _, _ in sources], 2)
     values = torch.cat([d(v) for _, v, _ in sources], 2)
-    weights = torch.cat([torch.full((k.shape[2],), float(w), dtype=torch.float64) if isinstance(w, float)
-                         else w.double() for k, _, w in sources])
+    weights = torch.cat(
+        [
+            torch.full((k.shape[2],), float(w), dtype=torch.float64) if isinstance(w, float) else w.double()
+            for k, _, w in sources
+        ]
+    )
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     logits = query.double() @ keys.transpose(-1, -2) * scale + weights
     return torch.softmax(logits, -1) @ values
@@ -47,12 +51,15 @@ def naive(query, sources, scale=None):
 
 # --- the reference -------------------------------------------------------------------------------
 
+
 def test_reference_with_one_unweighted_source_is_plain_sdpa():
     torch.manual_seed(0)
     q, k, v = rand(2, 3, 20, 16), rand(2, 3, 24, 16), rand(2, 3, 24, 16)
     assert torch.equal(multi_source_attention_reference(q, [(k, v, 0.0)]), F.scaled_dot_product_attention(q, k, v))
-    assert torch.equal(multi_source_attention_reference(q, [(k, v, 0.0)], scale=0.3),
-                       F.scaled_dot_product_attention(q, k, v, scale=0.3))
+    assert torch.equal(
+        multi_source_attention_reference(q, [(k, v, 0.0)], scale=0.3),
+        F.scaled_dot_product_attention(q, k, v, scale=0.3),
+    )
 
 
 @pytest.mark.parametrize("scale", [None, 0.2])
@@ -70,8 +77,12 @@ def test_very_negative_weight_removes_a_source():
     q = rand(2, 2, 12, 16)
     local, anchors, cache = three_sources(2, 2, 16)
     off = (cache[0], cache[1], -1e4)
-    torch.testing.assert_close(multi_source_attention_reference(q, [local, anchors, off]),
-                               multi_source_attention_reference(q, [local, anchors]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        multi_source_attention_reference(q, [local, anchors, off]),
+        multi_source_attention_reference(q, [local, anchors]),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_gradients_flow_through_the_reference():
@@ -95,16 +106,19 @@ def test_dispatch_takes_the_reference_on_cpu():
 
 
 def test_imports_without_triton():
-    code = ("import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
-            "import torch\n"
-            "from vid3d_kernels.attention import multi_source_attention\n"
-            "q = torch.randn(1, 1, 4, 16)\n"
-            "print(multi_source_attention(q, [(q, q, 0.0)]).shape)")
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch\n"
+        "from vid3d_kernels.attention import multi_source_attention\n"
+        "q = torch.randn(1, 1, 4, 16)\n"
+        "print(multi_source_attention(q, [(q, q, 0.0)]).shape)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "[1, 1, 4, 16]" in result.stdout, result.stderr
 
 
 # --- the Triton kernel, in the interpreter -----------------------------------------------------------
+
 
 def kernel_cases() -> dict:
     """{case: (max |kernel - reference|, tolerance)}; run under TRITON_INTERPRET=1."""
@@ -126,7 +140,9 @@ def kernel_cases() -> dict:
         sources = three_sources(3, 2, dim)
         cases[f"three sources D={dim}"] = error(run(q, sources), multi_source_attention_reference(q, sources)), 1e-5
         cases[f"three sources D={dim}, scale 0.3"] = (
-            error(run(q, sources, scale=0.3), multi_source_attention_reference(q, sources, 0.3)), 1e-5)
+            error(run(q, sources, scale=0.3), multi_source_attention_reference(q, sources, 0.3)),
+            1e-5,
+        )
     q = rand(2, 2, 37, 24)  # D=24 is padded to a 32-wide tile
     sources = three_sources(2, 2, 24)
     cases["D=24 padded"] = error(run(q, sources), multi_source_attention_reference(q, sources)), 1e-5
@@ -139,15 +155,21 @@ def kernel_cases() -> dict:
     cases["six sources"] = error(run(q, six), multi_source_attention_reference(q, six)), 1e-5
     local, anchors, cache = sources
     off = (cache[0], cache[1], -1e4)
-    cases["-1e4 weight removes a source"] = error(run(q, [local, anchors, off]),
-                                                  multi_source_attention_reference(q, [local, anchors])), 1e-5
+    cases["-1e4 weight removes a source"] = (
+        error(run(q, [local, anchors, off]), multi_source_attention_reference(q, [local, anchors])),
+        1e-5,
+    )
     # the public entry point with its own block sizes; bfloat16 is left out because the interpreter's
     # tl.dot multiplies bfloat16 bit patterns (triton-lang/triton#11584)
     half = [(k.half(), v.half(), w) for k, v, w in three_sources(3, 2, 32)]
     qh = rand(3, 2, 37, 32).half()
-    cases["float16, default blocks"] = (error(multi_source_attention(qh, half, use_triton=True),
-                                              multi_source_attention_reference(qh.float(), [
-                                                  (k.float(), v.float(), w) for k, v, w in half]).half()), 2e-3)
+    cases["float16, default blocks"] = (
+        error(
+            multi_source_attention(qh, half, use_triton=True),
+            multi_source_attention_reference(qh.float(), [(k.float(), v.float(), w) for k, v, w in half]).half(),
+        ),
+        2e-3,
+    )
     return cases
 
 
@@ -162,9 +184,18 @@ def kernel_errors():
     return errors
 
 
-CASES = ["one source", "three sources D=16", "three sources D=16, scale 0.3", "three sources D=32",
-         "three sources D=32, scale 0.3", "D=24 padded", "strided query, batch-1 source", "six sources",
-         "-1e4 weight removes a source", "float16, default blocks"]
+CASES = [
+    "one source",
+    "three sources D=16",
+    "three sources D=16, scale 0.3",
+    "three sources D=32",
+    "three sources D=32, scale 0.3",
+    "D=24 padded",
+    "strided query, batch-1 source",
+    "six sources",
+    "-1e4 weight removes a source",
+    "float16, default blocks",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -13,9 +13,9 @@ import torch
 
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
+from vid3d.generate.model.data import HELD_OUT_SEED, render_orbit, render_orbit_start
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.metrics.video import object_motion
-from vid3d.generate.model.data import HELD_OUT_SEED, render_orbit, render_orbit_start
 
 SEED = HELD_OUT_SEED + 50  # held out, and not one of the quality gate's scenes
 FRAMES = 16  # 7.5 degrees apart, as in training: 112.5 degrees of orbit

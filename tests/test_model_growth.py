@@ -27,6 +27,6 @@ def test_grown_model_computes_what_the_smaller_one_did():
         assert torch.equal(grown(sample, t, reference, azimuth), smaller(sample, t, reference, azimuth))
         # the plane warps' input weights exist and are zero until trained
         assert grown.patchify.weight.shape[1] == 5 * 8
-        assert grown.patchify.weight[:, 3 * 8:].abs().sum() == 0
-        grown.patchify.weight[:, 3 * 8:].normal_(0, 0.2)
+        assert grown.patchify.weight[:, 3 * 8 :].abs().sum() == 0
+        grown.patchify.weight[:, 3 * 8 :].normal_(0, 0.2)
         assert not torch.allclose(grown(sample, t, reference, azimuth), smaller(sample, t, reference, azimuth))

@@ -10,8 +10,22 @@ from safetensors.torch import load_file
 from vid3d.generate.model import train
 from vid3d.generate.model.train import Settings, temporal_loss
 
-TINY = Settings(scenes=2, ae_steps=2, ae_batch=2, steps=4, batch=2, window=4, warmup=1, dim=32, depth=1, heads=2,
-                checkpoint_every=2, plane_heights="0.5", refine_width=8, temporal_weight=1.0)
+TINY = Settings(
+    scenes=2,
+    ae_steps=2,
+    ae_batch=2,
+    steps=4,
+    batch=2,
+    window=4,
+    warmup=1,
+    dim=32,
+    depth=1,
+    heads=2,
+    checkpoint_every=2,
+    plane_heights="0.5",
+    refine_width=8,
+    temporal_weight=1.0,
+)
 
 
 def weights(run_dir):

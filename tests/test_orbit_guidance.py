@@ -62,4 +62,3 @@ def test_no_guide_no_guidance():
     with torch.no_grad():
         own = good(latents, t, condition.reference.expand(1, -1, -1, -1), condition.azimuth[None])
     assert torch.equal(prediction, own)
-

@@ -12,12 +12,12 @@ import imageio.v3 as iio
 import numpy as np
 import pycolmap
 import pytest
+from conftest import error_line, run_cli, run_json, tree
 from plyfile import PlyData
 
-from conftest import error_line, run_cli, run_json, tree
 from vid3d.metrics.poses import pose_errors
-from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
 from vid3d.poses.colmap import numbered_series
+from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 SEED, FRAMES = 1, 36
@@ -39,7 +39,8 @@ def orbit(tmp_path_factory):
 def colmap_c2w(model):
     images = sorted(model.images.values(), key=lambda image: image.name)
     return [image.name for image in images], np.stack(
-        [np.linalg.inv(np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])) for image in images])
+        [np.linalg.inv(np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])) for image in images]
+    )
 
 
 def test_registers_the_orbit_with_accurate_poses(orbit):
@@ -49,7 +50,9 @@ def test_registers_the_orbit_with_accurate_poses(orbit):
     assert report["matcher"] == "sequential" and set(report["seconds"]) >= {"features", "matching", "mapping"}
 
     names, estimated = colmap_c2w(pycolmap.Reconstruction(project / "poses" / "sparse" / "0"))
-    index = {e["file"]: e["source_index"] for e in json.loads((project / "frames" / "index.json").read_text())["frames"]}
+    index = {
+        e["file"]: e["source_index"] for e in json.loads((project / "frames" / "index.json").read_text())["frames"]
+    }
     true = orbit["cameras"].cam_to_world[[index[name] for name in names]]
     errors = pose_errors(estimated, true)
     assert np.median(errors["rotation_deg"]) < 1.0
@@ -110,8 +113,11 @@ def test_rerun_is_cached_and_a_changed_setting_reruns_only_its_stage(orbit, tmp_
 
 def test_killed_run_leaves_no_complete_stage_and_rerun_completes(orbit, tmp_path):
     project = tmp_path / "project"
-    process = subprocess.Popen([sys.executable, "-m", "vid3d.cli", "poses", str(project), "--input", str(orbit["video"])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vid3d.cli", "poses", str(project), "--input", str(orbit["video"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not list(project.glob(".tmp-poses-*")) and time.time() < deadline:
         time.sleep(0.2)
@@ -153,9 +159,23 @@ def test_unrelated_frames_fail_with_advice(tmp_path):
     for seed in range(8):  # eight different scenes, seen once each: nothing to match
         camera = orbit_cameras(1, width=128, height=128, start_deg=45 * seed)
         iio.imwrite(folder / f"{seed}.png", render(make_scene(100 + seed), camera).images[0])
-    result = subprocess.run([sys.executable, "-m", "vid3d.cli", "poses", str(tmp_path / "p"), "--input", str(folder),
-                             "--set", "frames.min_frames=5", "--set", "poses.matcher=sequential"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vid3d.cli",
+            "poses",
+            str(tmp_path / "p"),
+            "--input",
+            str(folder),
+            "--set",
+            "frames.min_frames=5",
+            "--set",
+            "poses.matcher=sequential",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     line = error_line(result.stderr)
     assert "frames registered" in line and "more overlap" in line
@@ -179,12 +199,30 @@ def test_known_cameras_replace_colmap_for_frames_too_small_for_it(tmp_path):
     folder.mkdir()
     for i, image in enumerate(images):
         iio.imwrite(folder / f"{i:05d}.png", image)
-    entries = [{"frame": i, "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
-                "width": 64, "height": 64} for i in range(len(cams))]
+    entries = [
+        {
+            "frame": i,
+            "camera_to_world": cams.cam_to_world[i].tolist(),
+            "K": cams.K[i].tolist(),
+            "width": 64,
+            "height": 64,
+        }
+        for i in range(len(cams))
+    ]
     (tmp_path / "cameras.json").write_text(json.dumps({"frames": entries}))
 
-    code, report = run_json("poses", tmp_path / "p", "--input", folder, "--poses", tmp_path / "cameras.json",
-                            "--set", "frames.count=8", "--set", "frames.min_frames=8")
+    code, report = run_json(
+        "poses",
+        tmp_path / "p",
+        "--input",
+        folder,
+        "--poses",
+        tmp_path / "cameras.json",
+        "--set",
+        "frames.count=8",
+        "--set",
+        "frames.min_frames=8",
+    )
     assert code == 0, report
     transforms = json.loads((tmp_path / "p" / "poses" / "transforms.json").read_text())
     assert len(transforms["frames"]) == 8

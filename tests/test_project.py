@@ -5,8 +5,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import error_line, run_cli
+
 from vid3d.errors import StageError, UserError
 from vid3d.project import STAGE_FILE, Project, StageOutput, fingerprint
 
@@ -16,6 +16,7 @@ def writer(text, calls):
         calls.append(text)
         (out / "data.txt").write_text(text)
         return StageOutput(outputs=["data.txt"], metrics={"length": len(text)})
+
     return work
 
 
@@ -143,9 +144,8 @@ def test_second_writer_gets_a_one_line_error_or_waits(tmp_path):
     holder = ctx.Process(target=_hold_lock, args=(root, locked, release))
     holder.start()
     assert locked.wait(30)
-    with pytest.raises(UserError) as info:
-        with Project(root).lock():
-            pass
+    with pytest.raises(UserError) as info, Project(root).lock():
+        pass
     assert f"pid {holder.pid}" in str(info.value) and "--wait" in str(info.value)
     release.set()
     with Project(root).lock(wait=True):
@@ -182,9 +182,23 @@ def test_a_waiter_survives_the_holder_removing_a_new_project(tmp_path):
     holder = Project(project)
     video = Path(__file__).parents[1] / "examples" / "orbit.mp4"
     with holder.lock():
-        waiter = subprocess.Popen([sys.executable, "-m", "vid3d.cli", "frames", str(project), "--input", str(video),
-                                   "--set", "frames.count=10", "--wait"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        waiter = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vid3d.cli",
+                "frames",
+                str(project),
+                "--input",
+                str(video),
+                "--set",
+                "frames.count=10",
+                "--wait",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(3)  # the waiter is blocked on the lock
         shutil.rmtree(project)  # what a failed first run does, still holding the lock
     out, err = waiter.communicate(timeout=120)
@@ -218,6 +232,11 @@ def test_status_of_an_interrupted_first_run_lists_missing_stages(tmp_path):
     assert code.returncode == 0, code.stderr
     stages = json.loads(code.stdout)["stages"]
     assert {stage: record["status"] for stage, record in stages.items()} == {
-        "generate": "missing", "frames": "missing", "poses": "missing", "splats": "missing", "export": "missing"}
+        "generate": "missing",
+        "frames": "missing",
+        "poses": "missing",
+        "splats": "missing",
+        "export": "missing",
+    }
     result = run_cli("status", tmp_path / "nothing-here")
     assert result.returncode == 2 and "not a vid3d project" in error_line(result.stderr)

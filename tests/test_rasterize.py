@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from dense_reference import dense_reference
+
 from vid3d.splats import cpu_kernel
 from vid3d.splats.rasterize import rasterization
 
@@ -42,15 +42,26 @@ def random_scene(n, cameras=2, sh_degree=None, seed=0, dtype=torch.float64):
         view[:3, :3], view[:3, 3] = rotation, -rotation @ eye
         viewmats.append(view)
         Ks.append(torch.tensor([[40.0, 0, 24.0], [0, 40.0, 20.0], [0, 0, 1]], dtype=dtype))
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                viewmats=torch.stack(viewmats), Ks=torch.stack(Ks), width=48, height=40)
+    return dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=torch.stack(viewmats),
+        Ks=torch.stack(Ks),
+        width=48,
+        height=40,
+    )
 
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
 
-@pytest.mark.parametrize("sh_degree, render_mode, background, tile_size", [
-    (None, "RGB", False, 16), (3, "RGB", True, 4), (1, "RGB+D", True, 8), (None, "RGB+D", False, 16)])
+@pytest.mark.parametrize(
+    "sh_degree, render_mode, background, tile_size",
+    [(None, "RGB", False, 16), (3, "RGB", True, 4), (1, "RGB+D", True, 8), (None, "RGB+D", False, 16)],
+)
 def test_torch_backend_matches_dense_reference(sh_degree, render_mode, background, tile_size, compositing):
     scene = random_scene(60, sh_degree=sh_degree, seed=hash((sh_degree, render_mode)) % 1000)
     backgrounds = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64) if background else None
@@ -60,14 +71,22 @@ def test_torch_backend_matches_dense_reference(sh_degree, render_mode, backgroun
         inputs = {k: (v.clone().requires_grad_(True) if k in PARAMS else v) for k, v in scene.items()}
         bg = backgrounds.clone().requires_grad_(True) if backgrounds is not None else None
         if render == "ours":
-            image, alpha, _ = rasterization(**inputs, sh_degree=sh_degree, backgrounds=bg, render_mode=render_mode,
-                                            tile_size=tile_size, backend="torch")
+            image, alpha, _ = rasterization(
+                **inputs,
+                sh_degree=sh_degree,
+                backgrounds=bg,
+                render_mode=render_mode,
+                tile_size=tile_size,
+                backend="torch",
+            )
         else:
             image, alpha = dense_reference(**inputs, sh_degree=sh_degree, backgrounds=bg, render_mode=render_mode)
         if weights is None:
             g = torch.Generator().manual_seed(1)
-            weights = (torch.rand(image.shape, generator=g, dtype=image.dtype),
-                       torch.rand(alpha.shape, generator=g, dtype=alpha.dtype))
+            weights = (
+                torch.rand(image.shape, generator=g, dtype=image.dtype),
+                torch.rand(alpha.shape, generator=g, dtype=alpha.dtype),
+            )
         ((image * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
         grads = {k: inputs[k].grad for k in PARAMS}
         if bg is not None:
@@ -86,10 +105,13 @@ def test_opaque_gaussians_stop_compositing_early(compositing):
     """A wall of opaque Gaussians in front hides one behind: the early stop must be exact."""
     scene = random_scene(1, cameras=1)
     means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, -0.5]], dtype=torch.float64)
-    scene.update(means=means, quats=torch.tensor([[1.0, 0, 0, 0]] * 3, dtype=torch.float64),
-                 scales=torch.full((3, 3), 0.4, dtype=torch.float64),
-                 opacities=torch.tensor([0.999, 0.999, 0.5], dtype=torch.float64),
-                 colors=torch.eye(3, dtype=torch.float64))
+    scene.update(
+        means=means,
+        quats=torch.tensor([[1.0, 0, 0, 0]] * 3, dtype=torch.float64),
+        scales=torch.full((3, 3), 0.4, dtype=torch.float64),
+        opacities=torch.tensor([0.999, 0.999, 0.5], dtype=torch.float64),
+        colors=torch.eye(3, dtype=torch.float64),
+    )
     image, alpha, _ = rasterization(**scene, backend="torch")
     ref_image, ref_alpha = dense_reference(**scene)
     assert torch.allclose(image, ref_image, atol=1e-6) and torch.allclose(alpha, ref_alpha, atol=1e-6)
@@ -104,9 +126,18 @@ def test_info_feeds_gsplat_default_strategy(compositing):
     strategy = DefaultStrategy(refine_start_iter=0, refine_every=1, reset_every=1000, grow_grad2d=0.0, verbose=False)
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state()
-    image, _, info = rasterization(params["means"], params["quats"], params["scales"], params["opacities"],
-                                   params["colors"], scene["viewmats"], scene["Ks"], scene["width"],
-                                   scene["height"], backend="torch")
+    image, _, info = rasterization(
+        params["means"],
+        params["quats"],
+        params["scales"],
+        params["opacities"],
+        params["colors"],
+        scene["viewmats"],
+        scene["Ks"],
+        scene["width"],
+        scene["height"],
+        backend="torch",
+    )
     strategy.step_pre_backward(params, optimizers, state, step=1, info=info)
     image.sum().backward()
     assert info["means2d"].grad is not None and info["means2d"].grad.abs().sum() > 0
@@ -130,8 +161,10 @@ def test_gsplat_and_torch_backends_agree_on_cuda():
     scene = random_scene(500, cameras=2, sh_degree=3, dtype=torch.float32)
     results = []
     for backend in ("gsplat", "torch"):
-        inputs = {k: (v.cuda().requires_grad_(True) if k in PARAMS else v.cuda() if torch.is_tensor(v) else v)
-                  for k, v in scene.items()}
+        inputs = {
+            k: (v.cuda().requires_grad_(True) if k in PARAMS else v.cuda() if torch.is_tensor(v) else v)
+            for k, v in scene.items()
+        }
         image, alpha, _ = rasterization(**inputs, sh_degree=3, packed=False, backend=backend)
         (image.sum() + alpha.sum()).backward()
         results.append((image.detach(), alpha.detach(), {k: inputs[k].grad for k in PARAMS}))
@@ -149,10 +182,16 @@ def test_median_depth_is_the_surface_where_transmittance_halves(compositing):
     eye = torch.linalg.inv(scene["viewmats"][0])[:3, 3]
     forward = -eye / eye.norm()
     means = torch.stack([eye + 2.0 * forward, eye + 3.0 * forward])
-    kwargs = dict(means=means, quats=torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
-                  scales=torch.full((2, 3), 0.5, dtype=torch.float64),
-                  opacities=torch.tensor([0.3, 0.99], dtype=torch.float64), viewmats=scene["viewmats"],
-                  Ks=scene["Ks"], width=scene["width"], height=scene["height"])
+    kwargs = dict(
+        means=means,
+        quats=torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
+        scales=torch.full((2, 3), 0.5, dtype=torch.float64),
+        opacities=torch.tensor([0.3, 0.99], dtype=torch.float64),
+        viewmats=scene["viewmats"],
+        Ks=scene["Ks"],
+        width=scene["width"],
+        height=scene["height"],
+    )
     depth = median_depth(**kwargs)[0]
     centre = depth[scene["height"] // 2, scene["width"] // 2]
     assert float(centre) == pytest.approx(3.0, abs=1e-6)  # 0.7 left after the faint one: not yet half

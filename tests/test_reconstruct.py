@@ -15,21 +15,48 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import error_line, run_cli, run_json
 from plyfile import PlyData
 
-from conftest import error_line, run_cli, run_json
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.splats.data import load_dataset
-from vid3d.splats.model import PARAM_NAMES, load_ply, render as render_splats
+from vid3d.splats.model import PARAM_NAMES, load_ply
+from vid3d.splats.model import render as render_splats
 from vid3d.splats.results import read_history
 
-QUICK = ["--set", "splats.steps=500", "--set", "splats.sh_degree_interval=100", "--set", "splats.refine_start=50",
-         "--set", "splats.refine_stop=400", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50",
-         "--set", "splats.reset_every=1000"]
+QUICK = [
+    "--set",
+    "splats.steps=500",
+    "--set",
+    "splats.sh_degree_interval=100",
+    "--set",
+    "splats.refine_start=50",
+    "--set",
+    "splats.refine_stop=400",
+    "--set",
+    "splats.refine_every=50",
+    "--set",
+    "splats.checkpoint_every=50",
+    "--set",
+    "splats.reset_every=1000",
+]
 # the interruption tests: a checkpoint at step 50 of 150
-SHORT = ["--set", "splats.steps=150", "--set", "splats.sh_degree_interval=50", "--set", "splats.refine_start=50",
-         "--set", "splats.refine_stop=120", "--set", "splats.refine_every=50", "--set", "splats.checkpoint_every=50",
-         "--set", "splats.reset_every=1000"]
+SHORT = [
+    "--set",
+    "splats.steps=150",
+    "--set",
+    "splats.sh_degree_interval=50",
+    "--set",
+    "splats.refine_start=50",
+    "--set",
+    "splats.refine_stop=120",
+    "--set",
+    "splats.refine_every=50",
+    "--set",
+    "splats.checkpoint_every=50",
+    "--set",
+    "splats.reset_every=1000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +118,22 @@ def test_splats_ply_reads_back_into_the_same_gaussians(trained):
     metrics = json.loads((splats_dir / "metrics.json").read_text())
     background = torch.tensor([metrics["background"]])
     with torch.no_grad():
-        scores = [psnr(render_splats(loaded, data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height,
-                                     3, backend="torch", backgrounds=background)[0][0], data.images[i])
-                  for i in data.test]
+        scores = [
+            psnr(
+                render_splats(
+                    loaded,
+                    data.viewmats[i : i + 1],
+                    data.Ks[i : i + 1],
+                    data.width,
+                    data.height,
+                    3,
+                    backend="torch",
+                    backgrounds=background,
+                )[0][0],
+                data.images[i],
+            )
+            for i in data.test
+        ]
     assert sum(scores) / len(scores) == pytest.approx(metrics["psnr"], abs=1e-2)
 
 
@@ -123,7 +163,7 @@ def test_killed_training_resumes_from_its_checkpoint(trained, tmp_path):
     # start where the checkpoint left off, well above where training from scratch starts
     history = read_history(project / "splats")
     assert history["step"].tolist() == list(range(1, 151))
-    assert history["psnr"][resumed_at:resumed_at + 10].mean() > history["psnr"][:10].mean() + 2
+    assert history["psnr"][resumed_at : resumed_at + 10].mean() > history["psnr"][:10].mean() + 2
 
 
 def test_gsplat_backend_without_cuda_is_a_usage_error(trained, tmp_path):
@@ -141,13 +181,19 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
 
     project = tmp_path / "project"
     shutil.copytree(trained / "project", project)
-    code, report = run_json("export", project, "--mesh", "--format", "glb", "--splat", "ply", "--pointcloud",
-                            "--cameras")
+    code, report = run_json(
+        "export", project, "--mesh", "--format", "glb", "--splat", "ply", "--pointcloud", "--cameras"
+    )
     assert code == 0, report
     assert report["stages"]["splats"]["status"] == "cached"
     export = project / "export"
     assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
-        "camera_path.json", "cameras.json", "mesh.glb", "pointcloud.ply", "splat.ply"]
+        "camera_path.json",
+        "cameras.json",
+        "mesh.glb",
+        "pointcloud.ply",
+        "splat.ply",
+    ]
 
     mesh = trimesh.load(export / "mesh.glb", force="mesh")
     assert len(mesh.faces) == report["metrics"]["mesh_faces"] > 1000
@@ -158,14 +204,19 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
     cameras = json.loads((export / "cameras.json").read_text())
     transforms = json.loads((project / "poses" / "transforms.json").read_text())
     assert len(cameras["cameras"]) == len(transforms["frames"]) and cameras["width"] == transforms["w"]
-    assert np.allclose(cameras["cameras"][0]["transform_matrix"], transforms["frames"][0]["transform_matrix"], atol=1e-5)
+    assert np.allclose(
+        cameras["cameras"][0]["transform_matrix"], transforms["frames"][0]["transform_matrix"], atol=1e-5
+    )
     assert len(trimesh.load(export / "pointcloud.ply").vertices) == report["metrics"]["points"] > 100
 
     # against the true scene: the mesh lies on its surfaces once the cameras are aligned
-    index = {e["file"]: e["source_index"] for e in json.loads((project / "frames" / "index.json").read_text())["frames"]}
+    index = {
+        e["file"]: e["source_index"] for e in json.loads((project / "frames" / "index.json").read_text())["frames"]
+    }
     estimated = np.stack([np.asarray(f["transform_matrix"]) @ np.diag([1.0, -1, -1, 1]) for f in transforms["frames"]])
     true = orbit_cameras(32, width=128, height=128).cam_to_world[
-        [index[Path(f["file_path"]).name] for f in transforms["frames"]]]
+        [index[Path(f["file_path"]).name] for f in transforms["frames"]]
+    ]
     scene = make_scene(3)
     low, high = scene.object_bounds
     region = np.array([[low[0] - 0.5, low[1] - 0.5, -0.05], [high[0] + 0.5, high[1] + 0.5, high[2] + 0.1]])
@@ -190,8 +241,16 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     """A farm stops `reconstruct` with SIGTERM after it ran COLMAP in the same process (pycolmap's
     glog handler must not take the signal): one line, a checkpoint, and a rerun that resumes."""
     project = tmp_path / "project"
-    command = [sys.executable, "-m", "vid3d.cli", "reconstruct", str(project), "--input", str(trained / "orbit.mp4"),
-               *SHORT]
+    command = [
+        sys.executable,
+        "-m",
+        "vid3d.cli",
+        "reconstruct",
+        str(project),
+        "--input",
+        str(trained / "orbit.mp4"),
+        *SHORT,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(project, process, step=50)
     process.send_signal(signal.SIGTERM)

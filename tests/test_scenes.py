@@ -50,7 +50,9 @@ def test_orbit_cameras_geometry():
     R = cams.cam_to_world[:, :3, :3]
     np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
     np.testing.assert_allclose(np.linalg.det(R), 1.0)
-    np.testing.assert_allclose(cams.world_to_cam() @ cams.cam_to_world, np.broadcast_to(np.eye(4), (8, 4, 4)), atol=1e-12)
+    np.testing.assert_allclose(
+        cams.world_to_cam() @ cams.cam_to_world, np.broadcast_to(np.eye(4), (8, 4, 4)), atol=1e-12
+    )
     pix, z = cams.project(look_at[None])
     np.testing.assert_allclose(pix[:, 0], [[32.0, 24.0]] * 8, atol=1e-9)
     np.testing.assert_allclose(z[:, 0], 3.0)

@@ -43,19 +43,21 @@ def test_the_command_line_sets_it_before_torch_loads(tmp_path):
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("50000 100000\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    probe = ("import builtins, os, sys\n"
-             "from pathlib import Path\n"
-             "import vid3d.threads\n"
-             "vid3d.threads.CGROUP_CPU_MAX = Path(sys.argv[1])\n"
-             "real = builtins.__import__\n"
-             "def watch(name, *args, **kwargs):\n"
-             "    if name == 'torch' and os.environ.get('OMP_NUM_THREADS') != '1':\n"
-             "        sys.exit(3)\n"
-             "    return real(name, *args, **kwargs)\n"
-             "builtins.__import__ = watch\n"
-             "import vid3d.cli\n"
-             "import torch\n"
-             "print(torch.get_num_threads())")
+    probe = (
+        "import builtins, os, sys\n"
+        "from pathlib import Path\n"
+        "import vid3d.threads\n"
+        "vid3d.threads.CGROUP_CPU_MAX = Path(sys.argv[1])\n"
+        "real = builtins.__import__\n"
+        "def watch(name, *args, **kwargs):\n"
+        "    if name == 'torch' and os.environ.get('OMP_NUM_THREADS') != '1':\n"
+        "        sys.exit(3)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = watch\n"
+        "import vid3d.cli\n"
+        "import torch\n"
+        "print(torch.get_num_threads())"
+    )
     result = subprocess.run([sys.executable, "-c", probe, str(cpu_max)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1"]

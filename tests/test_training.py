@@ -1,6 +1,7 @@
 """Training details with known answers: images loaded at a reduced size, the densification
 schedule fitted to the step count, and opacity resets at the step the setting names."""
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 
@@ -13,8 +14,6 @@ from vid3d.splats.data import Dataset, load_dataset
 from vid3d.splats.strategy import GSPLAT_SCHEDULE, fitted_schedule
 from vid3d.splats.train import Trainer
 
-import imageio.v3 as iio
-
 
 def poses_folder(tmp_path, cams):
     """poses/ of the procedural scene's renders at the cameras, as `vid3d poses` writes it."""
@@ -25,10 +24,22 @@ def poses_folder(tmp_path, cams):
     for i, image in enumerate(render(make_scene(4), cams).images):
         iio.imwrite(frames_dir / f"{i:05d}.png", image)
         entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
-    FramesIndex(source="test", kind="images", source_frames=len(entries), fps=None, width=cams.width,
-                height=cams.height, frames=entries).write(frames_dir)
-    write_cameras(tmp_path / "cameras.json", [{"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i],
-                                               "width": cams.width} for i in range(len(cams))])
+    FramesIndex(
+        source="test",
+        kind="images",
+        source_frames=len(entries),
+        fps=None,
+        width=cams.width,
+        height=cams.height,
+        frames=entries,
+    ).write(frames_dir)
+    write_cameras(
+        tmp_path / "cameras.json",
+        [
+            {"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i], "width": cams.width}
+            for i in range(len(cams))
+        ],
+    )
     poses_from_cameras(frames_dir, tmp_path / "cameras.json", poses_dir, points=500)
     return poses_dir
 
@@ -75,16 +86,22 @@ def test_the_schedule_is_scaled_with_the_step_count_unless_given():
 def tiny_trainer(settings: SplatsSettings) -> Trainer:
     cams = orbit_cameras(4, width=32, height=32)
     images = torch.tensor(render(make_scene(4), cams).images, dtype=torch.float32) / 255
-    data = Dataset(names=[f"{i}.png" for i in range(4)], images=images,
-                   viewmats=torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32),
-                   Ks=torch.tensor(cams.K, dtype=torch.float32), train=[0, 1, 2, 3], test=[])
+    data = Dataset(
+        names=[f"{i}.png" for i in range(4)],
+        images=images,
+        viewmats=torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32),
+        Ks=torch.tensor(cams.K, dtype=torch.float32),
+        train=[0, 1, 2, 3],
+        test=[],
+    )
     points = np.random.default_rng(0).normal(0, 0.5, (300, 3)).astype(np.float32)
     return Trainer(data, settings, "torch", torch.device("cpu"), (points, np.full((300, 3), 0.5, np.float32)))
 
 
 def test_opacities_are_reset_at_the_step_the_setting_names():
-    trainer = tiny_trainer(SplatsSettings(steps=20, reset_every=6, refine_start=100, refine_stop=20,
-                                          refine_every=10, init_opacity=0.5))
+    trainer = tiny_trainer(
+        SplatsSettings(steps=20, reset_every=6, refine_start=100, refine_stop=20, refine_every=10, init_opacity=0.5)
+    )
     trainer.train(6)  # steps 0-5
     before = torch.sigmoid(trainer.splats["opacities"]).detach()
     assert float(before.min()) > 0.1

@@ -19,7 +19,9 @@ def test_flow_recovers_a_known_shift():
     texture = np.repeat(np.repeat(texture, 2, 0), 2, 1)  # blobs of 2x2 pixels
     a, b = texture[20:120, 20:180], texture[20:120, 23:183]  # b is a moved 3 pixels left
     flow = optical_flow(a, b)
-    assert np.median(flow[..., 0]) == pytest.approx(-3, abs=0.2) and np.median(flow[..., 1]) == pytest.approx(0, abs=0.2)
+    assert np.median(flow[..., 0]) == pytest.approx(-3, abs=0.2) and np.median(flow[..., 1]) == pytest.approx(
+        0, abs=0.2
+    )
 
 
 def test_object_motion_of_a_square_moving_right():
@@ -29,7 +31,7 @@ def test_object_motion_of_a_square_moving_right():
     blob = np.repeat(np.repeat((rng.random((6, 6, 3)) * 255).astype(np.uint8), 2, 0), 2, 1)
     frames, masks = np.full((8, 64, 64, 3), 90, np.uint8), np.zeros((8, 64, 64), bool)
     for i in range(8):
-        frames[i, 26:38, 20 + i:32 + i], masks[i, 26:38, 20 + i:32 + i] = blob, True
+        frames[i, 26:38, 20 + i : 32 + i], masks[i, 26:38, 20 + i : 32 + i] = blob, True
     right, share = object_motion(frames, frames, masks)
     assert right.all() and right.size == 7 and share == pytest.approx(1.0)
     right, share = object_motion(frames[::-1], frames, masks)
@@ -62,7 +64,6 @@ def test_video_metrics_report():
 
 def test_metrics_command_on_a_video_and_on_bad_input(tmp_path, orbit):
     import imageio.v3 as iio
-
     from conftest import error_line, run_cli, run_json
 
     video = tmp_path / "orbit.mp4"
@@ -75,7 +76,7 @@ def test_metrics_command_on_a_video_and_on_bad_input(tmp_path, orbit):
 
 def test_warping_error_that_compared_nothing_is_not_a_perfect_score(monkeypatch):
     """Flow that leaves the frame everywhere leaves no pixel to compare: not measured, not 0."""
-    import vid3d.metrics.video as video
+    from vid3d.metrics import video
 
     monkeypatch.setattr(video, "optical_flow", lambda a, b: np.full((*a.shape[:2], 2), 1000.0, np.float32))
     frames = [np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)]

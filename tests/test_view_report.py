@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from browser import Browser, chromium_or_skip
 from conftest import error_line, run_cli, run_json
+
 from vid3d.poses.dataset import OPENCV_TO_OPENGL, write_ply
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.viewing import covariances, rotation_to_wxyz, up_direction
@@ -32,15 +32,27 @@ def write_dataset(folder):
     frames = []
     for i, image in enumerate(render(scene, cams).images):
         iio.imwrite(folder / "images" / f"{i:05d}.png", image)
-        frames.append({"file_path": f"images/{i:05d}.png",
-                       "transform_matrix": (cams.cam_to_world[i] @ OPENCV_TO_OPENGL).tolist()})
+        frames.append(
+            {"file_path": f"images/{i:05d}.png", "transform_matrix": (cams.cam_to_world[i] @ OPENCV_TO_OPENGL).tolist()}
+        )
     mesh = scene.mesh()
     points, faces = trimesh.sample.sample_surface(mesh, 3000, seed=0)
     write_ply(points, np.asarray(mesh.visual.face_colors[faces][:, :3], dtype=np.uint8), folder / "points.ply")
     K = cams.K[0]
-    (folder / "transforms.json").write_text(json.dumps({
-        "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "w": SIZE, "h": SIZE, "frames": frames,
-        "ply_file_path": "points.ply"}))
+    (folder / "transforms.json").write_text(
+        json.dumps(
+            {
+                "fl_x": K[0, 0],
+                "fl_y": K[1, 1],
+                "cx": K[0, 2],
+                "cy": K[1, 2],
+                "w": SIZE,
+                "h": SIZE,
+                "frames": frames,
+                "ply_file_path": "points.ply",
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +62,7 @@ def project(tmp_path_factory):
     project = root / "project"
     code, out = run_json("reconstruct", project, "--input", root / "dataset", *QUICK)
     assert code == 0, out
-    assert "<section id=\"splats\"" in (project / "report.html").read_text()  # written by the stage's command
+    assert '<section id="splats"' in (project / "report.html").read_text()  # written by the stage's command
     code, out = run_json("export", project, "--mesh", "--faces", 4000, "--voxel-size", 0.06)
     assert code == 0, out
     return project
@@ -81,7 +93,9 @@ def test_covariances_match_gsplat():
     generator = torch.Generator().manual_seed(0)
     quats, scales = torch.randn(500, 4, generator=generator), torch.rand(500, 3, generator=generator) * 2 + 0.01
     expected, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    assert np.allclose(covariances(scales.double().numpy(), quats.double().numpy()), expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert np.allclose(
+        covariances(scales.double().numpy(), quats.double().numpy()), expected.numpy(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_up_is_the_cameras_up():
@@ -118,8 +132,9 @@ def test_report_opens_offline_without_errors(project, tmp_path):
     for section in ("frames", "poses", "splats", "export", "settings"):
         assert f'id="{section}"' in page or f"id='{section}'" in page
     assert "could not be shown" not in page
-    assert not [url for url in re.findall(r"""(?:src|href)=['"]([^'"]+)""", page)
-                if not url.startswith("data:")]  # everything inlined: nothing to fetch
+    assert not [
+        url for url in re.findall(r"""(?:src|href)=['"]([^'"]+)""", page) if not url.startswith("data:")
+    ]  # everything inlined: nothing to fetch
     history = (project / "splats" / "history.csv").read_text().splitlines()
     assert history[0] == "step,loss,psnr,gaussians" and len(history) == STEPS + 1
 
@@ -137,9 +152,13 @@ def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
     port = free_port()
     # Ctrl-C's SIGINT as a terminal delivers it; a test run started in the background (`pytest &`)
     # has SIGINT ignored, and its children would inherit that
-    server = subprocess.Popen([sys.executable, "-m", "vid3d.cli", "view", str(project), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vid3d.cli", "view", str(project), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         line = server.stdout.readline()  # the URL, once the scene is served
         assert f"http://localhost:{port}" in line, line
@@ -186,7 +205,7 @@ def test_a_refresh_redraws_only_the_stages_that_changed(project, tmp_path):
     manifest["stages"]["splats"]["finished"] = "2099-01-01T00:00:00"  # splats ran again
     (project.root / "manifest.json").write_text(json.dumps(manifest))
     again = build_page(project, marked)
-    assert again.count("MARK") == drawn - 1 and "</h2>MARK" not in again[again.index('<section id="splats"'):][:200]
+    assert again.count("MARK") == drawn - 1 and "</h2>MARK" not in again[again.index('<section id="splats"') :][:200]
 
 
 def test_a_failing_report_never_fails_a_stage(tmp_path, monkeypatch):

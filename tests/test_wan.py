@@ -8,10 +8,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import run_json, with_processors
 from diffusers import EulerDiscreteScheduler
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from conftest import run_json, with_processors
 from vid3d.errors import UserError
 from vid3d.generate.adapters import load_model
 from vid3d.generate.adapters.base import Request
@@ -39,8 +39,16 @@ def test_one_wan_window_reproduces_the_diffusers_pipeline_bit_for_bit(image, ver
     pipe, model = wan(version)
     if scheduler != "default":
         pipe.scheduler = model.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
-    expected = pipe(PIL.Image.fromarray(image), prompt="an orbit", height=SIZE, width=SIZE, num_frames=9,
-                    num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+    expected = pipe(
+        PIL.Image.fromarray(image),
+        prompt="an orbit",
+        height=SIZE,
+        width=SIZE,
+        num_frames=9,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+    ).frames
     request = Request(image, prompt="an orbit", num_frames=9, height=SIZE, width=SIZE)
     generator = torch.Generator().manual_seed(3)
     latents = sample(model, model.prepare(request, generator), request, Plan(steps=2), Stabilizers(), generator)
@@ -154,8 +162,9 @@ def test_feedback_with_given_cameras_pulls_wan_latents_through_its_autoencoder(i
     cameras = [{"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i], "width": SIZE} for i in range(9)]
     loop = FeedbackLoop(model, cameras, Feedback(mode=mode, start=1, iterations=2), 2, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    latents = sample(model, model.prepare(request, generator), request, Plan(steps=2), Stabilizers(), generator,
-                     feedback=loop)
+    latents = sample(
+        model, model.prepare(request, generator), request, Plan(steps=2), Stabilizers(), generator, feedback=loop
+    )
     assert latents.shape == (1, 16, 3, 4, 4) and torch.isfinite(latents).all()
     assert len(loop.history) == 1 and loop.history[0]["moved_rms"] > 0
 
@@ -166,10 +175,26 @@ def test_generate_with_tiny_wan_end_to_end_and_cached(tmp_path, image):
     reference = tmp_path / "ref.png"
     iio.imwrite(reference, image)
     project = tmp_path / "p"
-    code, out = run_json("generate", project, "--image", reference, "--model", "tiny-wan", "--frames", 33,
-                         "--set", "generate.steps=2", "--set", f"generate.height={SIZE}",
-                         "--set", f"generate.width={SIZE}", "--set", "generate.anchor_every=16",
-                         "--set", "generate.kv_cache_until=1")
+    code, out = run_json(
+        "generate",
+        project,
+        "--image",
+        reference,
+        "--model",
+        "tiny-wan",
+        "--frames",
+        33,
+        "--set",
+        "generate.steps=2",
+        "--set",
+        f"generate.height={SIZE}",
+        "--set",
+        f"generate.width={SIZE}",
+        "--set",
+        "generate.anchor_every=16",
+        "--set",
+        "generate.kv_cache_until=1",
+    )
     assert code == 0, out
     frames = sorted((project / "generate" / "frames").glob("*.png"))
     assert len(frames) == 33 and iio.imread(frames[0]).shape == (SIZE, SIZE, 3)

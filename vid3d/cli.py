@@ -26,9 +26,10 @@ import shutil
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.highlighter import NullHighlighter
@@ -36,31 +37,43 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from vid3d import __version__, pipeline
+from vid3d import __version__, pipeline, ui
 from vid3d.config import load_settings, read_preset, read_toml
 from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
-from vid3d import ui
 from vid3d.ui import console, log
 
-app = typer.Typer(help="vid3d: video to 3D. Generate video, recover cameras, fit Gaussian splats, export meshes.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="vid3d: video to 3D. Generate video, recover cameras, fit Gaussian splats, export meshes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 ProjectArg = Annotated[Path, typer.Argument(help="Project folder (created if missing).", show_default=False)]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (see configs/default.toml).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: stage.key=value (repeatable).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see configs/default.toml).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override one setting: stage.key=value (repeatable).")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun this command's stage even when cached.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (status, outputs, metrics) on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
-InputOpt = Annotated[Optional[Path], typer.Option(
-    "--input", "-i", help="Video file, folder of images, or dataset (nerfstudio/instant-ngp transforms.json, or a "
-                          "COLMAP project: sparse/0 and images/).")]
-PosesOpt = Annotated[Optional[Path], typer.Option(
-    "--poses", help="Known cameras (vid3d generate's cameras.json) instead of COLMAP.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="fast (CPU preview), default or quality.")]
+InputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="Video file, folder of images, or dataset (nerfstudio/instant-ngp transforms.json, or a "
+        "COLMAP project: sparse/0 and images/).",
+    ),
+]
+PosesOpt = Annotated[
+    Path | None, typer.Option("--poses", help="Known cameras (vid3d generate's cameras.json) instead of COLMAP.")
+]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="fast (CPU preview), default or quality.")]
 
 
 @dataclass
@@ -77,22 +90,36 @@ class Common:
     preset: str | None = None
 
 
-COMMON_OPTIONS = {"config": (ConfigOpt, None), "set": (SetOpt, None), "force": (ForceOpt, False),
-                  "json": (JsonOpt, False), "device": (DeviceOpt, "auto"), "verbose": (VerboseOpt, False),
-                  "wait": (WaitOpt, False)}
+COMMON_OPTIONS = {
+    "config": (ConfigOpt, None),
+    "set": (SetOpt, None),
+    "force": (ForceOpt, False),
+    "json": (JsonOpt, False),
+    "device": (DeviceOpt, "auto"),
+    "verbose": (VerboseOpt, False),
+    "wait": (WaitOpt, False),
+}
 
 
 def stage_command(function: Callable[..., None]) -> Callable[..., None]:
     """Register `function(..., common: Common)` as a command that takes COMMON_OPTIONS besides its own."""
     own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "common"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-              for name, (annotation, default) in COMMON_OPTIONS.items()]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, (annotation, default) in COMMON_OPTIONS.items()
+    ]
 
     @functools.wraps(function)
     def command(**values):
-        common = Common(config=values.pop("config"), sets=values.pop("set") or [], force=values.pop("force"),
-                        json=values.pop("json"), device=values.pop("device"), verbose=values.pop("verbose"),
-                        wait=values.pop("wait"))
+        common = Common(
+            config=values.pop("config"),
+            sets=values.pop("set") or [],
+            force=values.pop("force"),
+            json=values.pop("json"),
+            device=values.pop("device"),
+            verbose=values.pop("verbose"),
+            wait=values.pop("wait"),
+        )
         function(**values, common=common)
 
     command.__signature__ = inspect.Signature(own + shared)
@@ -101,20 +128,37 @@ def stage_command(function: Callable[..., None]) -> Callable[..., None]:
 
 
 @stage_command
-def generate(project: ProjectArg,
-             image: Annotated[Optional[Path], typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
-             prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
-             model: Annotated[Optional[str], typer.Option(
-                 "--model", help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V, "
-                                 "Wan 2.1/2.2 I2V); default: the embedded orbit model.")] = None,
-             frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to generate.")] = None,
-             loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
-             cameras: Annotated[Optional[Path], typer.Option(
-                 "--cameras", help="The frames' cameras (cameras.json) for the feedback loop of a model without its own.")] = None,
-             *, common: Common) -> None:
+def generate(
+    project: ProjectArg,
+    image: Annotated[Path | None, typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V, "
+            "Wan 2.1/2.2 I2V); default: the embedded orbit model.",
+        ),
+    ] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Frames to generate.")] = None,
+    loop: Annotated[bool | None, typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
+    cameras: Annotated[
+        Path | None,
+        typer.Option(
+            "--cameras", help="The frames' cameras (cameras.json) for the feedback loop of a model without its own."
+        ),
+    ] = None,
+    *,
+    common: Common,
+) -> None:
     """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
-    named = {"prompt": prompt, "model": model, "frames": frames, "loop": None if loop is None else str(loop).lower(),
-             "cameras": None if cameras is None else cameras.resolve()}
+    named = {
+        "prompt": prompt,
+        "model": model,
+        "frames": frames,
+        "loop": None if loop is None else str(loop).lower(),
+        "cameras": None if cameras is None else cameras.resolve(),
+    }
     sets = [f"generate.{key}={value}" for key, value in named.items() if value is not None]
     _execute(project, common, "generate", sets=sets, image=image)
 
@@ -132,12 +176,15 @@ def poses(project: ProjectArg, input: InputOpt = None, poses: PosesOpt = None, *
 
 
 @stage_command
-def reconstruct(project: ProjectArg,
-                input: InputOpt = None,
-                preset: PresetOpt = None,
-                backend: Annotated[Optional[str], typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
-                poses: PosesOpt = None,
-                *, common: Common) -> None:
+def reconstruct(
+    project: ProjectArg,
+    input: InputOpt = None,
+    preset: PresetOpt = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
+    poses: PosesOpt = None,
+    *,
+    common: Common,
+) -> None:
     """3D Gaussian Splatting: runs frames and poses when missing or stale, then trains splats/."""
     sets = ([f"splats.backend={backend}"] if backend else []) + _poses_set(poses)
     common.preset = preset
@@ -145,19 +192,25 @@ def reconstruct(project: ProjectArg,
 
 
 @stage_command
-def export(project: ProjectArg,
-           mesh: Annotated[bool, typer.Option("--mesh", help="Write a mesh (TSDF fusion of rendered depth).")] = False,
-           format: Annotated[Optional[str], typer.Option("--format", help="Mesh format: ply, obj or glb.")] = None,
-           voxel_size: Annotated[Optional[float], typer.Option("--voxel-size", help="TSDF voxel size (world units).")] = None,
-           faces: Annotated[Optional[int], typer.Option("--faces", help="Decimate the mesh to about N faces.")] = None,
-           bbox: Annotated[Optional[str], typer.Option("--bbox", help="Crop: xmin,ymin,zmin,xmax,ymax,zmax.")] = None,
-           splat: Annotated[Optional[list[str]], typer.Option(
-               "--splat", help="Write the Gaussians: ply, splat or ply_compressed (repeatable).")] = None,
-           pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
-           cameras: Annotated[bool, typer.Option(
-               "--cameras", help="Write the camera path: cameras.json and nerfstudio's camera_path.json.")] = False,
-           input: InputOpt = None,
-           *, common: Common) -> None:
+def export(
+    project: ProjectArg,
+    mesh: Annotated[bool, typer.Option("--mesh", help="Write a mesh (TSDF fusion of rendered depth).")] = False,
+    format: Annotated[str | None, typer.Option("--format", help="Mesh format: ply, obj or glb.")] = None,
+    voxel_size: Annotated[float | None, typer.Option("--voxel-size", help="TSDF voxel size (world units).")] = None,
+    faces: Annotated[int | None, typer.Option("--faces", help="Decimate the mesh to about N faces.")] = None,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="Crop: xmin,ymin,zmin,xmax,ymax,zmax.")] = None,
+    splat: Annotated[
+        list[str] | None,
+        typer.Option("--splat", help="Write the Gaussians: ply, splat or ply_compressed (repeatable)."),
+    ] = None,
+    pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
+    cameras: Annotated[
+        bool, typer.Option("--cameras", help="Write the camera path: cameras.json and nerfstudio's camera_path.json.")
+    ] = False,
+    input: InputOpt = None,
+    *,
+    common: Common,
+) -> None:
     """Export assets from the Gaussians (runs the stages before it when missing or stale).
 
     With any of --mesh, --splat, --pointcloud, --cameras, those are written; with none, the
@@ -166,8 +219,12 @@ def export(project: ProjectArg,
     """
     sets = []
     if mesh or splat or pointcloud or cameras:
-        sets += [f"export.mesh={str(mesh).lower()}", f"export.splat={','.join(splat or [])}",
-                 f"export.pointcloud={str(pointcloud).lower()}", f"export.cameras={str(cameras).lower()}"]
+        sets += [
+            f"export.mesh={str(mesh).lower()}",
+            f"export.splat={','.join(splat or [])}",
+            f"export.pointcloud={str(pointcloud).lower()}",
+            f"export.cameras={str(cameras).lower()}",
+        ]
     named = {"mesh_format": format, "voxel_size": voxel_size, "faces": faces, "bbox": bbox}
     sets += [f"export.{key}={value}" for key, value in named.items() if value is not None]
     _execute(project, common, "export", sets=sets, input=input)
@@ -181,17 +238,45 @@ def run(project: ProjectArg, input: InputOpt = None, preset: PresetOpt = None, *
 
 
 @app.command()
-def demo(project: Annotated[Path, typer.Argument(help="Project folder for the demo.")] = Path("vid3d-demo"),
-         json: JsonOpt = False, device: DeviceOpt = "auto", verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
+def demo(
+    project: Annotated[Path, typer.Argument(help="Project folder for the demo.")] = Path("vid3d-demo"),
+    json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    verbose: VerboseOpt = False,
+    force: ForceOpt = False,
+) -> None:
     """The whole chain on the bundled example (fast preset), then a summary against the true scene."""
-    from vid3d.demo import EXAMPLE_REFERENCE, EXAMPLE_VIDEO, GENERATED_SETTINGS, VIDEO_SETTINGS, generated_summary, summary
+    from vid3d.demo import (
+        EXAMPLE_REFERENCE,
+        EXAMPLE_VIDEO,
+        GENERATED_SETTINGS,
+        VIDEO_SETTINGS,
+        generated_summary,
+        summary,
+    )
     from vid3d.report import REPORT_FILE
 
     common = Common(force=force, json=json, device=device, verbose=verbose, preset="fast")
-    video = _execute(project, common, "export", sets=VIDEO_SETTINGS, input=EXAMPLE_VIDEO, force_all=True,
-                     summarize=summary, report=False)
-    generated = _execute(project / "generated", common, "export", sets=GENERATED_SETTINGS, force_all=True,
-                         image=EXAMPLE_REFERENCE, summarize=generated_summary, report=False)
+    video = _execute(
+        project,
+        common,
+        "export",
+        sets=VIDEO_SETTINGS,
+        input=EXAMPLE_VIDEO,
+        force_all=True,
+        summarize=summary,
+        report=False,
+    )
+    generated = _execute(
+        project / "generated",
+        common,
+        "export",
+        sets=GENERATED_SETTINGS,
+        force_all=True,
+        image=EXAMPLE_REFERENCE,
+        summarize=generated_summary,
+        report=False,
+    )
     reports = [str(project / REPORT_FILE), str(project / "generated" / REPORT_FILE)]
     if json:
         print(_dumps({**video, "generated": generated, "reports": reports}))
@@ -203,10 +288,14 @@ def demo(project: Annotated[Path, typer.Argument(help="Project folder for the de
 
 
 @app.command()
-def view(project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
-         port: Annotated[int, typer.Option("--port", help="Port to serve on (the next free one when taken).")] = 8080,
-         host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for other machines.")] = "127.0.0.1",
-         verbose: VerboseOpt = False) -> None:
+def view(
+    project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (the next free one when taken).")] = 8080,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for other machines.")
+    ] = "127.0.0.1",
+    verbose: VerboseOpt = False,
+) -> None:
     """Show the project in the browser (viser): Gaussians, cameras with their frames, points, mesh."""
     from vid3d.view import serve
 
@@ -219,8 +308,9 @@ def view(project: Annotated[Path, typer.Argument(help="Project folder.", show_de
 
 
 @app.command()
-def report(project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)],
-           verbose: VerboseOpt = False) -> None:
+def report(
+    project: Annotated[Path, typer.Argument(help="Project folder.", show_default=False)], verbose: VerboseOpt = False
+) -> None:
     """Write PROJECT/report.html (every stage refreshes it too) and print its path."""
     from vid3d.report import REPORT_FILE, write_report
 
@@ -232,13 +322,18 @@ def report(project: Annotated[Path, typer.Argument(help="Project folder.", show_
         _fail(str(exc), exc.exit_code, False)
     except Exception as exc:
         log.debug("report failed", exc_info=True)
-        _fail(f"{project / REPORT_FILE}: not written ({type(exc).__name__}: {exc}); rerun with -v for details", 1, False)
+        _fail(
+            f"{project / REPORT_FILE}: not written ({type(exc).__name__}: {exc}); rerun with -v for details", 1, False
+        )
     print(path)
 
 
 @app.command()
-def metrics(path: Annotated[Path, typer.Argument(help="Video file, image folder or project.", show_default=False)],
-            json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+def metrics(
+    path: Annotated[Path, typer.Argument(help="Video file, image folder or project.", show_default=False)],
+    json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
     """Temporal consistency of a video: warping error, flicker and loop closure; with the cameras of a
     generated video (cameras.json beside it, or a project's), its epipolar error too."""
     from vid3d.metrics.video import load_frames, video_metrics
@@ -268,8 +363,9 @@ def _cameras_of(path: Path):
     from vid3d.generate.output import CAMERAS_FILE, GeneratedVideo, read_cameras
 
     generated = GeneratedVideo.read(Project(path).stage_dir("generate")).cameras_file
-    found = next((c for c in (generated, path / CAMERAS_FILE, path.parent / CAMERAS_FILE)
-                  if c is not None and c.is_file()), None)
+    found = next(
+        (c for c in (generated, path / CAMERAS_FILE, path.parent / CAMERAS_FILE) if c is not None and c.is_file()), None
+    )
     return None if found is None else read_cameras(found)
 
 
@@ -290,8 +386,14 @@ def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = Fal
         table.add_column(column)
     for stage, record in stages.items():
         metrics = ", ".join(f"{k}={v}" for k, v in (record.get("metrics") or {}).items())
-        table.add_row(stage, record["status"], record.get("fingerprint", ""), record.get("finished", ""),
-                      str(record.get("timings", {}).get("total", "")), metrics or record.get("error", ""))
+        table.add_row(
+            stage,
+            record["status"],
+            record.get("fingerprint", ""),
+            record.get("finished", ""),
+            str(record.get("timings", {}).get("total", "")),
+            metrics or record.get("error", ""),
+        )
     console.print(table)
 
 
@@ -313,9 +415,17 @@ def _keep_stdout_for_results() -> None:
     sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
-def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (), input: Path | None = None,
-             force_all: bool = False, image: Path | None = None,
-             summarize: Callable[[Path], dict] | None = None, report: bool = True) -> dict:
+def _execute(
+    project_dir: Path,
+    common: Common,
+    target: str,
+    sets: list[str] = (),
+    input: Path | None = None,
+    force_all: bool = False,
+    image: Path | None = None,
+    summarize: Callable[[Path], dict] | None = None,
+    report: bool = True,
+) -> dict:
     """Run stage `target` (and the stages it reads) on the project; `sets` come before --set."""
     _setup_logging(common.verbose)
     created = not project_dir.exists()
@@ -351,12 +461,17 @@ def _execute(project_dir: Path, common: Common, target: str, sets: list[str] = (
         log.debug("failed", exc_info=True)
         if common.verbose:
             traceback.print_exc()
-        message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc} (details: {project_dir / 'logs' / 'vid3d.log'})"
+        message = (
+            str(exc)
+            if isinstance(exc, StageError)
+            else f"{type(exc).__name__}: {exc} (details: {project_dir / 'logs' / 'vid3d.log'})"
+        )
         _fail(message, 1, common.json)
     except KeyboardInterrupt as exc:
         # the shells' codes: 128 + the signal's number, so a farm tells its own stop from a user's Ctrl-C
-        _fail("interrupted; rerun the same command to continue", 143 if isinstance(exc, Terminated) else 130,
-              common.json)
+        _fail(
+            "interrupted; rerun the same command to continue", 143 if isinstance(exc, Terminated) else 130, common.json
+        )
     outcome = _outcome(project_dir, ctx.results, summarize(project_dir) if summarize else None)
     if report and common.json:
         print(_dumps(outcome))
@@ -389,7 +504,11 @@ def _check_project_folder(path: Path, must_exist: bool) -> None:
         raise UserError(f"{path}: is a file; pass a folder for the project")
     if must_exist and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, LOCK_FILE)):
         raise UserError(f"{path}: not a vid3d project (no {MANIFEST}); run a stage on it first")
-    if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, LOCK_FILE)):
+    if (
+        path.is_dir()
+        and any(path.iterdir())
+        and not any((path / f).exists() for f in (MANIFEST, SETTINGS_FILE, LOCK_FILE))
+    ):
         raise UserError(f"{path}: exists and is not a vid3d project; pass a new or empty folder")
 
 
@@ -404,8 +523,9 @@ def _attach_log_file(project_dir: Path) -> tuple[Path, int]:
     return path, size
 
 
-def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, ctx,
-          new_parents: list[Path] = ()) -> None:
+def _undo(
+    project_dir: Path, created: bool, log_state: tuple[Path, int] | None, ctx, new_parents: list[Path] = ()
+) -> None:
     """After bad input, leave the project folder (and the parents made for it) as it was, unless a
     stage already completed."""
     for handler in list(log.handlers):
@@ -435,10 +555,22 @@ def _undo(project_dir: Path, created: bool, log_state: tuple[Path, int] | None, 
 def _outcome(project_dir: Path, results: list[StageResult], summary: dict | None = None) -> dict:
     """What a command did, as --json prints it."""
     final = results[-1]
-    outcome = {"status": "ok", "project": str(project_dir),
-               "stages": {r.stage: {"status": r.status, "fingerprint": r.fingerprint, "seconds": round(r.seconds, 3),
-                                    "outputs": r.outputs, "metrics": r.metrics} for r in results},
-               "outputs": [str(project_dir / o) for o in final.outputs], "metrics": final.metrics}
+    outcome = {
+        "status": "ok",
+        "project": str(project_dir),
+        "stages": {
+            r.stage: {
+                "status": r.status,
+                "fingerprint": r.fingerprint,
+                "seconds": round(r.seconds, 3),
+                "outputs": r.outputs,
+                "metrics": r.metrics,
+            }
+            for r in results
+        },
+        "outputs": [str(project_dir / o) for o in final.outputs],
+        "metrics": final.metrics,
+    }
     return outcome if summary is None else {**outcome, "summary": summary}
 
 
@@ -475,8 +607,9 @@ def _setup_logging(verbose: bool) -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
     if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False, show_level=False,
-                                               highlighter=NullHighlighter())
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, show_time=False, show_level=False, highlighter=NullHighlighter()
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -30,58 +30,99 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 class GenerateSettings:
     image: str = setting("", "reference image (PNG or JPEG) the video starts from; remembered by the project")
     prompt: str = setting("", "text prompt, for models that take one (CogVideoX, Wan)")
-    model: str = setting("", "diffusers pipeline folder or Hugging Face id already in the local cache; empty: the "
-                             "embedded orbit model; tiny-svd, tiny-cogvideox or tiny-wan: random-weight models for tests")
+    model: str = setting(
+        "",
+        "diffusers pipeline folder or Hugging Face id already in the local cache; empty: the "
+        "embedded orbit model; tiny-svd, tiny-cogvideox or tiny-wan: random-weight models for tests",
+    )
     frames: int = setting(48, "video frames to generate (a camera-conditioned model sweeps one orbit over them)", min=2)
     height: int = setting(0, "frame height in pixels; 0: the model's own", min=0)
     width: int = setting(0, "frame width in pixels; 0: the model's own", min=0)
     steps: int = setting(20, "denoising steps", min=1)
-    guidance: float = setting(0.0, "guidance scale (classifier-free; autoguidance for the embedded model); 0: the model's default, 1: off", min=0.0)
+    guidance: float = setting(
+        0.0,
+        "guidance scale (classifier-free; autoguidance for the embedded model); 0: the model's default, 1: off",
+        min=0.0,
+    )
     scheduler: Literal["default", "euler", "ddim", "dpm++"] = setting(
-        "default", "diffusers scheduler: the model's own, Euler, DDIM or DPM-Solver++ (built from its config)")
+        "default", "diffusers scheduler: the model's own, Euler, DDIM or DPM-Solver++ (built from its config)"
+    )
     window: int = setting(0, "latent frames per window; 0: the model's own length", min=0)
     stride: int = setting(0, "latent frames between window starts; 0: half a window", min=0)
     weighting: Literal["flat", "pyramid", "gaussian"] = setting(
-        "pyramid", "how overlapping windows' predictions are fused, frame by frame")
+        "pyramid", "how overlapping windows' predictions are fused, frame by frame"
+    )
     loop: bool = setting(False, "circular windows: the last frames share windows with the first (closed orbits)")
-    shared_noise: bool = setting(True, "one noise field for the whole video, sliced per window (covariance-"
-                                       "preserving); false: each window draws its own noise")
+    shared_noise: bool = setting(
+        True,
+        "one noise field for the whole video, sliced per window (covariance-"
+        "preserving); false: each window draws its own noise",
+    )
     freenoise: bool = setting(False, "frames past the first window reuse its noise, shuffled (FreeNoise)")
-    anchor_every: int = setting(0, "anchor attention: the first frame and every Nth video frame are anchors every "
-                                   "window attends to; 0: off", min=0)
+    anchor_every: int = setting(
+        0,
+        "anchor attention: the first frame and every Nth video frame are anchors every window attends to; 0: off",
+        min=0,
+    )
     anchor_frames: str = setting("", "anchor attention on these video frames instead (comma-separated indices)")
-    kv_cache_until: int = setting(0, "cross-step K/V cache: self-attention keys and values of the last step before "
-                                     "this one are kept and attended to in later steps; 0: off", min=0)
-    kv_decay: float = setting(0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)",
-                              min=1e-6, max=1.0)
-    cameras: str = setting("", "the frames' cameras (vid3d's cameras.json format) for the feedback loop of a model "
-                               "that gives none (SVD, CogVideoX, Wan); empty: the model's own (the embedded model's orbit)")
+    kv_cache_until: int = setting(
+        0,
+        "cross-step K/V cache: self-attention keys and values of the last step before "
+        "this one are kept and attended to in later steps; 0: off",
+        min=0,
+    )
+    kv_decay: float = setting(
+        0.9, "cached keys' logits are weighted by log(kv_decay ** steps since cached)", min=1e-6, max=1.0
+    )
+    cameras: str = setting(
+        "",
+        "the frames' cameras (vid3d's cameras.json format) for the feedback loop of a model "
+        "that gives none (SVD, CogVideoX, Wan); empty: the model's own (the embedded model's orbit)",
+    )
     feedback: Literal["off", "rectify", "gradient"] = setting(
-        "off", "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
-               "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
-               "L1 between decoded frames and renders; needs cameras (the model's, or generate.cameras)")
-    feedback_start: int = setting(14, "feedback: first denoising step it acts on (0-based; with 20 steps, the last 6 "
-                                      "act, where the frames are sharp enough to fit)", min=0)
+        "off",
+        "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
+        "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
+        "L1 between decoded frames and renders; needs cameras (the model's, or generate.cameras)",
+    )
+    feedback_start: int = setting(
+        14,
+        "feedback: first denoising step it acts on (0-based; with 20 steps, the last 6 "
+        "act, where the frames are sharp enough to fit)",
+        min=0,
+    )
     feedback_stop: int = setting(0, "feedback: steps from this one on do not act; 0: act to the end", min=0)
-    feedback_weight: float = setting(0.5, "feedback: rectify's blend toward the renders; gradient's share of the "
-                                          "loss a step removes (to first order)", min=0.0, max=1.0)
+    feedback_weight: float = setting(
+        0.5,
+        "feedback: rectify's blend toward the renders; gradient's share of the loss a step removes (to first order)",
+        min=0.0,
+        max=1.0,
+    )
     feedback_iterations: int = setting(30, "feedback: Gaussian training iterations per acting step", min=1)
-    feedback_size: int = setting(0, "feedback: side of the frames the Gaussians are fitted to, in pixels; 0: the "
-                                    "frames' own", min=0)
-    feedback_warm_start: bool = setting(True, "feedback: keep the Gaussians from one acting step to the next; false: "
-                                              "fit them anew each time")
+    feedback_size: int = setting(
+        0, "feedback: side of the frames the Gaussians are fitted to, in pixels; 0: the frames' own", min=0
+    )
+    feedback_warm_start: bool = setting(
+        True, "feedback: keep the Gaussians from one acting step to the next; false: fit them anew each time"
+    )
     seed: int = setting(0, "random seed of the noise", min=0)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
-        "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX and Wan), float32 on the CPU")
+        "auto", "model precision; auto: float16 on CUDA (bfloat16 for CogVideoX and Wan), float32 on the CPU"
+    )
     fps: int = setting(12, "frame rate of generate/video.mp4", min=1)
 
 
 @dataclass
 class FramesSettings:
-    input: str = setting("", "video file (mp4, mov, webm, avi, mkv), folder of images, or dataset (a folder with "
-                             "nerfstudio's/instant-ngp's transforms.json, or COLMAP's sparse/0 and images/: its "
-                             "cameras are used as given); remembered by the project")
-    count: int = setting(120, "frames to keep, sampled evenly: the sharpest (variance of the Laplacian) in each interval", min=2)
+    input: str = setting(
+        "",
+        "video file (mp4, mov, webm, avi, mkv), folder of images, or dataset (a folder with "
+        "nerfstudio's/instant-ngp's transforms.json, or COLMAP's sparse/0 and images/: its "
+        "cameras are used as given); remembered by the project",
+    )
+    count: int = setting(
+        120, "frames to keep, sampled evenly: the sharpest (variance of the Laplacian) in each interval", min=2
+    )
     max_side: int = setting(1280, "resize so the longer side is at most this many pixels; 0 keeps the size", min=0)
     min_frames: int = setting(10, "fail when fewer usable (non-blank) frames than this remain", min=2)
 
@@ -89,62 +130,104 @@ class FramesSettings:
 @dataclass
 class PosesSettings:
     matcher: Literal["auto", "sequential", "exhaustive"] = setting(
-        "auto", "auto: sequential for video and for image folders whose file names are numbered in one series "
-                "(IMG_0001.jpg ...), exhaustive for other image folders of up to exhaustive_max_images")
+        "auto",
+        "auto: sequential for video and for image folders whose file names are numbered in one series "
+        "(IMG_0001.jpg ...), exhaustive for other image folders of up to exhaustive_max_images",
+    )
     exhaustive_max_images: int = setting(100, "largest unordered image folder that auto matches exhaustively", min=2)
     overlap: int = setting(10, "sequential matching: each frame is matched with this many following frames", min=1)
-    loop_every: int = setting(5, "sequential matching: every Nth frame is a keyframe, keyframes are matched "
-                                 "with each other to close loops; 0 turns loop closing off", min=0)
-    mapper: Literal["incremental", "global"] = setting("incremental", "pycolmap mapper: incremental, or global (GLOMAP)")
+    loop_every: int = setting(
+        5,
+        "sequential matching: every Nth frame is a keyframe, keyframes are matched "
+        "with each other to close loops; 0 turns loop closing off",
+        min=0,
+    )
+    mapper: Literal["incremental", "global"] = setting(
+        "incremental", "pycolmap mapper: incremental, or global (GLOMAP)"
+    )
     bundle_adjustment: Literal["fast", "thorough"] = setting(
-        "fast", "incremental mapper's bundle adjustment: fast (COLMAP's low-quality preset: fewer iterations, global "
-                "adjustments less often; half the mapping time at the same accuracy on phone photos, "
-                "docs/benchmarks.md) or thorough (COLMAP's defaults)")
+        "fast",
+        "incremental mapper's bundle adjustment: fast (COLMAP's low-quality preset: fewer iterations, global "
+        "adjustments less often; half the mapping time at the same accuracy on phone photos, "
+        "docs/benchmarks.md) or thorough (COLMAP's defaults)",
+    )
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = setting(
-        "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards")
+        "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards"
+    )
     max_features: int = setting(8192, "SIFT features per image", min=64)
-    sift_max_side: int = setting(1024, "SIFT runs on frames downscaled to at most this many pixels on the longer "
-                                       "side (COLMAP's own cap is 3200); the poses keep the frames' full resolution",
-                                 min=64)
-    sift_first_octave: int = setting(-1, "first octave of SIFT's scale space: -1 (COLMAP's default) doubles the "
-                                         "image first and finds smaller features, 0 starts at sift_max_side",
-                                     min=-1, max=0)
-    min_registered: float = setting(0.5, "fraction of frames that must register; below it matching is retried "
-                                         "exhaustively once, then the stage fails", min=0.0, max=1.0)
+    sift_max_side: int = setting(
+        1024,
+        "SIFT runs on frames downscaled to at most this many pixels on the longer "
+        "side (COLMAP's own cap is 3200); the poses keep the frames' full resolution",
+        min=64,
+    )
+    sift_first_octave: int = setting(
+        -1,
+        "first octave of SIFT's scale space: -1 (COLMAP's default) doubles the "
+        "image first and finds smaller features, 0 starts at sift_max_side",
+        min=-1,
+        max=0,
+    )
+    min_registered: float = setting(
+        0.5,
+        "fraction of frames that must register; below it matching is retried exhaustively once, then the stage fails",
+        min=0.0,
+        max=1.0,
+    )
     seed: int = setting(0, "random seed of the mapper, for repeatable poses", min=0)
-    cameras: str = setting("", "known cameras (vid3d generate's cameras.json) used instead of COLMAP; empty: "
-                               "COLMAP, or generate/cameras.json when the frames come from a camera-conditioned model")
+    cameras: str = setting(
+        "",
+        "known cameras (vid3d generate's cameras.json) used instead of COLMAP; empty: "
+        "COLMAP, or generate/cameras.json when the frames come from a camera-conditioned model",
+    )
 
 
 @dataclass
 class SplatsSettings:
     backend: Literal["auto", "gsplat", "torch"] = setting(
-        "auto", "rasterizer: gsplat (CUDA), torch (any device), auto: gsplat on CUDA, torch otherwise")
+        "auto", "rasterizer: gsplat (CUDA), torch (any device), auto: gsplat on CUDA, torch otherwise"
+    )
     steps: int = setting(7000, "training steps (one image per step)", min=1)
-    max_side: int = setting(1600, "longest side of the training images in pixels: larger frames are resized once "
-                                  "when loaded (area filter), their intrinsics with them; 0: the frames' own size",
-                            min=0)
-    coarse_steps: int = setting(0, "coarse to fine: the first this many steps train on the frames at half size "
-                                   "(the demo's 500 of 1,000: 19% less time with the PyTorch compositing, none with the "
-                                   "compiled one; the same held-out PSNR); 0: full size throughout", min=0)
+    max_side: int = setting(
+        1600,
+        "longest side of the training images in pixels: larger frames are resized once "
+        "when loaded (area filter), their intrinsics with them; 0: the frames' own size",
+        min=0,
+    )
+    coarse_steps: int = setting(
+        0,
+        "coarse to fine: the first this many steps train on the frames at half size "
+        "(the demo's 500 of 1,000: 19% less time with the PyTorch compositing, none with the "
+        "compiled one; the same held-out PSNR); 0: full size throughout",
+        min=0,
+    )
     sh_degree: int = setting(3, "spherical-harmonics degree of the colours", min=0, max=3)
-    sh_degree_interval: int = setting(0, "steps between raising the SH degree by one; 0: gsplat's 1,000 scaled by "
-                                         "steps / 30,000 (as its simple_trainer's adjust_steps)", min=0)
+    sh_degree_interval: int = setting(
+        0,
+        "steps between raising the SH degree by one; 0: gsplat's 1,000 scaled by "
+        "steps / 30,000 (as its simple_trainer's adjust_steps)",
+        min=0,
+    )
     ssim_lambda: float = setting(0.2, "weight of (1 - SSIM) in the loss; the rest is L1", min=0.0, max=1.0)
     test_every: int = setting(8, "every Nth frame is held out for evaluation; 0 trains on all frames", min=0)
     checkpoint_every: int = setting(500, "steps between checkpoints that an interrupted run resumes from", min=1)
     densify: bool = setting(True, "grow and prune Gaussians with gsplat's DefaultStrategy")
     refine_start: int = setting(0, "first step of densification; 0: gsplat's 500 scaled by steps / 30,000", min=0)
-    refine_stop: int = setting(0, "last step of densification and opacity resets; 0: gsplat's 15,000 scaled by "
-                                  "steps / 30,000", min=0)
-    refine_every: int = setting(0, "steps between densification passes; 0: gsplat's 100 scaled by steps / 30,000",
-                                min=0)
-    reset_every: int = setting(0, "steps between opacity resets (before refine_stop); 0: gsplat's 3,000 scaled by "
-                                  "steps / 30,000", min=0)
+    refine_stop: int = setting(
+        0, "last step of densification and opacity resets; 0: gsplat's 15,000 scaled by steps / 30,000", min=0
+    )
+    refine_every: int = setting(
+        0, "steps between densification passes; 0: gsplat's 100 scaled by steps / 30,000", min=0
+    )
+    reset_every: int = setting(
+        0, "steps between opacity resets (before refine_stop); 0: gsplat's 3,000 scaled by steps / 30,000", min=0
+    )
     grow_grad2d: float = setting(0.0002, "screen-space gradient above which a Gaussian is split or cloned", min=0.0)
     init: Literal["points", "generate"] = setting(
-        "points", "what the Gaussians start from: points (poses/' sparse points, or a ball around known cameras), "
-                  "generate (the Gaussians generate's feedback loop left in generate/splats.ply)")
+        "points",
+        "what the Gaussians start from: points (poses/' sparse points, or a ball around known cameras), "
+        "generate (the Gaussians generate's feedback loop left in generate/splats.ply)",
+    )
     init_opacity: float = setting(0.1, "opacity of the initial Gaussians", min=0.001, max=0.999)
     init_scale: float = setting(1.0, "initial size, as a multiple of the mean distance to 3 neighbours", min=0.01)
     seed: int = setting(0, "random seed of the initialisation and the frame order", min=0)
@@ -155,16 +238,22 @@ class ExportSettings:
     mesh: bool = setting(True, "fuse depth rendered from the Gaussians into a mesh (TSDF, marching cubes)")
     mesh_format: Literal["ply", "obj", "glb"] = setting("ply", "mesh file format")
     depth: Literal["median", "expected"] = setting(
-        "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)")
+        "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)"
+    )
     voxel_size: float = setting(0.0, "TSDF voxel size in world units; 0: the cameras' extent / 256", min=0.0)
     faces: int = setting(0, "decimate the mesh to about this many faces; 0 keeps all", min=0)
     bbox: str = setting("", "crop the mesh to xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame); empty: no crop")
-    min_component: float = setting(0.05, "drop connected pieces with fewer faces than this fraction of the largest",
-                                    min=0.0, max=1.0)
-    alpha_threshold: float = setting(0.5, "pixels whose rendered opacity is below this carry no depth", min=0.0,
-                                     max=1.0)
-    splat: str = setting("", "also write the Gaussians in these formats, comma-separated: ply (Inria's layout), splat, "
-                             "ply_compressed (through gsplat.exporter); empty: none")
+    min_component: float = setting(
+        0.05, "drop connected pieces with fewer faces than this fraction of the largest", min=0.0, max=1.0
+    )
+    alpha_threshold: float = setting(
+        0.5, "pixels whose rendered opacity is below this carry no depth", min=0.0, max=1.0
+    )
+    splat: str = setting(
+        "",
+        "also write the Gaussians in these formats, comma-separated: ply (Inria's layout), splat, "
+        "ply_compressed (through gsplat.exporter); empty: none",
+    )
     pointcloud: bool = setting(False, "also write the Gaussian centres with colours, outliers removed")
     cameras: bool = setting(False, "also write the camera path: vid3d's cameras.json and nerfstudio's camera_path.json")
 

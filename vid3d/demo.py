@@ -40,12 +40,16 @@ def summary(project_dir: Path) -> dict:
     margin = 0.5 * scene.extent
     region = np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
     accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), region)
-    return {"frames": stages["frames"]["metrics"]["frames"],
-            "registered": f'{stages["poses"]["metrics"]["registered"]}/{stages["poses"]["metrics"]["total"]}',
-            "held_out_psnr": stages["splats"]["metrics"]["psnr"], "gaussians": stages["splats"]["metrics"]["gaussians"],
-            "mesh_faces": len(mesh.faces), "chamfer_pct_of_diagonal": round(100 * accuracy["chamfer_fraction"], 3),
-            "fscore_at_1pct": round(accuracy["fscore_1pct"], 4),
-            "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1)}
+    return {
+        "frames": stages["frames"]["metrics"]["frames"],
+        "registered": f"{stages['poses']['metrics']['registered']}/{stages['poses']['metrics']['total']}",
+        "held_out_psnr": stages["splats"]["metrics"]["psnr"],
+        "gaussians": stages["splats"]["metrics"]["gaussians"],
+        "mesh_faces": len(mesh.faces),
+        "chamfer_pct_of_diagonal": round(100 * accuracy["chamfer_fraction"], 3),
+        "fscore_at_1pct": round(accuracy["fscore_1pct"], 4),
+        "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1),
+    }
 
 
 # The generation part: a held-out procedural scene's reference frame (examples/reference.json says
@@ -60,12 +64,28 @@ EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
 # compositing, none with the compiled one; kept, as the figures were measured with it.
 # COLMAP's doubled first octave for SIFT (the fast preset starts at the frames' size, for phone-size
 # frames): on these 256 px frames it finds four times the points.
-VIDEO_SETTINGS = ["poses.sift_first_octave=-1", "splats.steps=1000", "splats.coarse_steps=500", "splats.refine_start=100",
-                  "splats.refine_stop=800", "splats.refine_every=100", "splats.sh_degree_interval=300",
-                  "splats.reset_every=3000"]
-GENERATED_SETTINGS = ["frames.count=48", "splats.steps=300", "splats.sh_degree=1", "splats.refine_start=100",
-                      "splats.refine_stop=250", "splats.refine_every=100", "splats.sh_degree_interval=300",
-                      "splats.reset_every=3000", "splats.test_every=8", "export.faces=20000"]
+VIDEO_SETTINGS = [
+    "poses.sift_first_octave=-1",
+    "splats.steps=1000",
+    "splats.coarse_steps=500",
+    "splats.refine_start=100",
+    "splats.refine_stop=800",
+    "splats.refine_every=100",
+    "splats.sh_degree_interval=300",
+    "splats.reset_every=3000",
+]
+GENERATED_SETTINGS = [
+    "frames.count=48",
+    "splats.steps=300",
+    "splats.sh_degree=1",
+    "splats.refine_start=100",
+    "splats.refine_stop=250",
+    "splats.refine_every=100",
+    "splats.sh_degree_interval=300",
+    "splats.reset_every=3000",
+    "splats.test_every=8",
+    "export.faces=20000",
+]
 
 
 def generated_summary(project_dir: Path) -> dict:
@@ -81,11 +101,14 @@ def generated_summary(project_dir: Path) -> dict:
     degrees = np.arange(len(generated)) * 360.0 / len(generated)
     far = np.minimum(degrees, 360 - degrees) >= 45
     mesh = trimesh.load(mesh_path(project.stage_dir("export")), force="mesh")
-    return {"generated_frames": len(generated),
-            "generate_seconds": stages["generate"]["timings"]["total"],
-            "error_vs_truth_45deg": round(float(np.abs(generated[far] - truth[far]).mean()), 4),
-            "copy_reference_error": round(float(np.abs(truth[:1] - truth[far]).mean()), 4),
-            "loop_closure": stages["generate"]["metrics"]["loop_closure"],
-            "held_out_psnr": stages["splats"]["metrics"]["psnr"], "gaussians": stages["splats"]["metrics"]["gaussians"],
-            "mesh_faces": len(mesh.faces),
-            "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1)}
+    return {
+        "generated_frames": len(generated),
+        "generate_seconds": stages["generate"]["timings"]["total"],
+        "error_vs_truth_45deg": round(float(np.abs(generated[far] - truth[far]).mean()), 4),
+        "copy_reference_error": round(float(np.abs(truth[:1] - truth[far]).mean()), 4),
+        "loop_closure": stages["generate"]["metrics"]["loop_closure"],
+        "held_out_psnr": stages["splats"]["metrics"]["psnr"],
+        "gaussians": stages["splats"]["metrics"]["gaussians"],
+        "mesh_faces": len(mesh.faces),
+        "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1),
+    }

@@ -8,9 +8,10 @@ Each stage's package owns the folder the stage writes (see docs/architecture.md)
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
@@ -49,8 +50,7 @@ def run(ctx: Context, name: str) -> StageResult:
     if not stage.settings_in_fingerprint:
         hashed = {}
     fp = ctx.fingerprints[name] = fingerprint(name, hashed, inputs)
-    result = ctx.project.run_stage(name, fp, values, inputs, lambda out: stage.work(ctx, out),
-                                   force=name in ctx.force)
+    result = ctx.project.run_stage(name, fp, values, inputs, lambda out: stage.work(ctx, out), force=name in ctx.force)
     ctx.results.append(result)
     return result
 
@@ -89,8 +89,10 @@ def _frames_inputs(ctx: Context) -> dict[str, str]:
     if _from_generated(ctx):
         return {"generate": run(ctx, "generate").fingerprint}
     if not ctx.settings.frames.input:
-        raise UserError("no input: pass --input VIDEO_OR_IMAGE_FOLDER, or --image REF.png to `vid3d generate` "
-                        "(it is remembered by the project)")
+        raise UserError(
+            "no input: pass --input VIDEO_OR_IMAGE_FOLDER, or --image REF.png to `vid3d generate` "
+            "(it is remembered by the project)"
+        )
     path = Path(ctx.settings.frames.input)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a video file or a folder of images to --input")
@@ -112,8 +114,11 @@ def _frames(ctx: Context, out: Path) -> StageOutput:
     from vid3d.generate.output import GeneratedVideo
     from vid3d.ingest import ingest
 
-    path = (GeneratedVideo.read(ctx.project.stage_dir("generate")).frames_dir if _from_generated(ctx)
-            else Path(ctx.settings.frames.input))
+    path = (
+        GeneratedVideo.read(ctx.project.stage_dir("generate")).frames_dir
+        if _from_generated(ctx)
+        else Path(ctx.settings.frames.input)
+    )
     if _dataset_input(ctx):
         from vid3d.ingest.datasets import ingest_dataset, read_dataset_input
 
@@ -129,8 +134,9 @@ def _known_cameras(ctx: Context) -> Path | None:
     if ctx.settings.poses.cameras:
         path = Path(ctx.settings.poses.cameras)
         if not path.is_file():
-            raise UserError(f"{path}: no such cameras file (poses.cameras / --poses); pass vid3d generate's "
-                            "cameras.json")
+            raise UserError(
+                f"{path}: no such cameras file (poses.cameras / --poses); pass vid3d generate's cameras.json"
+            )
         return path
     if _from_generated(ctx):
         return GeneratedVideo.read(ctx.project.stage_dir("generate")).cameras_file
@@ -141,8 +147,10 @@ def _poses_inputs(ctx: Context) -> dict[str, str]:
     from vid3d.generate.output import read_cameras
 
     if ctx.settings.poses.cameras and _dataset_input(ctx):
-        raise UserError(f"poses.cameras (--poses): {ctx.settings.frames.input} is a dataset with its own cameras; "
-                        "drop --poses (or set poses.cameras to empty)")
+        raise UserError(
+            f"poses.cameras (--poses): {ctx.settings.frames.input} is a dataset with its own cameras; "
+            "drop --poses (or set poses.cameras to empty)"
+        )
     inputs = {"frames": run(ctx, "frames").fingerprint}
     cameras = _known_cameras(ctx)
     if cameras is not None:
@@ -177,17 +185,22 @@ def _generated_splats(ctx: Context) -> Path | None:
         return None
     generated = GeneratedVideo.read(ctx.project.stage_dir("generate"))
     if generated.splats_file is None or generated.cameras_file is None:
-        raise UserError("splats.init = generate: generate/splats.ply is missing, or was fitted at cameras the "
-                        "feedback loop estimated itself (not the poses'); set splats.init = points")
+        raise UserError(
+            "splats.init = generate: generate/splats.ply is missing, or was fitted at cameras the "
+            "feedback loop estimated itself (not the poses'); set splats.init = points"
+        )
     return generated.splats_file
 
 
 def _splats_inputs(ctx: Context) -> dict[str, str]:
     if ctx.settings.splats.init == "generate" and (
-            not _from_generated(ctx) or ctx.settings.generate.feedback == "off" or ctx.settings.poses.cameras):
-        raise UserError("splats.init = generate: needs the Gaussians of generate's feedback loop "
-                        "(generate/splats.ply, written with generate.feedback = rectify or gradient) and the "
-                        "generated cameras as poses; set splats.init = points")
+        not _from_generated(ctx) or ctx.settings.generate.feedback == "off" or ctx.settings.poses.cameras
+    ):
+        raise UserError(
+            "splats.init = generate: needs the Gaussians of generate's feedback loop "
+            "(generate/splats.ply, written with generate.feedback = rectify or gradient) and the "
+            "generated cameras as poses; set splats.init = points"
+        )
     inputs = {"poses": run(ctx, "poses").fingerprint}
     start = _generated_splats(ctx)
     if start is not None:
@@ -201,8 +214,9 @@ def _splats(ctx: Context, out: Path) -> StageOutput:
     resume = ctx.project.resume_dir("splats", ctx.fingerprints["splats"])
     if "splats" not in ctx.force:
         _resume_from_finished_training(ctx.project, ctx.fingerprints["splats"], resume)
-    return train_splats(ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device,
-                        start=_generated_splats(ctx))
+    return train_splats(
+        ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device, start=_generated_splats(ctx)
+    )
 
 
 def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> None:
@@ -230,14 +244,23 @@ def _export(ctx: Context, out: Path) -> StageOutput:
     from vid3d.export import export_assets
 
     project = ctx.project
-    return export_assets(ctx.export_plan, project.stage_dir("export"), project.stage_dir("splats"),
-                         project.stage_dir("poses"), out, ctx.device)
+    return export_assets(
+        ctx.export_plan,
+        project.stage_dir("export"),
+        project.stage_dir("splats"),
+        project.stage_dir("poses"),
+        out,
+        ctx.device,
+    )
 
 
-STAGE_TABLE: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
-    Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
-    Stage("poses", _poses_inputs, _poses),
-    Stage("splats", _splats_inputs, _splats),
-    Stage("export", _export_inputs, _export, settings_in_fingerprint=False),
-)}
+STAGE_TABLE: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
+        Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
+        Stage("poses", _poses_inputs, _poses),
+        Stage("splats", _splats_inputs, _splats),
+        Stage("export", _export_inputs, _export, settings_in_fingerprint=False),
+    )
+}

@@ -17,9 +17,10 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import tomli_w
 
@@ -59,8 +60,9 @@ class StageResult:
 
 def fingerprint(stage: str, settings: dict[str, Any], inputs: dict[str, Any]) -> str:
     """Hash of a stage's resolved settings, its inputs' fingerprints and the vid3d version."""
-    blob = json.dumps({"stage": stage, "settings": settings, "inputs": inputs, "version": __version__},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"stage": stage, "settings": settings, "inputs": inputs, "version": __version__}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,8 +108,10 @@ class Project:
         except (json.JSONDecodeError, UnicodeDecodeError):
             manifest = None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
-            raise UserError(f"{path}: not a vid3d manifest (valid JSON with a \"stages\" object); restore it or "
-                            "delete it to rebuild every stage")
+            raise UserError(
+                f'{path}: not a vid3d manifest (valid JSON with a "stages" object); restore it or '
+                "delete it to rebuild every stage"
+            )
         return manifest
 
     def record(self, stage: str) -> dict[str, Any] | None:
@@ -157,9 +161,13 @@ class Project:
         if not marker or (fp is not None and marker.get("fingerprint") != fp):
             return set()
         folder, hashes = self.stage_dir(stage), marker.get("hashes", {})
-        return {rel for rel, size in marker["files"].items()
-                if (folder / rel).is_file() and (folder / rel).stat().st_size == size
-                and (rel not in hashes or content_hash(folder / rel) == hashes[rel])}
+        return {
+            rel
+            for rel, size in marker["files"].items()
+            if (folder / rel).is_file()
+            and (folder / rel).stat().st_size == size
+            and (rel not in hashes or content_hash(folder / rel) == hashes[rel])
+        }
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every stage's record with its effective status: complete, stale, failed, incomplete or missing."""
@@ -214,8 +222,15 @@ class Project:
         with handle:
             yield handle
 
-    def run_stage(self, stage: str, fp: str, settings: dict[str, Any], inputs: dict[str, Any],
-                  work: Callable[[Path], StageOutput], force: bool = False) -> StageResult:
+    def run_stage(
+        self,
+        stage: str,
+        fp: str,
+        settings: dict[str, Any],
+        inputs: dict[str, Any],
+        work: Callable[[Path], StageOutput],
+        force: bool = False,
+    ) -> StageResult:
         """Return at once when `fp` is complete on disk; else run `work` into a temporary folder,
         rename it into place, record it, and mark downstream stages stale."""
         if not force and self.is_complete(stage, fp):
@@ -243,15 +258,18 @@ class Project:
         # the main outputs, which other stages and tools read, are checked by content too
         hashes = {name: content_hash(tmp / name) for name in result.outputs if (tmp / name).is_file()}
         marker = {"stage": stage, "fingerprint": fp, "files": files, "hashes": hashes}
-        (tmp / STAGE_FILE).write_text(json.dumps({**marker, "assets": result.assets} if result.assets else marker,
-                                                 indent=1))
+        (tmp / STAGE_FILE).write_text(
+            json.dumps({**marker, "assets": result.assets} if result.assets else marker, indent=1)
+        )
         self._replace_dir(tmp, self.stage_dir(stage))
         for finished in (self.root / RESUME_DIR).glob(f"{stage}-*"):
             shutil.rmtree(finished, ignore_errors=True)
 
         previous = self.record(stage) or {}
         record = {
-            "status": "complete", "fingerprint": fp, "inputs": inputs,
+            "status": "complete",
+            "fingerprint": fp,
+            "inputs": inputs,
             "outputs": [f"{stage}/{name}" for name in result.outputs],
             "timings": {"total": round(seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
             "metrics": result.metrics,
@@ -266,15 +284,23 @@ class Project:
     def mark_failed(self, stage: str, fp: str, error: str) -> None:
         # The folder still holds the last complete run's files: keep saying what they are.
         previous = {k: v for k, v in (self.record(stage) or {}).items() if k in ("outputs", "assets")}
-        self._update_manifest(stage, {"status": "failed", "fingerprint": fp, "error": error,
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **previous})
+        self._update_manifest(
+            stage,
+            {
+                "status": "failed",
+                "fingerprint": fp,
+                "error": error,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **previous,
+            },
+        )
 
     def _update_manifest(self, stage: str, record: dict[str, Any], stale_downstream: bool = False) -> None:
         manifest = self.manifest()
         manifest["vid3d_version"] = __version__
         manifest["stages"][stage] = record
         if stale_downstream:
-            for later in STAGES[STAGES.index(stage) + 1:]:
+            for later in STAGES[STAGES.index(stage) + 1 :]:
                 if manifest["stages"].get(later, {}).get("status") == "complete":
                     manifest["stages"][later]["status"] = "stale"
         manifest["stages"] = {s: manifest["stages"][s] for s in STAGES if s in manifest["stages"]}

@@ -17,8 +17,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -42,8 +42,13 @@ def refresh_report(project_dir: Path) -> None:
             return
         write_report(project_dir, reuse=True)
     except Exception as exc:  # noqa: BLE001 - the stages' results matter more than their report
-        log.warning("report: %s not refreshed (%s: %s); `vid3d report %s` retries",
-                    Path(project_dir) / REPORT_FILE, type(exc).__name__, exc, project_dir)
+        log.warning(
+            "report: %s not refreshed (%s: %s); `vid3d report %s` retries",
+            Path(project_dir) / REPORT_FILE,
+            type(exc).__name__,
+            exc,
+            project_dir,
+        )
         log.debug("report failed", exc_info=True)
 
 
@@ -57,7 +62,7 @@ def write_report(project_dir: Path, reuse: bool = False) -> Path:
     return path
 
 
-SECTION = re.compile(r'<section id="\w+" data-key="([^"]*)">.*?</section>', re.S)  # bodies are escaped: no </section>
+SECTION = re.compile(r'<section id="\w+" data-key="([^"]*)">.*?</section>', re.DOTALL)  # bodies are escaped: no </section>
 
 
 def build_page(project: Project, previous: str = "") -> str:
@@ -82,8 +87,13 @@ def _section_key(stage: str, record: dict) -> str:
 
 def _section(project: Project, stage: str, record: dict, key: str) -> str:
     """A stage's section; when drawing it fails, a note that says why (the page still opens)."""
-    note = "" if record["status"] == "complete" else (
-        f'<p class="warn">{record["status"]}: {html.escape(record.get("error", "the files shown are from an earlier run"))}</p>')
+    note = (
+        ""
+        if record["status"] == "complete"
+        else (
+            f'<p class="warn">{record["status"]}: {html.escape(record.get("error", "the files shown are from an earlier run"))}</p>'
+        )
+    )
     try:
         body = SECTIONS[stage](project, record)
     except Exception as exc:  # noqa: BLE001
@@ -95,9 +105,11 @@ def _section(project: Project, stage: str, record: dict, key: str) -> str:
 def _overview(project: Project, status: dict) -> str:
     rows = [[stage, record["status"], _seconds(record), record.get("finished", "")] for stage, record in status.items()]
     written = time.strftime("%Y-%m-%d %H:%M:%S")
-    return (f"<header><h1>{html.escape(str(project.root.resolve()))}</h1>"
-            f"<p>vid3d {__version__}, written {written}. <code>vid3d view {html.escape(str(project.root))}</code> "
-            f"shows the results in 3D.</p>{_table(['stage', 'status', 'seconds', 'finished'], rows)}</header>")
+    return (
+        f"<header><h1>{html.escape(str(project.root.resolve()))}</h1>"
+        f"<p>vid3d {__version__}, written {written}. <code>vid3d view {html.escape(str(project.root))}</code> "
+        f"shows the results in 3D.</p>{_table(['stage', 'status', 'seconds', 'finished'], rows)}</header>"
+    )
 
 
 def _seconds(record: dict) -> str:
@@ -110,7 +122,11 @@ def _generate(project: Project, record: dict) -> str:
     from vid3d.generate.output import VIDEO_FILE, GeneratedVideo, read_cameras
 
     generated = GeneratedVideo.read(project.stage_dir("generate"))
-    parts = [_metrics(record), _filmstrip(generated.frame_paths()), _video(project, generated.frames_dir.parent / VIDEO_FILE)]
+    parts = [
+        _metrics(record),
+        _filmstrip(generated.frame_paths()),
+        _video(project, generated.frames_dir.parent / VIDEO_FILE),
+    ]
     if generated.cameras_file is not None:
         cameras = read_cameras(generated.cameras_file)
         matrices = np.array([camera.camera_to_world for _, camera in sorted(cameras.items())])
@@ -146,13 +162,15 @@ def _splats(project: Project, record: dict) -> str:
     parts = [_metrics(record)]
     if history is not None and len(history["step"]):
         held_out = record.get("metrics", {}).get("psnr")
-        parts.append(_figure(curves_figure(history, held_out),
-                             "training loss, PSNR and Gaussian count against the step"))
+        parts.append(
+            _figure(curves_figure(history, held_out), "training loss, PSNR and Gaussian count against the step")
+        )
     renders = read_held_out_renders(splats_dir)
     if renders:
         parts.append("<h3>held-out frames: render | original</h3><div class='grid'>")
-        parts += [_picture(np.concatenate([r.render, r.original], axis=1), f"{r.name}: {r.psnr:.2f} dB")
-                  for r in renders]
+        parts += [
+            _picture(np.concatenate([r.render, r.original], axis=1), f"{r.name}: {r.psnr:.2f} dB") for r in renders
+        ]
         parts.append("</div>")
     return "".join(parts)
 
@@ -168,14 +186,23 @@ def _export(project: Project, record: dict) -> str:
     if mesh_file is not None:
         mesh = trimesh.load(mesh_file, force="mesh")
         cameras = read_dataset(project.stage_dir("poses")).cam_to_world
-        parts.append(_figure(mesh_figure(mesh, cameras), f"{mesh_file.name}: {len(mesh.faces):,} faces, "
-                                                         f"{len(mesh.vertices):,} vertices"))
+        parts.append(
+            _figure(
+                mesh_figure(mesh, cameras),
+                f"{mesh_file.name}: {len(mesh.faces):,} faces, {len(mesh.vertices):,} vertices",
+            )
+        )
     files = [[name, _size(project.root / name)] for name in record.get("outputs", [])]
     return "".join(parts) + _table(["file", "size"], files)
 
 
 SECTIONS: dict[str, Callable[[Project, dict], str]] = {
-    "generate": _generate, "frames": _frames, "poses": _poses, "splats": _splats, "export": _export}
+    "generate": _generate,
+    "frames": _frames,
+    "poses": _poses,
+    "splats": _splats,
+    "export": _export,
+}
 
 
 def _settings(project: Project) -> str:
@@ -203,13 +230,17 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _figure(png: bytes, caption: str) -> str:
-    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{_b64(png)}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{_b64(png)}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
-    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/jpeg;base64,{_b64(thumbnail_jpeg(image, side))}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(caption)}' src='data:image/jpeg;base64,{_b64(thumbnail_jpeg(image, side))}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _filmstrip(paths: list[Path]) -> str:
@@ -218,8 +249,11 @@ def _filmstrip(paths: list[Path]) -> str:
     if not paths:
         return ""
     chosen = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(FILMSTRIP_FRAMES, len(paths)))]
-    images = "".join(f"<img alt='{p.name}' title='{p.name}' src='data:image/jpeg;base64,"
-                     f"{_b64(thumbnail_jpeg(iio.imread(p)[..., :3], 160))}'>" for p in chosen)
+    images = "".join(
+        f"<img alt='{p.name}' title='{p.name}' src='data:image/jpeg;base64,"
+        f"{_b64(thumbnail_jpeg(iio.imread(p)[..., :3], 160))}'>"
+        for p in chosen
+    )
     return f"<div class='strip'>{images}</div><p class='small'>{len(chosen)} of {len(paths)} frames</p>"
 
 

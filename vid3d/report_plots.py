@@ -29,8 +29,9 @@ def thumbnail_jpeg(image: np.ndarray, side: int) -> bytes:
     factor = min(1.0, side / max(image.shape[:2]))
     if factor < 1:
         image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 88])
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88]
+    )
     return data.tobytes()
 
 
@@ -127,8 +128,11 @@ def mesh_figure(mesh, cam_to_world: np.ndarray) -> bytes:
     axes.add_collection3d(Poly3DCollection(triangles, facecolors=colours.clip(0, 1), linewidths=0))
     low, high = np.percentile(vertices, [5, 95], axis=0)  # floaters and stray sky pieces left outside
     middle, half = (low + high) / 2, 0.6 * (high - low).max()
-    axes.set(xlim=(middle[0] - half, middle[0] + half), ylim=(middle[1] - half, middle[1] + half),
-             zlim=(middle[2] - half, middle[2] + half))
+    axes.set(
+        xlim=(middle[0] - half, middle[0] + half),
+        ylim=(middle[1] - half, middle[1] + half),
+        zlim=(middle[2] - half, middle[2] + half),
+    )
     axes.set_box_aspect((1, 1, 1))
     elevation = np.degrees(np.arcsin(np.clip(view[2], -1, 1)))
     axes.view_init(elev=max(elevation, 15.0), azim=np.degrees(np.arctan2(view[1], view[0])))
@@ -151,14 +155,20 @@ def _simplified(mesh):
 
     if len(mesh.faces) <= MESH_PICTURE_FACES:
         return mesh
-    o3d_mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
-                                         o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)))
+    o3d_mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
+    )
     colours = _vertex_colours(mesh)
     o3d_mesh.vertex_colors = o3d.utility.Vector3dVector(colours.astype(np.float64))
     voxel = np.ptp(np.asarray(mesh.vertices), axis=0).max() / np.sqrt(MESH_PICTURE_FACES / 2)
     small = o3d_mesh.simplify_vertex_clustering(voxel, o3d.geometry.SimplificationContraction.Average)
-    return trimesh.Trimesh(np.asarray(small.vertices), np.asarray(small.triangles),
-                           vertex_colors=(np.asarray(small.vertex_colors) * 255).astype(np.uint8), process=False)
+    return trimesh.Trimesh(
+        np.asarray(small.vertices),
+        np.asarray(small.triangles),
+        vertex_colors=(np.asarray(small.vertex_colors) * 255).astype(np.uint8),
+        process=False,
+    )
 
 
 def _vertex_colours(mesh) -> np.ndarray:

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,8 +34,13 @@ def progress(description: str, total: int | None) -> Iterator[Callable[..., None
     `fields` (e.g. loss=0.1) are shown after the bar and in the plain lines.
     """
     if console.is_terminal:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
 

@@ -66,8 +66,10 @@ def read_results(project_dir: Path) -> Results:
     if "generate" in ran and generated.cameras_file is not None:
         results.generated = [camera for _, camera in sorted(read_cameras(generated.cameras_file).items())]
     if results.empty():
-        raise UserError(f"{project_dir}: nothing to show yet (no poses/, splats/, export/ mesh or generated cameras); "
-                        f"run `vid3d reconstruct {project_dir} --input VIDEO` first")
+        raise UserError(
+            f"{project_dir}: nothing to show yet (no poses/, splats/, export/ mesh or generated cameras); "
+            f"run `vid3d reconstruct {project_dir} --input VIDEO` first"
+        )
     return results
 
 
@@ -81,8 +83,11 @@ def serve(project_dir: Path, host: str, port: int) -> None:
         server = viser.ViserServer(host=host, port=port, label=f"vid3d: {project_dir}", verbose=False)
     try:
         show(server, results)
-        print(f"vid3d view: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{server.get_port()} "
-              "(Ctrl-C to stop)", flush=True)
+        print(
+            f"vid3d view: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{server.get_port()} "
+            "(Ctrl-C to stop)",
+            flush=True,
+        )
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -98,8 +103,10 @@ def _check_address(host: str) -> None:
         with socket.create_server((host, 0)):
             pass
     except OSError as exc:
-        raise UserError(f"--host {host}: cannot listen there ({exc}); pass an address of this machine "
-                        "(127.0.0.1, or 0.0.0.0 for all)") from None
+        raise UserError(
+            f"--host {host}: cannot listen there ({exc}); pass an address of this machine "
+            "(127.0.0.1, or 0.0.0.0 for all)"
+        ) from None
 
 
 def show(server, results: Results) -> dict:
@@ -112,12 +119,17 @@ def show(server, results: Results) -> dict:
     layers = {}
     if results.gaussians is not None:
         g = results.gaussians
-        layers["Gaussians"] = server.scene.add_gaussian_splats("/gaussians", centers=g.centres, covariances=g.covariances,
-                                                               rgbs=g.colours, opacities=g.opacities)
+        layers["Gaussians"] = server.scene.add_gaussian_splats(
+            "/gaussians", centers=g.centres, covariances=g.covariances, rgbs=g.colours, opacities=g.opacities
+        )
     if results.points is not None and len(results.points[0]):
         layers["Sparse points"] = server.scene.add_point_cloud(
-            "/points", results.points[0], results.points[1], point_size=POINT_SIZE * size,
-            visible=results.gaussians is None)
+            "/points",
+            results.points[0],
+            results.points[1],
+            point_size=POINT_SIZE * size,
+            visible=results.gaussians is None,
+        )
     if results.mesh is not None:
         layers["Mesh"] = server.scene.add_mesh_trimesh("/mesh", results.mesh, visible=results.gaussians is None)
     if results.cameras is not None:
@@ -149,8 +161,17 @@ def _add_poses_cameras(server, cameras: PosesDataset, scale: float) -> list:
         image = iio.imread(path)[..., :3]
         factor = THUMBNAIL_SIDE / max(image.shape[:2])
         thumbnail = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        frustum = _add_frustum(server, f"/cameras/{index:05d}", cameras.cam_to_world[index], cameras.Ks[index],
-                               cameras.width, cameras.height, scale, CAMERA_COLOUR, thumbnail)
+        frustum = _add_frustum(
+            server,
+            f"/cameras/{index:05d}",
+            cameras.cam_to_world[index],
+            cameras.Ks[index],
+            cameras.width,
+            cameras.height,
+            scale,
+            CAMERA_COLOUR,
+            thumbnail,
+        )
         frustums.append(frustum)
     return frustums
 
@@ -159,18 +180,47 @@ def _add_generated_cameras(server, cameras: list[Camera], scale: float) -> list:
     frustums = []
     for index, camera in enumerate(cameras):
         width, height = camera.width or 2 * camera.K[0, 2], 2 * camera.K[1, 2]  # K's frame size
-        frustums.append(_add_frustum(server, f"/generated/{index:05d}", camera.camera_to_world, camera.K, width, height,
-                                     scale, GENERATED_COLOUR, None))
+        frustums.append(
+            _add_frustum(
+                server,
+                f"/generated/{index:05d}",
+                camera.camera_to_world,
+                camera.K,
+                width,
+                height,
+                scale,
+                GENERATED_COLOUR,
+                None,
+            )
+        )
     return frustums
 
 
-def _add_frustum(server, name: str, cam_to_world: np.ndarray, K: np.ndarray, width: float, height: float,
-                 scale: float, colour: tuple[int, int, int], image: np.ndarray | None):
+def _add_frustum(
+    server,
+    name: str,
+    cam_to_world: np.ndarray,
+    K: np.ndarray,
+    width: float,
+    height: float,
+    scale: float,
+    colour: tuple[int, int, int],
+    image: np.ndarray | None,
+):
     # viser's frustums look along +z with +y down: OpenCV axes, as vid3d's cameras
     wxyz, position = rotation_to_wxyz(cam_to_world[:3, :3]), cam_to_world[:3, 3]
-    frustum = server.scene.add_camera_frustum(name, fov=2 * np.arctan2(height / 2, K[1, 1]), aspect=width / height,
-                                              scale=scale, color=colour, image=image, wxyz=wxyz, position=position,
-                                              thickness=1.5, thickness_units="screen")
+    frustum = server.scene.add_camera_frustum(
+        name,
+        fov=2 * np.arctan2(height / 2, K[1, 1]),
+        aspect=width / height,
+        scale=scale,
+        color=colour,
+        image=image,
+        wxyz=wxyz,
+        position=position,
+        thickness=1.5,
+        thickness_units="screen",
+    )
 
     @frustum.on_click
     def _(event) -> None:

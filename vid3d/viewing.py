@@ -24,18 +24,25 @@ def drawn_gaussians(splats: torch.nn.ParameterDict) -> DrawnGaussians:
     p = {name: value.detach().cpu().double().numpy() for name, value in splats.items()}
     colours = (0.5 + SH_C0 * p["sh0"][:, 0]).clip(0, 1)
     opacities = 1 / (1 + np.exp(-p["opacities"]))
-    return DrawnGaussians(p["means"].astype(np.float32), covariances(np.exp(p["scales"]), p["quats"]).astype(np.float32),
-                          colours.astype(np.float32), opacities.reshape(-1, 1).astype(np.float32))
+    return DrawnGaussians(
+        p["means"].astype(np.float32),
+        covariances(np.exp(p["scales"]), p["quats"]).astype(np.float32),
+        colours.astype(np.float32),
+        opacities.reshape(-1, 1).astype(np.float32),
+    )
 
 
 def covariances(scales: np.ndarray, quats: np.ndarray) -> np.ndarray:
     """[N, 3, 3] R S S R^T from scales [N, 3] and quaternions [N, 4] (wxyz, normalised here), as gsplat."""
     w, x, y, z = (quats / np.linalg.norm(quats, axis=1, keepdims=True)).T
-    rotations = np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=-1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=-1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=1)
+    rotations = np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=-1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=-1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1),
+        ],
+        axis=1,
+    )
     scaled = rotations * scales[:, None, :]
     return scaled @ scaled.transpose(0, 2, 1)
 

@@ -29,9 +29,9 @@ from gsplat.exporter import export_splats
 from vid3d.config import ExportSettings
 from vid3d.device import resolve_device
 from vid3d.errors import UserError
-from vid3d.project import Project, StageOutput, fingerprint
 from vid3d.poses import PosesDataset, read_dataset
 from vid3d.poses.dataset import TRANSFORMS_FILE, flip_camera_axes
+from vid3d.project import Project, StageOutput, fingerprint
 from vid3d.splats.data import Dataset, load_dataset
 from vid3d.splats.model import PARAM_NAMES, SH_C0, read_splats, render, save_ply
 from vid3d.splats.rasterize import median_depth
@@ -82,16 +82,20 @@ class ExportPlan:
 
     def fingerprints(self) -> dict[str, str]:
         """Every asset export/ will hold, by name: the export stage's inputs."""
-        return {**{name: entry["fingerprint"] for name, entry in self.keep.items()},
-                **{asset.name: asset.fingerprint(self.splats_fp) for asset in self.build}}
+        return {
+            **{name: entry["fingerprint"] for name, entry in self.keep.items()},
+            **{asset.name: asset.fingerprint(self.splats_fp) for asset in self.build},
+        }
 
 
 def splat_formats(text: str) -> list[str]:
     formats = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [f for f in formats if f not in SPLAT_SUFFIX]
     if unknown:
-        raise UserError(f"export.splat = {text!r}: unknown format {', '.join(unknown)}; use ply, splat or "
-                        "ply_compressed (several: --splat ply --splat splat)")
+        raise UserError(
+            f"export.splat = {text!r}: unknown format {', '.join(unknown)}; use ply, splat or "
+            "ply_compressed (several: --splat ply --splat splat)"
+        )
     return list(dict.fromkeys(formats))
 
 
@@ -100,8 +104,11 @@ def requested_assets(settings: ExportSettings) -> list[Asset]:
     parse_bbox(settings.bbox)
     assets = []
     if settings.mesh:
-        assets.append(Asset("mesh", (f"{MESH_STEM}.{settings.mesh_format}",),
-                            {key: getattr(settings, key) for key in MESH_SETTINGS}))
+        assets.append(
+            Asset(
+                "mesh", (f"{MESH_STEM}.{settings.mesh_format}",), {key: getattr(settings, key) for key in MESH_SETTINGS}
+            )
+        )
     assets += [Asset(f"splat.{f}", (SPLAT_SUFFIX[f],), {"format": f}) for f in splat_formats(settings.splat)]
     if settings.pointcloud:
         assets.append(Asset("pointcloud", (POINTCLOUD_FILE,), {}))
@@ -117,18 +124,25 @@ def plan_export(project: Project, settings: ExportSettings, splats_fp: str, forc
     for and not there with the same fingerprint (everything asked for with `force`)."""
     previous = project.folder_record("export").get("assets", {})
     intact = project.intact_files("export")
-    current = {name: entry for name, entry in previous.items()
-               if entry.get("splats") == splats_fp and set(entry["files"]) <= intact}
+    current = {
+        name: entry
+        for name, entry in previous.items()
+        if entry.get("splats") == splats_fp and set(entry["files"]) <= intact
+    }
     for name in set(previous) - set(current):
         log.info("export: dropping %s (made from other splats, or damaged)", ", ".join(previous[name]["files"]))
-    build = [asset for asset in requested_assets(settings)
-             if force or current.get(asset.name, {}).get("fingerprint") != asset.fingerprint(splats_fp)]
+    build = [
+        asset
+        for asset in requested_assets(settings)
+        if force or current.get(asset.name, {}).get("fingerprint") != asset.fingerprint(splats_fp)
+    ]
     keep = {name: entry for name, entry in current.items() if name not in {asset.name for asset in build}}
     return ExportPlan(splats_fp, build, keep)
 
 
-def export_assets(plan: ExportPlan, export_dir: Path, splats_dir: Path, poses_dir: Path, out_dir: Path,
-                  device: str = "auto") -> StageOutput:
+def export_assets(
+    plan: ExportPlan, export_dir: Path, splats_dir: Path, poses_dir: Path, out_dir: Path, device: str = "auto"
+) -> StageOutput:
     """Write the plan's new assets into out_dir beside links to the files it keeps from export_dir."""
     for entry in plan.keep.values():
         for name in entry["files"]:
@@ -141,29 +155,42 @@ def export_assets(plan: ExportPlan, export_dir: Path, splats_dir: Path, poses_di
             start = time.perf_counter()
             metrics = write_asset(asset, splats, poses_dir, out_dir, torch_device)
             timings[asset.name] = time.perf_counter() - start
-            entries[asset.name] = {"files": list(asset.files), "fingerprint": asset.fingerprint(plan.splats_fp),
-                                   "settings": asset.settings, "splats": plan.splats_fp, "metrics": metrics,
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            entries[asset.name] = {
+                "files": list(asset.files),
+                "fingerprint": asset.fingerprint(plan.splats_fp),
+                "settings": asset.settings,
+                "splats": plan.splats_fp,
+                "metrics": metrics,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
     entries = dict(sorted(entries.items()))
-    return StageOutput(outputs=sorted(name for entry in entries.values() for name in entry["files"]),
-                       metrics={k: v for entry in entries.values() for k, v in entry["metrics"].items()},
-                       timings=timings, assets=entries)
+    return StageOutput(
+        outputs=sorted(name for entry in entries.values() for name in entry["files"]),
+        metrics={k: v for entry in entries.values() for k, v in entry["metrics"].items()},
+        timings=timings,
+        assets=entries,
+    )
 
 
-def write_asset(asset: Asset, splats: torch.nn.ParameterDict, poses_dir: Path, out_dir: Path,
-                device: torch.device) -> dict[str, Any]:
+def write_asset(
+    asset: Asset, splats: torch.nn.ParameterDict, poses_dir: Path, out_dir: Path, device: torch.device
+) -> dict[str, Any]:
     """Write one asset's files into out_dir; its metrics."""
     if asset.name == "mesh":
         settings = ExportSettings(**asset.settings)
-        mesh = fuse_mesh(splats, load_dataset(poses_dir, test_every=0, device=device), settings,
-                         parse_bbox(settings.bbox))
+        mesh = fuse_mesh(
+            splats, load_dataset(poses_dir, test_every=0, device=device), settings, parse_bbox(settings.bbox)
+        )
         mesh.export(out_dir / asset.files[0])
         return {"mesh_faces": len(mesh.faces), "mesh_vertices": len(mesh.vertices)}
     if asset.name == "splat.ply":  # with the normals fixed-record readers expect (see save_ply)
         save_ply(splats, out_dir / asset.files[0])
     elif asset.name.startswith("splat."):
-        export_splats(*(splats[k].detach().cpu() for k in PARAM_NAMES), format=asset.settings["format"],
-                      save_to=str(out_dir / asset.files[0]))
+        export_splats(
+            *(splats[k].detach().cpu() for k in PARAM_NAMES),
+            format=asset.settings["format"],
+            save_to=str(out_dir / asset.files[0]),
+        )
     elif asset.name == "pointcloud":
         cloud = point_cloud(splats)
         cloud.export(out_dir / POINTCLOUD_FILE)
@@ -201,29 +228,53 @@ def voxel_size(data: Dataset, settings: ExportSettings) -> float:
 
 
 @torch.no_grad()
-def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSettings,
-              bbox: np.ndarray | None) -> trimesh.Trimesh:
+def fuse_mesh(
+    splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSettings, bbox: np.ndarray | None
+) -> trimesh.Trimesh:
     """Depth (export.depth: median or expected) and colour at every training camera, fused in
     open3d's TSDF volume."""
     voxel = voxel_size(data, settings)
     volume = o3d.pipelines.integration.ScalableTSDFVolume(
-        voxel_length=voxel, sdf_trunc=SDF_TRUNCATION_VOXELS * voxel,
-        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
+        voxel_length=voxel,
+        sdf_trunc=SDF_TRUNCATION_VOXELS * voxel,
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8,
+    )
     sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1
     depth_trunc = DEPTH_LIMIT_SCENE_SCALES * data.scene_scale()
     render_mode = "RGB+ED" if settings.depth == "expected" else "RGB"
     with progress("export: fusing depth", len(data.names)) as advance:
         for i in range(len(data.names)):
-            rendered, alpha, _ = render(splats, data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height,
-                                        sh_degree, render_mode=render_mode)
+            rendered, alpha, _ = render(
+                splats,
+                data.viewmats[i : i + 1],
+                data.Ks[i : i + 1],
+                data.width,
+                data.height,
+                sh_degree,
+                render_mode=render_mode,
+            )
             alpha = alpha[0, ..., 0]
             colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
-            depth = rendered[0, ..., 3] if settings.depth == "expected" else median_depth(
-                splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
-                data.viewmats[i:i + 1], data.Ks[i:i + 1], data.width, data.height)[0]
+            depth = (
+                rendered[0, ..., 3]
+                if settings.depth == "expected"
+                else median_depth(
+                    splats["means"],
+                    splats["quats"],
+                    torch.exp(splats["scales"]),
+                    torch.sigmoid(splats["opacities"]),
+                    data.viewmats[i : i + 1],
+                    data.Ks[i : i + 1],
+                    data.width,
+                    data.height,
+                )[0]
+            )
             depth = torch.where(alpha >= settings.alpha_threshold, depth, 0.0)
-            volume.integrate(_rgbd(colour, depth, depth_trunc), _intrinsic(data, i),
-                             data.viewmats[i].cpu().numpy().astype(np.float64))
+            volume.integrate(
+                _rgbd(colour, depth, depth_trunc),
+                _intrinsic(data, i),
+                data.viewmats[i].cpu().numpy().astype(np.float64),
+            )
             advance()
     fused = volume.extract_triangle_mesh()
     log.info("export: marching cubes gave %d faces", len(fused.triangles))
@@ -235,15 +286,19 @@ def fuse_mesh(splats: torch.nn.ParameterDict, data: Dataset, settings: ExportSet
     if len(fused.triangles) == 0:
         raise UserError("export: the mesh is empty; check export.bbox, or lower export.alpha_threshold")
     colours = (np.asarray(fused.vertex_colors) * 255).round().astype(np.uint8)
-    return trimesh.Trimesh(np.asarray(fused.vertices), np.asarray(fused.triangles),
-                           vertex_colors=colours, process=False)
+    return trimesh.Trimesh(
+        np.asarray(fused.vertices), np.asarray(fused.triangles), vertex_colors=colours, process=False
+    )
 
 
 def _rgbd(colour: torch.Tensor, depth: torch.Tensor, depth_trunc: float) -> o3d.geometry.RGBDImage:
     return o3d.geometry.RGBDImage.create_from_color_and_depth(
         o3d.geometry.Image(np.ascontiguousarray((colour * 255).round().byte().cpu().numpy())),
         o3d.geometry.Image(np.ascontiguousarray(depth.float().cpu().numpy())),
-        depth_scale=1.0, depth_trunc=depth_trunc, convert_rgb_to_intensity=False)
+        depth_scale=1.0,
+        depth_trunc=depth_trunc,
+        convert_rgb_to_intensity=False,
+    )
 
 
 def _intrinsic(data: Dataset, i: int) -> o3d.camera.PinholeCameraIntrinsic:
@@ -274,10 +329,18 @@ def point_cloud(splats: torch.nn.ParameterDict) -> trimesh.PointCloud:
 
 def camera_path(poses: PosesDataset) -> dict:
     """Every camera of poses/: intrinsics, OpenCV camera-to-world and nerfstudio's transform_matrix."""
-    cameras = [{"name": name, "fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
-                "cam_to_world_opencv": cam_to_world.tolist(),
-                "transform_matrix": flip_camera_axes(cam_to_world).tolist()}
-               for name, K, cam_to_world in zip(poses.names, poses.Ks, poses.cam_to_world)]
+    cameras = [
+        {
+            "name": name,
+            "fx": float(K[0, 0]),
+            "fy": float(K[1, 1]),
+            "cx": float(K[0, 2]),
+            "cy": float(K[1, 2]),
+            "cam_to_world_opencv": cam_to_world.tolist(),
+            "transform_matrix": flip_camera_axes(cam_to_world).tolist(),
+        }
+        for name, K, cam_to_world in zip(poses.names, poses.Ks, poses.cam_to_world)
+    ]
     return {"width": poses.width, "height": poses.height, "frame": f"poses/{TRANSFORMS_FILE}", "cameras": cameras}
 
 
@@ -286,8 +349,19 @@ def nerfstudio_camera_path(poses: PosesDataset) -> dict:
     `ns-render camera-path` reads with get_path_from_json): camera_to_world row-major in OpenGL axes,
     the vertical field of view in degrees (nerfstudio puts the principal point at the centre)."""
     order = sorted(range(len(poses.names)), key=lambda i: poses.names[i])
-    path = [{"camera_to_world": flip_camera_axes(poses.cam_to_world[i]).reshape(-1).tolist(),
-             "fov": float(np.degrees(2 * np.arctan(poses.height / 2 / poses.Ks[i][1, 1]))),
-             "aspect": poses.width / poses.height} for i in order]
-    return {"camera_type": "perspective", "render_height": poses.height, "render_width": poses.width,
-            "camera_path": path, "fps": CAMERA_PATH_FPS, "seconds": len(path) / CAMERA_PATH_FPS}
+    path = [
+        {
+            "camera_to_world": flip_camera_axes(poses.cam_to_world[i]).reshape(-1).tolist(),
+            "fov": float(np.degrees(2 * np.arctan(poses.height / 2 / poses.Ks[i][1, 1]))),
+            "aspect": poses.width / poses.height,
+        }
+        for i in order
+    ]
+    return {
+        "camera_type": "perspective",
+        "render_height": poses.height,
+        "render_width": poses.width,
+        "camera_path": path,
+        "fps": CAMERA_PATH_FPS,
+        "seconds": len(path) / CAMERA_PATH_FPS,
+    }

@@ -24,9 +24,10 @@ With no anchors and no cache the processors compute exactly what diffusers' defa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,9 @@ class AttentionState:
 def _attend(query, key, value, extra, attention_mask=None):
     """Attention over the layer's own keys plus extra sources; plain SDPA when there are none."""
     if not extra:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
     if attention_mask is not None:
         raise ValueError("anchor attention and the K/V cache do not support attention masks")
     from vid3d_kernels.attention import multi_source_attention
@@ -139,8 +142,10 @@ class FramesAttnProcessor:
         per_video = []
         for video in range(videos):
             rows = slice(video * frames, (video + 1) * frames)
-            extra = [(k if k.shape[0] == 1 else k[rows], v if v.shape[0] == 1 else v[rows], w)
-                     for k, v, w in state.extra_sources(self.name, slice(video, video + 1))]
+            extra = [
+                (k if k.shape[0] == 1 else k[rows], v if v.shape[0] == 1 else v[rows], w)
+                for k, v, w in state.extra_sources(self.name, slice(video, video + 1))
+            ]
             per_video.append(_attend(query[rows], key[rows], value[rows], extra, attention_mask))
         return torch.cat(per_video)
 
@@ -178,7 +183,8 @@ class JointAttnProcessor:
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, out.shape[1] * out.shape[3])
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         encoder_hidden_states, hidden_states = hidden_states.split(
-            [text_length, hidden_states.size(1) - text_length], dim=1)
+            [text_length, hidden_states.size(1) - text_length], dim=1
+        )
         return hidden_states, encoder_hidden_states
 
 

@@ -41,10 +41,11 @@ class Feedback:
     warm_start: bool = GenerateSettings.feedback_warm_start  # keep the Gaussians from step to step
 
     @classmethod
-    def of(cls, settings: GenerateSettings) -> "Feedback":
+    def of(cls, settings: GenerateSettings) -> Feedback:
         """From [generate]: `mode` is `feedback`, every other field `feedback_<field>`."""
-        return cls(**{f.name: getattr(settings, "feedback" if f.name == "mode" else f"feedback_{f.name}")
-                      for f in fields(cls)})
+        return cls(
+            **{f.name: getattr(settings, "feedback" if f.name == "mode" else f"feedback_{f.name}") for f in fields(cls)}
+        )
 
     def acts(self, step: int, steps: int) -> bool:
         return self.mode != "off" and self.weight > 0 and self.start <= step < (self.stop or steps)
@@ -94,8 +95,9 @@ def x0_to_prediction(scheduler, x0: torch.Tensor, latents: torch.Tensor, t: torc
 class FeedbackLoop:
     """The 3D state carried through one sampling: Gaussians warm-started from acting step to step."""
 
-    def __init__(self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device,
-                 seed: int = 0):
+    def __init__(
+        self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device, seed: int = 0
+    ):
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
         self.cameras = cameras  # as the model adapters give them; None until estimated
         self.estimated = not cameras  # no cameras: COLMAP on the frames of the first acting step
@@ -104,8 +106,9 @@ class FeedbackLoop:
         # points of the initial ball are enough for 64-pixel frames) and view-independent colour
         # (view-dependent colour would let the Gaussians explain disagreeing views instead of fixing them).
         schedule = acting * feedback.iterations if feedback.warm_start else feedback.iterations
-        self.splat_settings = SplatsSettings(steps=max(1, schedule), sh_degree=0,
-                                             densify=False, test_every=0, seed=seed)
+        self.splat_settings = SplatsSettings(
+            steps=max(1, schedule), sh_degree=0, densify=False, test_every=0, seed=seed
+        )
         self.trainer = None
         self.history: list[dict] = []  # per acting step: the fit's loss and how far the prediction moved
 
@@ -128,8 +131,12 @@ class FeedbackLoop:
             moved = self.feedback.weight * (self.model.encode_frames(renders) - x0)
         else:
             moved = gradient_step(self.model, x0, renders, self.feedback.weight) - x0
-        self.history.append({"fit_l1": round(float((frames - renders).abs().mean()), 5),
-                             "moved_rms": round(float(moved.pow(2).mean().sqrt()), 5)})
+        self.history.append(
+            {
+                "fit_l1": round(float((frames - renders).abs().mean()), 5),
+                "moved_rms": round(float(moved.pow(2).mean().sqrt()), 5),
+            }
+        )
         return x0_to_prediction(scheduler, x0 + moved, latents, t)
 
     def fit(self, frames: torch.Tensor) -> torch.Tensor:
@@ -139,14 +146,24 @@ class FeedbackLoop:
 
         height, width = frames.shape[1:3]
         side = self.feedback.size or width
-        small = frames if side == width else F.interpolate(
-            frames.permute(0, 3, 1, 2), size=(side * height // width, side), mode="area").permute(0, 2, 3, 1)
+        small = (
+            frames
+            if side == width
+            else F.interpolate(frames.permute(0, 3, 1, 2), size=(side * height // width, side), mode="area").permute(
+                0, 2, 3, 1
+            )
+        )
         n = len(frames)
         cam_to_world, Ks = camera_arrays(self.cameras[:n], width)
         Ks[:, :2] *= side / width
-        data = Dataset(names=[f"{i:05d}" for i in range(n)], images=small.detach().float().to(self.device),
-                       viewmats=torch.tensor(np.linalg.inv(cam_to_world), dtype=torch.float32, device=self.device),
-                       Ks=torch.tensor(Ks, dtype=torch.float32, device=self.device), train=list(range(n)), test=[])
+        data = Dataset(
+            names=[f"{i:05d}" for i in range(n)],
+            images=small.detach().float().to(self.device),
+            viewmats=torch.tensor(np.linalg.inv(cam_to_world), dtype=torch.float32, device=self.device),
+            Ks=torch.tensor(Ks, dtype=torch.float32, device=self.device),
+            train=list(range(n)),
+            test=[],
+        )
         if self.trainer is None or not self.feedback.warm_start:
             self.trainer = self._start(data)
         else:
@@ -155,8 +172,9 @@ class FeedbackLoop:
             self.trainer.train(self.feedback.iterations)
         renders = self.trainer.render_all()
         if side != width:
-            renders = F.interpolate(renders.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
-                                    align_corners=False).permute(0, 2, 3, 1)
+            renders = F.interpolate(
+                renders.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
         return renders.to(frames.dtype)
 
     def _start(self, data):
@@ -169,8 +187,13 @@ class FeedbackLoop:
         cameras = [(c2w, K) for c2w, K in zip(cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
         points = coloured_ball(cameras, lambda i: images[i], BALL_POINTS, self.seed)
         backend = resolve_backend("auto", self.device)
-        return Trainer(data, self.splat_settings, backend, self.device,
-                       (points[0].astype(np.float32), points[1].astype(np.float32) / 255.0))
+        return Trainer(
+            data,
+            self.splat_settings,
+            backend,
+            self.device,
+            (points[0].astype(np.float32), points[1].astype(np.float32) / 255.0),
+        )
 
 
 def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
@@ -187,12 +210,16 @@ def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
         dataset = estimate_cameras(images, settings)
     except StageError as error:
         log.info("feedback: %s", error)
-        raise StageError("generate.feedback: COLMAP could not register every frame of the first acting step's "
-                         "prediction to estimate the cameras; pass the frames' cameras with --cameras "
-                         "cameras.json (vid3d's cameras.json format)") from None
+        raise StageError(
+            "generate.feedback: COLMAP could not register every frame of the first acting step's "
+            "prediction to estimate the cameras; pass the frames' cameras with --cameras "
+            "cameras.json (vid3d's cameras.json format)"
+        ) from None
     order = [dataset.names.index(f"{i:05d}.png") for i in range(len(images))]
-    return [{"frame": i, "camera_to_world": dataset.cam_to_world[j], "K": dataset.Ks[j], "width": dataset.width}
-            for i, j in enumerate(order)]
+    return [
+        {"frame": i, "camera_to_world": dataset.cam_to_world[j], "K": dataset.Ks[j], "width": dataset.width}
+        for i, j in enumerate(order)
+    ]
 
 
 def consistency_loss(frames: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:

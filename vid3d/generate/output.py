@@ -42,10 +42,11 @@ class GeneratedVideo:
     splats_file: Path | None  # None: the feedback loop did not run
 
     @classmethod
-    def read(cls, generate_dir: Path) -> "GeneratedVideo":
+    def read(cls, generate_dir: Path) -> GeneratedVideo:
         cameras, splats = generate_dir / CAMERAS_FILE, generate_dir / SPLATS_FILE
-        return cls(generate_dir / FRAMES_DIR, cameras if cameras.is_file() else None,
-                   splats if splats.is_file() else None)
+        return cls(
+            generate_dir / FRAMES_DIR, cameras if cameras.is_file() else None, splats if splats.is_file() else None
+        )
 
     def frame_paths(self) -> list[Path]:
         return sorted(self.frames_dir.glob("*.png"))
@@ -87,11 +88,17 @@ def read_cameras(path: Path) -> dict[int, Camera]:
     """Cameras by frame number from a cameras.json ({"frames": [{"frame", "camera_to_world", "K", ...}]})."""
     try:
         entries = json.loads(path.read_text())["frames"]
-        cameras = {int(e["frame"]): Camera(np.asarray(e["camera_to_world"], dtype=np.float64),
-                                           np.asarray(e["K"], dtype=np.float64), e.get("width")) for e in entries}
+        cameras = {
+            int(e["frame"]): Camera(
+                np.asarray(e["camera_to_world"], dtype=np.float64), np.asarray(e["K"], dtype=np.float64), e.get("width")
+            )
+            for e in entries
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a cameras file ({type(exc).__name__}: {exc}); expected vid3d generate's "
-                        "cameras.json: {\"frames\": [{\"frame\", \"camera_to_world\", \"K\"}, ...]}") from None
+        raise UserError(
+            f"{path}: not a cameras file ({type(exc).__name__}: {exc}); expected vid3d generate's "
+            'cameras.json: {"frames": [{"frame", "camera_to_world", "K"}, ...]}'
+        ) from None
     if any(c.camera_to_world.shape != (4, 4) or c.K.shape != (3, 3) for c in cameras.values()):
         raise UserError(f"{path}: every camera needs a 4x4 camera_to_world and a 3x3 K")
     return cameras

@@ -8,8 +8,9 @@ video's latent. Stabilizers (see `Stabilizers`) are each a switch, so each can b
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import (
@@ -42,7 +43,7 @@ class Stabilizers:
     kv_decay: float = GenerateSettings.kv_decay
 
     @classmethod
-    def of(cls, settings: GenerateSettings, anchors: tuple[int, ...] = ()) -> "Stabilizers":
+    def of(cls, settings: GenerateSettings, anchors: tuple[int, ...] = ()) -> Stabilizers:
         return cls(**_same_fields(cls, settings), anchors=anchors)
 
 
@@ -58,7 +59,7 @@ class Plan:
     scheduler: str = GenerateSettings.scheduler  # default (the model's own), euler, ddim or dpm++
 
     @classmethod
-    def of(cls, settings: GenerateSettings) -> "Plan":
+    def of(cls, settings: GenerateSettings) -> Plan:
         return cls(**_same_fields(cls, settings))
 
 
@@ -84,8 +85,15 @@ def use_scheduler(model: VideoModel, name: str) -> None:
     model.scheduler = SCHEDULERS[name].from_config(model.scheduler.config)
 
 
-def window_noises(shape: tuple[int, ...], sets: list[torch.Tensor], frame_dim: int, stabilizers: Stabilizers,
-                  generator: torch.Generator, device, dtype) -> list[torch.Tensor]:
+def window_noises(
+    shape: tuple[int, ...],
+    sets: list[torch.Tensor],
+    frame_dim: int,
+    stabilizers: Stabilizers,
+    generator: torch.Generator,
+    device,
+    dtype,
+) -> list[torch.Tensor]:
     """The noise each window sees: slices of one field (shared), or one draw per window."""
     if stabilizers.shared_noise:
         window = len(sets[0]) if stabilizers.freenoise else 0
@@ -110,9 +118,16 @@ def initial_noise(shape, sets, frame_dim, stabilizers, generator, device, dtype,
 
 
 @torch.no_grad()
-def sample(model: VideoModel, condition: Any, request: Request, plan: Plan, stabilizers: Stabilizers,
-           generator: torch.Generator, on_step: Callable[[int, int], None] | None = None,
-           feedback=None) -> torch.Tensor:
+def sample(
+    model: VideoModel,
+    condition: Any,
+    request: Request,
+    plan: Plan,
+    stabilizers: Stabilizers,
+    generator: torch.Generator,
+    on_step: Callable[[int, int], None] | None = None,
+    feedback=None,
+) -> torch.Tensor:
     """The whole video's denoised latents; `feedback` (a feedback.FeedbackLoop) acts on the fused
     prediction of the steps it is set for."""
     num_latent = model.latent_frames(request.num_frames)
@@ -166,13 +181,22 @@ class _Stepper:
         if "generator" in self.parameters:
             kwargs["generator"] = self.generator
         if "variance_noise" in self.parameters and not self.stabilizers.shared_noise and self._stochastic():
-            kwargs["variance_noise"] = initial_noise(latents.shape, self.sets, self.frame_dim, self.stabilizers,
-                                                     self.generator, latents.device, latents.dtype, self.weighting)
+            kwargs["variance_noise"] = initial_noise(
+                latents.shape,
+                self.sets,
+                self.frame_dim,
+                self.stabilizers,
+                self.generator,
+                latents.device,
+                latents.dtype,
+                self.weighting,
+            )
         if isinstance(self.scheduler, CogVideoXDPMScheduler):
             timesteps = self.scheduler.timesteps
             previous = timesteps[index - 1] if index > 0 else None
             latents, self.old_pred_original_sample = self.scheduler.step(
-                output, self.old_pred_original_sample, t, previous, latents, **kwargs, return_dict=False)
+                output, self.old_pred_original_sample, t, previous, latents, **kwargs, return_dict=False
+            )
             return latents
         return self.scheduler.step(output, t, latents, **kwargs, return_dict=False)[0]
 

@@ -18,11 +18,10 @@ from vid3d.ingest import read_image
 from vid3d.metrics.epipolar import epipolar_error
 from vid3d.metrics.video import video_metrics
 from vid3d.project import StageOutput
+from vid3d.splats.model import save_ply
 from vid3d.ui import log, progress
 
 from .adapters import Request, VideoModel, load_model
-from vid3d.splats.model import save_ply
-
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
 from .output import SPLATS_FILE, camera_arrays, read_cameras, write_video
@@ -67,9 +66,11 @@ def check_memory(settings: GenerateSettings, device: torch.device) -> None:
     needed, available = video_memory(settings), available_memory(device)
     if needed > available:
         most = available * settings.frames // needed
-        raise UserError(f"generate.frames = {settings.frames}: needs at least {needed / 2**30:.1f} GiB for the video "
-                        f"and its latents, {device} has {available / 2**30:.1f} GiB free; generate at most {most} "
-                        "frames here (or smaller ones), or use a device with more memory")
+        raise UserError(
+            f"generate.frames = {settings.frames}: needs at least {needed / 2**30:.1f} GiB for the video "
+            f"and its latents, {device} has {available / 2**30:.1f} GiB free; generate at most {most} "
+            "frames here (or smaller ones), or use a device with more memory"
+        )
 
 
 def anchor_latents(settings: GenerateSettings, num_frames: int, num_latent: int) -> tuple[int, ...]:
@@ -78,8 +79,10 @@ def anchor_latents(settings: GenerateSettings, num_frames: int, num_latent: int)
         try:
             frames = [int(part) for part in settings.anchor_frames.split(",") if part.strip()]
         except ValueError:
-            raise UserError(f"generate.anchor_frames = {settings.anchor_frames!r}: expected comma-separated "
-                            "frame numbers, e.g. 0,24") from None
+            raise UserError(
+                f"generate.anchor_frames = {settings.anchor_frames!r}: expected comma-separated "
+                "frame numbers, e.g. 0,24"
+            ) from None
         bad = [f for f in frames if not 0 <= f < num_frames]
         if bad:
             raise UserError(f"generate.anchor_frames: {bad} outside the video's frames 0..{num_frames - 1}")
@@ -104,8 +107,9 @@ def model_fingerprint(spec: str) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def generate(model: VideoModel, request: Request, settings: GenerateSettings, on_step=None,
-             feedback: FeedbackLoop | None = None) -> np.ndarray:
+def generate(
+    model: VideoModel, request: Request, settings: GenerateSettings, on_step=None, feedback: FeedbackLoop | None = None
+) -> np.ndarray:
     """uint8 frames [F, H, W, 3] for `request` with the settings' plan and stabilizers."""
     use_scheduler(model, settings.scheduler)
     num_latent = model.latent_frames(request.num_frames)
@@ -116,8 +120,13 @@ def generate(model: VideoModel, request: Request, settings: GenerateSettings, on
     return model.decode(latents, condition)
 
 
-def feedback_loop(model: VideoModel, request: Request, settings: GenerateSettings, device: torch.device,
-                  given: list[dict] | None = None) -> FeedbackLoop | None:
+def feedback_loop(
+    model: VideoModel,
+    request: Request,
+    settings: GenerateSettings,
+    device: torch.device,
+    given: list[dict] | None = None,
+) -> FeedbackLoop | None:
     """The feedback stabilizer's loop when generate.feedback is on, with the frames' cameras: the
     model's, `given` (--cameras, as `given_cameras` reads them), or else estimated with COLMAP at the
     first acting step."""
@@ -125,9 +134,11 @@ def feedback_loop(model: VideoModel, request: Request, settings: GenerateSetting
     if feedback.mode == "off":
         return None
     if type(model).decode_frames is VideoModel.decode_frames:
-        raise StageError(f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
-                         "(it needs a differentiable decode and encode); use the embedded model, SVD, CogVideoX "
-                         "or Wan")
+        raise StageError(
+            f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
+            "(it needs a differentiable decode and encode); use the embedded model, SVD, CogVideoX "
+            "or Wan"
+        )
     cameras = model.cameras(request) or given
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
@@ -141,10 +152,14 @@ def given_cameras(settings: GenerateSettings) -> list[dict] | None:
         raise UserError(f"{path}: no such cameras file (generate.cameras / --cameras)")
     cameras = read_cameras(path)
     if sorted(cameras) != list(range(settings.frames)):
-        raise UserError(f"{path}: has cameras for {len(cameras)} frames; generate.frames = {settings.frames} needs "
-                        f"one for each of frames 0..{settings.frames - 1}")
-    return [{"frame": i, "camera_to_world": c.camera_to_world, "K": c.K, "width": c.width}
-            for i, c in sorted(cameras.items())]
+        raise UserError(
+            f"{path}: has cameras for {len(cameras)} frames; generate.frames = {settings.frames} needs "
+            f"one for each of frames 0..{settings.frames - 1}"
+        )
+    return [
+        {"frame": i, "camera_to_world": c.camera_to_world, "K": c.K, "width": c.width}
+        for i, c in sorted(cameras.items())
+    ]
 
 
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:
@@ -154,8 +169,14 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     started = time.time()
     model = load_model(settings.model, device, resolve_dtype(settings.dtype, device, settings.model))
     loaded = time.time()
-    request = Request(image=image, prompt=settings.prompt, num_frames=settings.frames, height=settings.height,
-                      width=settings.width, guidance=settings.guidance)
+    request = Request(
+        image=image,
+        prompt=settings.prompt,
+        num_frames=settings.frames,
+        height=settings.height,
+        width=settings.width,
+        guidance=settings.guidance,
+    )
     given = given_cameras(settings)
     loop = feedback_loop(model, request, settings, device, given)
     with progress("generate", settings.steps) as advance:
@@ -170,11 +191,10 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
         cameras = cameras or given  # the frames were pulled toward the given cameras: keep them
     graded = cameras or (loop.cameras if loop is not None else None)  # estimated ones grade their own frames
     if graded:
-        metrics.update(epipolar_error(frames[:len(graded)], *camera_arrays(graded, frames.shape[2])))
+        metrics.update(epipolar_error(frames[: len(graded)], *camera_arrays(graded, frames.shape[2])))
     outputs = write_video(out_dir, frames, settings.fps, cameras, metrics)
     if loop is not None and loop.trainer is not None:  # the loop's final 3D state
         save_ply(loop.trainer.splats, out_dir / SPLATS_FILE)
         outputs.append(SPLATS_FILE)
     log.info("generated %d frames of %dx%d", len(frames), frames.shape[2], frames.shape[1])
-    return StageOutput(outputs=outputs, metrics=metrics,
-                       timings={"load": loaded - started, "sample": sampled - loaded})
+    return StageOutput(outputs=outputs, metrics=metrics, timings={"load": loaded - started, "sample": sampled - loaded})

@@ -28,23 +28,55 @@ def tiny_svd(seed: int = 0, num_frames: int = 8, size: int = 64) -> StableVideoD
 
     torch.manual_seed(seed)
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=size // 2, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=size // 2,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32, num_attention_heads=2, projection_class_embeddings_input_dim=96,
-        addition_time_embed_dim=32, num_frames=num_frames)
+        cross_attention_dim=32,
+        num_attention_heads=2,
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+        num_frames=num_frames,
+    )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
-    vae = AutoencoderKLTemporalDecoder(block_out_channels=[32, 64], in_channels=3, out_channels=3,
-                                       down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], latent_channels=4)
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=224,
-        intermediate_size=37, patch_size=32))
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        latent_channels=4,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            intermediate_size=37,
+            patch_size=32,
+        )
+    )
     feature_extractor = CLIPImageProcessor(crop_size=224, size=224)
-    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
-                                        feature_extractor=feature_extractor)
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+    )
     return _inference(pipe)
 
 
@@ -56,17 +88,41 @@ def tiny_cogvideox(seed: int = 0, sample_frames: int = 9, size: int = 32) -> Cog
     torch.manual_seed(seed)
     latent = size // 8
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
-        text_embed_dim=32, num_layers=1, sample_width=latent, sample_height=latent, sample_frames=sample_frames,
-        patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
-        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=1,
+        sample_width=latent,
+        sample_height=latent,
+        sample_frames=sample_frames,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+    )
     vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
     text_encoder = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
-    pipe = CogVideoXImageToVideoPipeline(tokenizer=_word_tokenizer(), text_encoder=text_encoder, vae=vae,
-                                         transformer=transformer, scheduler=DDIMScheduler())
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=_word_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
     return _inference(pipe)
 
 
@@ -81,24 +137,45 @@ def tiny_wan(seed: int = 0, version: str = "2.1") -> WanImageToVideoPipeline:
     if version not in ("2.1", "2.2"):
         raise ValueError(f"tiny Wan {version!r}: 2.1 or 2.2")
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
     image_dim = 8 if version == "2.1" else None
 
     def transformer():
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
-            image_dim=image_dim, added_kv_proj_dim=None if image_dim is None else 24)
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=36,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            rope_max_seq_len=32,
+            image_dim=image_dim,
+            added_kv_proj_dim=None if image_dim is None else 24,
+        )
 
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    parts = dict(tokenizer=_word_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                 transformer=transformer())
+    parts = dict(
+        tokenizer=_word_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer()
+    )
     if version == "2.1":
-        parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
-            hidden_size=image_dim, projection_dim=image_dim, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, intermediate_size=16, patch_size=8))
+        parts["image_encoder"] = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=image_dim,
+                projection_dim=image_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                intermediate_size=16,
+                patch_size=8,
+            )
+        )
         parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
     else:
         parts.update(transformer_2=transformer(), boundary_ratio=0.875)

@@ -35,7 +35,9 @@ def window_starts(num_frames: int, window: int, stride: int, circular: bool = Fa
 def windows(num_frames: int, window: int, stride: int, circular: bool = False) -> list[torch.Tensor]:
     """Frame indices [window] of each window (modulo num_frames when circular)."""
     size = min(window, num_frames)
-    return [torch.arange(start, start + size) % num_frames for start in window_starts(num_frames, size, stride, circular)]
+    return [
+        torch.arange(start, start + size) % num_frames for start in window_starts(num_frames, size, stride, circular)
+    ]
 
 
 def frame_weights(window: int, kind: Weighting = "pyramid") -> torch.Tensor:
@@ -54,8 +56,13 @@ def frame_weights(window: int, kind: Weighting = "pyramid") -> torch.Tensor:
     return weights / weights.max()
 
 
-def fuse(outputs: list[torch.Tensor], frame_sets: list[torch.Tensor], num_frames: int, frame_dim: int,
-         kind: Weighting = "pyramid") -> torch.Tensor:
+def fuse(
+    outputs: list[torch.Tensor],
+    frame_sets: list[torch.Tensor],
+    num_frames: int,
+    frame_dim: int,
+    kind: Weighting = "pyramid",
+) -> torch.Tensor:
     """Weighted average, frame by frame, of the windows' outputs (each with `window` frames along
     `frame_dim`) into one tensor with `num_frames` frames; the weights of each frame sum to one.
     Weights are normalised before they are applied, so a frame held by one window is copied
@@ -81,9 +88,14 @@ def fuse(outputs: list[torch.Tensor], frame_sets: list[torch.Tensor], num_frames
     return total.to(first.dtype)
 
 
-def shared_noise(shape: tuple[int, ...], frame_dim: int, generator: torch.Generator,
-                 freenoise_window: int = 0, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def shared_noise(
+    shape: tuple[int, ...],
+    frame_dim: int,
+    generator: torch.Generator,
+    freenoise_window: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """One noise field for the whole video. With `freenoise_window` = W > 0, frames beyond the
     first W reuse the first W frames' noise in a shuffled order (FreeNoise), which keeps long videos
     closer to what the model saw in training."""

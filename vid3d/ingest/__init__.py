@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 import imageio.v3 as iio
@@ -60,7 +60,7 @@ class FramesIndex:
     folder: Path = field(default=Path("."), compare=False)  # the frames/ folder read from
 
     @classmethod
-    def read(cls, frames_dir: Path) -> "FramesIndex":
+    def read(cls, frames_dir: Path) -> FramesIndex:
         meta = json.loads((frames_dir / INDEX_FILE).read_text())
         entries = [FrameEntry(**entry) for entry in meta.pop("frames")]
         return cls(**meta, frames=entries, folder=frames_dir)
@@ -103,8 +103,10 @@ def check_input(path: Path) -> str:
     except Exception as exc:
         if "matches no streams" in str(exc) or "does not contain any stream" in str(exc):
             raise UserError(f"{path}: has no video stream (audio only?); pass a video or a folder of images") from None
-        raise UserError(f"{path}: not a readable video (ffmpeg cannot decode it); pass an mp4, mov, webm, "
-                        "avi or mkv file, or a folder of images") from None
+        raise UserError(
+            f"{path}: not a readable video (ffmpeg cannot decode it); pass an mp4, mov, webm, "
+            "avi or mkv file, or a folder of images"
+        ) from None
     return "video"
 
 
@@ -136,24 +138,34 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
         for n, (source, image, sharpness) in enumerate(select_sharpest(sources, total, settings.count, advance)):
             image = resize_max_side(image, settings.max_side)
             if entries and image.shape != first.shape:
-                raise UserError(f"{path}: {source.name} is {image.shape[1]}x{image.shape[0]} and {first_name} "
-                                f"{first.shape[1]}x{first.shape[0]} (after resizing); the Gaussians train on frames "
-                                "of one size: crop or rotate the images to one size, or ingest each size separately")
+                raise UserError(
+                    f"{path}: {source.name} is {image.shape[1]}x{image.shape[0]} and {first_name} "
+                    f"{first.shape[1]}x{first.shape[0]} (after resizing); the Gaussians train on frames "
+                    "of one size: crop or rotate the images to one size, or ingest each size separately"
+                )
             first, first_name = (image, source.name) if not entries else (first, first_name)
             name = frame_name(n, kind, source.name)
             iio.imwrite(out_dir / name, image, **FRAME_FORMATS[Path(name).suffix])
-            entries.append(FrameEntry(name, round(sharpness, 2), source=source.name) if source.name else
-                           FrameEntry(name, round(sharpness, 2), source_index=source.index,
-                                      timestamp=round(source.timestamp, 4)))
+            entries.append(
+                FrameEntry(name, round(sharpness, 2), source=source.name)
+                if source.name
+                else FrameEntry(
+                    name, round(sharpness, 2), source_index=source.index, timestamp=round(source.timestamp, 4)
+                )
+            )
 
     if len(entries) < settings.min_frames:
-        raise UserError(f"{path}: only {len(entries)} usable frames (need frames.min_frames="
-                        f"{settings.min_frames}); use a longer video or more images")
+        raise UserError(
+            f"{path}: only {len(entries)} usable frames (need frames.min_frames="
+            f"{settings.min_frames}); use a longer video or more images"
+        )
     height, width = iio.imread(out_dir / entries[0].file).shape[:2]
-    FramesIndex(source=str(path), kind=kind, source_frames=total, fps=fps, width=width, height=height,
-                frames=entries).write(out_dir)
-    return StageOutput(outputs=[INDEX_FILE],
-                       metrics={"frames": len(entries), "source_frames": total, "width": width, "height": height})
+    FramesIndex(
+        source=str(path), kind=kind, source_frames=total, fps=fps, width=width, height=height, frames=entries
+    ).write(out_dir)
+    return StageOutput(
+        outputs=[INDEX_FILE], metrics={"frames": len(entries), "source_frames": total, "width": width, "height": height}
+    )
 
 
 # Frames from lossy sources (video, JPEG) are kept as JPEG at a quality that adds little to what the
@@ -169,8 +181,9 @@ def frame_name(number: int, kind: str, source_name: str | None) -> str:
     return f"{number:05d}.{'jpg' if lossy else 'png'}"
 
 
-def select_sharpest(sources: Iterable[Source], total: int, count: int,
-                    advance: Callable[..., None] = lambda n=1: None) -> Iterator[tuple[Source, np.ndarray, float]]:
+def select_sharpest(
+    sources: Iterable[Source], total: int, count: int, advance: Callable[..., None] = lambda n=1: None
+) -> Iterator[tuple[Source, np.ndarray, float]]:
     """Cut `total` sources into `count` even intervals; yield the sharpest non-blank frame of each.
 
     Streams: only the current interval's best frame is held in memory.

@@ -76,8 +76,10 @@ def read_colmap_project(folder: Path) -> DatasetInput:
         source = pycolmap.Reconstruction(model_dir)
     except (ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{model_dir}: not a readable COLMAP model ({reason}); export it again from COLMAP "
-                        "(File > Export model) or pass another --input") from None
+        raise UserError(
+            f"{model_dir}: not a readable COLMAP model ({reason}); export it again from COLMAP "
+            "(File > Export model) or pass another --input"
+        ) from None
     model_files = sorted(path for path in model_dir.iterdir() if path.is_file())
     dataset = DatasetInput(folder, "colmap", model_files, pycolmap.Reconstruction())
     cameras: dict[int, int] = {}  # the project's camera id -> ours
@@ -86,8 +88,10 @@ def read_colmap_project(folder: Path) -> DatasetInput:
             continue
         file = images_dir / image.name
         if not file.is_file():
-            raise UserError(f"{model_dir}: names image {image.name}, which is not in {images_dir}; put the image "
-                            "there or remove it from the model")
+            raise UserError(
+                f"{model_dir}: names image {image.name}, which is not in {images_dir}; put the image "
+                "there or remove it from the model"
+            )
         if image.camera_id not in cameras:
             camera = _checked_camera(source.cameras[image.camera_id], model_dir)
             cameras[image.camera_id] = add_camera(dataset.model, camera)
@@ -102,8 +106,10 @@ def read_colmap_project(folder: Path) -> DatasetInput:
 
 def _checked_camera(camera: pycolmap.Camera, where: Path) -> pycolmap.Camera:
     if not camera.is_perspective():
-        raise UserError(f"{where}: camera {camera.camera_id} is {camera.model.name}, which vid3d cannot undistort "
-                        "to a pinhole camera; pass a model of perspective or fisheye cameras")
+        raise UserError(
+            f"{where}: camera {camera.camera_id} is {camera.model.name}, which vid3d cannot undistort "
+            "to a pinhole camera; pass a model of perspective or fisheye cameras"
+        )
     return camera
 
 
@@ -113,7 +119,7 @@ def read_transforms(folder: Path) -> DatasetInput:
     meta = _load_json(file)
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
-        raise UserError(f"{file}: needs a non-empty list \"frames\" of objects with file_path and transform_matrix")
+        raise UserError(f'{file}: needs a non-empty list "frames" of objects with file_path and transform_matrix')
     dataset = DatasetInput(folder, "nerfstudio", [file], pycolmap.Reconstruction())
     cameras: dict[tuple, int] = {}  # (model, size, params) -> camera id: frames with equal intrinsics share one
     for i, frame in enumerate(frames):
@@ -141,7 +147,7 @@ def _load_json(file: Path) -> dict:
         fix = "fix it or write it again (ns-process-data, colmap2nerf)"
         raise UserError(f"{file}: not valid JSON ({exc}); {fix}") from None
     if not isinstance(meta, dict):
-        raise UserError(f"{file}: expected a JSON object with \"frames\"; fix it or write it again")
+        raise UserError(f'{file}: expected a JSON object with "frames"; fix it or write it again')
     return meta
 
 
@@ -169,8 +175,10 @@ def _transform_matrix(frame: dict, where: str) -> np.ndarray:
         raise UserError(f"{where}: transform_matrix must be a 4x4 (or 3x4) matrix of numbers, camera to world")
     rotation = matrix[:3, :3]
     if np.abs(rotation.T @ rotation - np.eye(3)).max() > ROTATION_TOLERANCE or np.linalg.det(rotation) < 0:
-        raise UserError(f"{where}: transform_matrix's rotation is not a rotation (scaled or mirrored); "
-                        "write camera-to-world rotations with the scale in the translation")
+        raise UserError(
+            f"{where}: transform_matrix's rotation is not a rotation (scaled or mirrored); "
+            "write camera-to-world rotations with the scale in the translation"
+        )
     u, _, vt = np.linalg.svd(rotation)  # the nearest exact rotation: the file's is rounded
     return np.vstack([np.hstack([u @ vt, matrix[:3, 3:]]), [0, 0, 0, 1]])
 
@@ -198,8 +206,10 @@ def _transforms_camera(keys: dict, image_file: Path, where: str) -> pycolmap.Cam
     if model in FISHEYE_MODELS or keys.get("is_fisheye") is True:
         return _camera("OPENCV_FISHEYE", width, height, [fx, fy, cx, cy, k1, k2, k3, k4])
     if model not in PERSPECTIVE_MODELS:
-        raise UserError(f"{where}: camera_model {model} is not supported; vid3d takes "
-                        f"{', '.join(PERSPECTIVE_MODELS + FISHEYE_MODELS)} cameras")
+        raise UserError(
+            f"{where}: camera_model {model} is not supported; vid3d takes "
+            f"{', '.join(PERSPECTIVE_MODELS + FISHEYE_MODELS)} cameras"
+        )
     if k3 or k4:
         return _camera("FULL_OPENCV", width, height, [fx, fy, cx, cy, k1, k2, p1, p2, k3, k4, 0.0, 0.0])
     if k1 or k2 or p1 or p2:
@@ -230,11 +240,16 @@ def _read_points(ply: Path, transforms_file: Path) -> tuple[np.ndarray, np.ndarr
         vertex = PlyData.read(str(ply))["vertex"]
         xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
     except Exception:
-        raise UserError(f"{transforms_file}: ply_file_path {ply.name} is missing or not a point cloud (x y z); "
-                        "fix the path or remove the key") from None
+        raise UserError(
+            f"{transforms_file}: ply_file_path {ply.name} is missing or not a point cloud (x y z); "
+            "fix the path or remove the key"
+        ) from None
     names = vertex.data.dtype.names
-    rgb = (np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.uint8)
-           if {"red", "green", "blue"} <= set(names) else np.full((len(xyz), 3), 128, np.uint8))
+    rgb = (
+        np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.uint8)
+        if {"red", "green", "blue"} <= set(names)
+        else np.full((len(xyz), 3), 128, np.uint8)
+    )
     rotation, translation = APPLIED_TRANSFORM[:, :3], APPLIED_TRANSFORM[:, 3]
     return (xyz - translation) @ rotation, rgb  # the inverse of applied_transform (a rotation)
 
@@ -249,8 +264,12 @@ def _camera(model_name: str, width: int, height: int, params: list[float]) -> py
 def add_camera(model: pycolmap.Reconstruction, camera: pycolmap.Camera) -> int:
     """A copy of `camera` added to the model (a lens without distortion as PINHOLE); its new id."""
     if camera.is_perspective_pinhole() and not any(camera.params[i] for i in camera.extra_params_idxs()):
-        camera = _camera("PINHOLE", camera.width, camera.height, [camera.focal_length_x, camera.focal_length_y,
-                                                                  camera.principal_point_x, camera.principal_point_y])
+        camera = _camera(
+            "PINHOLE",
+            camera.width,
+            camera.height,
+            [camera.focal_length_x, camera.focal_length_y, camera.principal_point_x, camera.principal_point_y],
+        )
     else:
         camera = _camera(camera.model.name, camera.width, camera.height, list(camera.params))
     camera.camera_id = model.num_cameras() + 1
@@ -261,6 +280,8 @@ def add_camera(model: pycolmap.Reconstruction, camera: pycolmap.Camera) -> int:
 def add_posed_image(model: pycolmap.Reconstruction, name: str, camera_id: int, cam_from_world: np.ndarray) -> int:
     """An image at a COLMAP pose (3x4 world to camera); its new id."""
     image_id = model.num_images() + 1
-    model.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=camera_id, image_id=image_id),
-                                       pycolmap.Rigid3d(np.asarray(cam_from_world, dtype=np.float64)[:3]))
+    model.add_image_with_trivial_frame(
+        pycolmap.Image(name=name, camera_id=camera_id, image_id=image_id),
+        pycolmap.Rigid3d(np.asarray(cam_from_world, dtype=np.float64)[:3]),
+    )
     return image_id

@@ -22,8 +22,14 @@ import pycolmap
 
 from vid3d.errors import UserError
 from vid3d.ingest import FRAME_FORMATS, INDEX_FILE, FrameEntry, FramesIndex, frame_name, read_image
-from vid3d.ingest.dataset_readers import (COLMAP_IMAGES_DIR, TRANSFORMS_FILE, DatasetInput, colmap_model_dir,
-                                          read_colmap_project, read_transforms)
+from vid3d.ingest.dataset_readers import (
+    COLMAP_IMAGES_DIR,
+    TRANSFORMS_FILE,
+    DatasetInput,
+    colmap_model_dir,
+    read_colmap_project,
+    read_transforms,
+)
 from vid3d.project import StageOutput, content_hash, file_fingerprint
 from vid3d.ui import progress
 
@@ -57,9 +63,11 @@ def _check_one_size(dataset: DatasetInput) -> None:
         first.setdefault((camera.width, camera.height), image.name)
     if len(first) > 1:
         (size_a, name_a), (size_b, name_b) = list(first.items())[:2]
-        raise UserError(f"{dataset.described_by[0]}: {name_a} is {size_a[0]}x{size_a[1]} and {name_b} "
-                        f"{size_b[0]}x{size_b[1]}; the Gaussians train on images of one size: pass a dataset of "
-                        "one image size")
+        raise UserError(
+            f"{dataset.described_by[0]}: {name_a} is {size_a[0]}x{size_a[1]} and {name_b} "
+            f"{size_b[0]}x{size_b[1]}; the Gaussians train on images of one size: pass a dataset of "
+            "one image size"
+        )
 
 
 def dataset_fingerprint(dataset: DatasetInput) -> str:
@@ -84,8 +92,10 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
             file = dataset.files[image_id]
             pixels = read_image(file, "replace it or remove it from the dataset")
             if pixels.shape[:2] != (camera.height, camera.width):
-                raise UserError(f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
-                                f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras")
+                raise UserError(
+                    f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
+                    f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras"
+                )
             name = frame_name(n, DATASET_KIND, file.name)  # .jpg for JPEG images, .png for the others
             iio.imwrite(out_dir / name, pixels, **FRAME_FORMATS[Path(name).suffix])
             entries.append(FrameEntry(name, source=os.path.relpath(file, dataset.folder)))
@@ -94,11 +104,25 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
     (out_dir / CAMERAS_DIR).mkdir()
     dataset.model.write(out_dir / CAMERAS_DIR)
     camera = dataset.model.cameras[dataset.model.images[ids[0]].camera_id]
-    FramesIndex(source=str(dataset.folder), kind=DATASET_KIND, source_frames=len(ids), fps=None, width=camera.width,
-                height=camera.height, frames=entries).write(out_dir)
-    return StageOutput(outputs=[INDEX_FILE, CAMERAS_DIR],
-                       metrics={"frames": len(ids), "source_frames": len(ids), "width": camera.width,
-                                "height": camera.height, "dataset": dataset.format})
+    FramesIndex(
+        source=str(dataset.folder),
+        kind=DATASET_KIND,
+        source_frames=len(ids),
+        fps=None,
+        width=camera.width,
+        height=camera.height,
+        frames=entries,
+    ).write(out_dir)
+    return StageOutput(
+        outputs=[INDEX_FILE, CAMERAS_DIR],
+        metrics={
+            "frames": len(ids),
+            "source_frames": len(ids),
+            "width": camera.width,
+            "height": camera.height,
+            "dataset": dataset.format,
+        },
+    )
 
 
 def is_dataset_frames(frames_dir: Path) -> bool:

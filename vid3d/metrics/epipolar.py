@@ -33,8 +33,10 @@ def symmetric_distance(F: np.ndarray, points_a: np.ndarray, points_b: np.ndarray
     b = np.concatenate([points_b, np.ones((len(points_b), 1))], axis=1)
     lines_b, lines_a = a @ F.T, b @ F  # lines in b of the points of a, and in a of those of b
     residual = np.abs((b * lines_b).sum(1))
-    return 0.5 * (residual / np.hypot(lines_b[:, 0], lines_b[:, 1]).clip(1e-12)
-                  + residual / np.hypot(lines_a[:, 0], lines_a[:, 1]).clip(1e-12))
+    return 0.5 * (
+        residual / np.hypot(lines_b[:, 0], lines_b[:, 1]).clip(1e-12)
+        + residual / np.hypot(lines_a[:, 0], lines_a[:, 1]).clip(1e-12)
+    )
 
 
 def pair_error(frame_a: np.ndarray, frame_b: np.ndarray, F: np.ndarray) -> float | None:
@@ -50,8 +52,13 @@ def pair_error(frame_a: np.ndarray, frame_b: np.ndarray, F: np.ndarray) -> float
     return float(np.median(symmetric_distance(F, points_a, points_a + forward[v, u])))
 
 
-def epipolar_error(frames: list[np.ndarray] | np.ndarray, cam_to_world: np.ndarray, Ks: np.ndarray,
-                   gaps: tuple[int, ...] = (1, 2), threshold_px: float = 1.0) -> dict[str, float]:
+def epipolar_error(
+    frames: list[np.ndarray] | np.ndarray,
+    cam_to_world: np.ndarray,
+    Ks: np.ndarray,
+    gaps: tuple[int, ...] = (1, 2),
+    threshold_px: float = 1.0,
+) -> dict[str, float]:
     """Over frame pairs `gaps` apart: the median of the pairs' median epipolar distances (pixels)
     and the share of pairs whose median is under `threshold_px` (TSED's consistent-pair rate)."""
     errors = []
@@ -63,14 +70,16 @@ def epipolar_error(frames: list[np.ndarray] | np.ndarray, cam_to_world: np.ndarr
                 errors.append(error)
     if not errors:
         return {"epipolar_px": float("nan"), "epipolar_consistent": 0.0}
-    return {"epipolar_px": round(float(np.median(errors)), 4),
-            "epipolar_consistent": round(float(np.mean(np.array(errors) < threshold_px)), 4)}
+    return {
+        "epipolar_px": round(float(np.median(errors)), 4),
+        "epipolar_consistent": round(float(np.mean(np.array(errors) < threshold_px)), 4),
+    }
 
 
 def camera_epipolar_error(frames: list[np.ndarray] | np.ndarray, cameras: dict) -> dict[str, float]:
     """epipolar_error with cameras as generate.output.read_cameras gives them (by frame number),
     intrinsics scaled to the frames' width."""
     width = frames[0].shape[1]
-    order = sorted(cameras)[:len(frames)]
+    order = sorted(cameras)[: len(frames)]
     Ks = np.stack([np.diag([width / (cameras[i].width or width)] * 2 + [1.0]) @ cameras[i].K for i in order])
     return epipolar_error(frames, np.stack([cameras[i].camera_to_world for i in order]), Ks)

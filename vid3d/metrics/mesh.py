@@ -22,8 +22,14 @@ def chamfer_fscore(predicted: np.ndarray, true: np.ndarray, threshold: float) ->
     completeness = cKDTree(predicted).query(true)[0]
     precision, recall = float((accuracy < threshold).mean()), float((completeness < threshold).mean())
     fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"chamfer": float(0.5 * (accuracy.mean() + completeness.mean())), "accuracy": float(accuracy.mean()),
-            "completeness": float(completeness.mean()), "precision": precision, "recall": recall, "fscore": fscore}
+    return {
+        "chamfer": float(0.5 * (accuracy.mean() + completeness.mean())),
+        "accuracy": float(accuracy.mean()),
+        "completeness": float(completeness.mean()),
+        "precision": precision,
+        "recall": recall,
+        "fscore": fscore,
+    }
 
 
 def crop(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -32,8 +38,14 @@ def crop(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return points[inside]
 
 
-def compare_to_truth(mesh: trimesh.Trimesh, estimated_c2w: np.ndarray, true_c2w: np.ndarray,
-                     truth: trimesh.Trimesh, region: np.ndarray, samples: int = 200_000) -> dict[str, float]:
+def compare_to_truth(
+    mesh: trimesh.Trimesh,
+    estimated_c2w: np.ndarray,
+    true_c2w: np.ndarray,
+    truth: trimesh.Trimesh,
+    region: np.ndarray,
+    samples: int = 200_000,
+) -> dict[str, float]:
     """A reconstructed mesh against the true one, in the true world.
 
     The reconstruction's world differs from the truth's by a similarity, found from the camera
@@ -47,7 +59,15 @@ def compare_to_truth(mesh: trimesh.Trimesh, estimated_c2w: np.ndarray, true_c2w:
     vertices = scale * np.asarray(mesh.vertices) @ rotation.T + translation
     aligned = trimesh.Trimesh(vertices, mesh.faces, process=False)
     diagonal = float(np.linalg.norm(truth.bounds[1] - truth.bounds[0]))
-    result = chamfer_fscore(crop(sample_surface(aligned, samples), region), crop(sample_surface(truth, samples), region),
-                            threshold=0.01 * diagonal)
-    return {"chamfer_fraction": result["chamfer"] / diagonal, "fscore_1pct": result["fscore"],
-            "precision": result["precision"], "recall": result["recall"], "diagonal": diagonal}
+    result = chamfer_fscore(
+        crop(sample_surface(aligned, samples), region),
+        crop(sample_surface(truth, samples), region),
+        threshold=0.01 * diagonal,
+    )
+    return {
+        "chamfer_fraction": result["chamfer"] / diagonal,
+        "fscore_1pct": result["fscore"],
+        "precision": result["precision"],
+        "recall": result["recall"],
+        "diagonal": diagonal,
+    }

@@ -33,5 +33,7 @@ def pose_errors(estimated_c2w: np.ndarray, true_c2w: np.ndarray) -> dict[str, np
     aligned = align_cameras(estimated_c2w, true_c2w)
     relative = np.einsum("nji,njk->nik", true_c2w[:, :3, :3], aligned[:, :3, :3])
     cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
-    return {"rotation_deg": np.degrees(np.arccos(cos)),
-            "position": np.linalg.norm(aligned[:, :3, 3] - true_c2w[:, :3, 3], axis=1)}
+    return {
+        "rotation_deg": np.degrees(np.arccos(cos)),
+        "position": np.linalg.norm(aligned[:, :3, 3] - true_c2w[:, :3, 3], axis=1),
+    }

@@ -30,8 +30,9 @@ def horizontal_flow(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.array(flows)
 
 
-def object_motion(generated: np.ndarray, truth: np.ndarray, objects: np.ndarray,
-                  moving_px: float = 0.15) -> tuple[np.ndarray, float]:
+def object_motion(
+    generated: np.ndarray, truth: np.ndarray, objects: np.ndarray, moving_px: float = 0.15
+) -> tuple[np.ndarray, float]:
     """For each frame pair where the true objects move (more than moving_px), whether the generated
     ones move the same way; and their signed motion as a share of the true amount."""
     true_flow = horizontal_flow(truth, objects)
@@ -53,7 +54,7 @@ def visible_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     h, w = forward.shape[:2]
     back = warp(backward, forward)
     mismatch = ((forward + back) ** 2).sum(-1)
-    bound = OCCLUSION_ALPHA * ((forward ** 2).sum(-1) + (back ** 2).sum(-1)) + OCCLUSION_BETA
+    bound = OCCLUSION_ALPHA * ((forward**2).sum(-1) + (back**2).sum(-1)) + OCCLUSION_BETA
     grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1) + forward
     inside = (grid[..., 0] >= 0) & (grid[..., 0] <= w - 1) & (grid[..., 1] >= 0) & (grid[..., 1] <= h - 1)
     return (mismatch < bound) & inside
@@ -69,7 +70,7 @@ def warping_error(frames: list[np.ndarray]) -> float:
         mask = visible_mask(forward, backward)
         if mask.any():
             diff = (a.astype(np.float32) - warp(b, forward).astype(np.float32)) / 255.0
-            errors.append(float((diff ** 2).sum(-1)[mask].mean()))
+            errors.append(float((diff**2).sum(-1)[mask].mean()))
     return float(np.mean(errors)) if errors else float("nan")
 
 
@@ -102,8 +103,12 @@ def video_metrics(frames: list[np.ndarray]) -> dict[str, float]:
     if len(frames) < 2:
         raise ValueError("need at least two frames")
     warp_error = warping_error(frames)
-    return {"frames": len(frames), "warping_error": None if np.isnan(warp_error) else round(warp_error, 6),
-            "flicker": round(flicker(frames), 6), "loop_closure": round(loop_closure(frames), 4)}
+    return {
+        "frames": len(frames),
+        "warping_error": None if np.isnan(warp_error) else round(warp_error, 6),
+        "flicker": round(flicker(frames), 6),
+        "loop_closure": round(loop_closure(frames), 4),
+    }
 
 
 def load_frames(path) -> list[np.ndarray]:

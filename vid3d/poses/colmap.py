@@ -14,25 +14,38 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import imageio.v3 as iio
 import numpy as np
 import pycolmap
 
+from vid3d import ui
 from vid3d.config import PosesSettings
 from vid3d.errors import StageError
 from vid3d.ingest import FrameEntry, FramesIndex
-from vid3d.poses.dataset import (IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, PosesDataset,
-                                 read_dataset, write_nerfstudio)
+from vid3d.poses.dataset import (
+    IMAGES_DIR,
+    POINTS_FILE,
+    REPORT_FILE,
+    SPARSE_DIR,
+    TRANSFORMS_FILE,
+    PosesDataset,
+    read_dataset,
+    write_nerfstudio,
+)
 from vid3d.project import StageOutput
-from vid3d import ui
 from vid3d.ui import keep_signal_handlers, log, progress
 
 # COLMAP's low-quality preset for the incremental mapper (option_manager.cc, ModifyForLowQuality)
-FAST_BUNDLE_ADJUSTMENT = {"ba_local_max_num_iterations": 6, "ba_global_max_num_iterations": 25,
-                          "ba_global_frames_ratio": 1.32, "ba_global_points_ratio": 1.32, "ba_global_max_refinements": 2}
+FAST_BUNDLE_ADJUSTMENT = {
+    "ba_local_max_num_iterations": 6,
+    "ba_global_max_num_iterations": 25,
+    "ba_global_frames_ratio": 1.32,
+    "ba_global_points_ratio": 1.32,
+    "ba_global_max_refinements": 2,
+}
 
 keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
 
@@ -51,9 +64,14 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
     with _timed(timings, "features"):
         log.info("poses: SIFT features of %d frames", len(names))
         pycolmap.extract_features(
-            database, frames_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,  # ingest keeps frames of one size only
+            database,
+            frames_dir,
+            image_names=names,
+            camera_mode=pycolmap.CameraMode.SINGLE,  # ingest keeps frames of one size only
             reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
-            extraction_options=_extraction_options(settings), device=colmap_device)
+            extraction_options=_extraction_options(settings),
+            device=colmap_device,
+        )
 
     matcher = _resolve_matcher(settings, index)
     with _timed(timings, "matching"):
@@ -63,8 +81,9 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
 
     retried = False
     if model.num_reg_images() < settings.min_registered * len(names) and matcher != "exhaustive":
-        log.info("poses: %d of %d frames registered; retrying with exhaustive matching",
-                 model.num_reg_images(), len(names))
+        log.info(
+            "poses: %d of %d frames registered; retrying with exhaustive matching", model.num_reg_images(), len(names)
+        )
         retried = True
         with _timed(timings, "matching_exhaustive"):
             _match(database, "exhaustive", settings, names, scratch, colmap_device)
@@ -76,7 +95,8 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
         raise StageError(
             f"poses: only {registered} of {len(names)} frames registered (poses.min_registered="
             f"{settings.min_registered}); try more overlap between frames (a slower camera or more frames), "
-            "more texture in view, or fewer frames")
+            "more texture in view, or fewer frames"
+        )
 
     with _timed(timings, "undistortion"):
         _undistort(model, frames_dir, scratch, out_dir)
@@ -97,10 +117,12 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    metrics = {k: report[k] for k in ("registered", "total", "registered_fraction", "mean_reprojection_error",
-                                      "points3D")}
-    return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
-                       metrics=metrics, timings=timings)
+    metrics = {
+        k: report[k] for k in ("registered", "total", "registered_fraction", "mean_reprojection_error", "points3D")
+    }
+    return StageOutput(
+        outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE], metrics=metrics, timings=timings
+    )
 
 
 def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> PosesDataset:
@@ -114,8 +136,15 @@ def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> PosesDatase
         for entry, frame in zip(entries, frames):
             iio.imwrite(frames_dir / entry.file, frame)
         height, width = frames.shape[1:3]
-        FramesIndex(source="memory", kind="video", source_frames=len(frames), fps=None, width=width,
-                    height=height, frames=entries).write(frames_dir)
+        FramesIndex(
+            source="memory",
+            kind="video",
+            source_frames=len(frames),
+            fps=None,
+            width=width,
+            height=height,
+            frames=entries,
+        ).write(frames_dir)
         estimate_poses(frames_dir, settings, out_dir)
         return read_dataset(out_dir)
 
@@ -139,8 +168,11 @@ def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOp
 def _resolve_matcher(settings: PosesSettings, index: FramesIndex) -> str:
     if settings.matcher != "auto":
         return settings.matcher
-    if index.kind == "images" and not numbered_series([entry.source or "" for entry in index.frames]) \
-            and len(index.frames) <= settings.exhaustive_max_images:
+    if (
+        index.kind == "images"
+        and not numbered_series([entry.source or "" for entry in index.frames])
+        and len(index.frames) <= settings.exhaustive_max_images
+    ):
         return "exhaustive"
     return "sequential"
 
@@ -157,8 +189,9 @@ def numbered_series(names: list[str]) -> bool:
     return all(b > a for a, b in zip(numbers, numbers[1:]))
 
 
-def _match(database: Path, matcher: str, settings: PosesSettings, names: list[str], scratch: Path,
-           device: pycolmap.Device) -> None:
+def _match(
+    database: Path, matcher: str, settings: PosesSettings, names: list[str], scratch: Path, device: pycolmap.Device
+) -> None:
     if matcher == "exhaustive":
         pycolmap.match_exhaustive(database, device=device)
         return
@@ -170,11 +203,14 @@ def _match(database: Path, matcher: str, settings: PosesSettings, names: list[st
         keyframes = names[:: settings.loop_every]
         pairs = scratch / "loop_pairs.txt"
         pairs.write_text("".join(f"{a} {b}\n" for a, b in itertools.combinations(keyframes, 2)))
-        pycolmap.match_image_pairs(database, pairing_options=pycolmap.ImportedPairingOptions(match_list_path=pairs),
-                                   device=device)
+        pycolmap.match_image_pairs(
+            database, pairing_options=pycolmap.ImportedPairingOptions(match_list_path=pairs), device=device
+        )
 
 
-def _map(database: Path, frames_dir: Path, sparse: Path, settings: PosesSettings, total: int) -> pycolmap.Reconstruction:
+def _map(
+    database: Path, frames_dir: Path, sparse: Path, settings: PosesSettings, total: int
+) -> pycolmap.Reconstruction:
     """Run the mapper and return the model with the most registered images (empty if none)."""
     sparse.mkdir(parents=True, exist_ok=True)
     if settings.mapper == "global":
@@ -186,9 +222,14 @@ def _map(database: Path, frames_dir: Path, sparse: Path, settings: PosesSettings
             for name, value in FAST_BUNDLE_ADJUSTMENT.items():
                 setattr(options, name, value)
         with progress("poses: registering", total) as advance:
-            models = pycolmap.incremental_mapping(database, frames_dir, sparse, options=options,
-                                                  initial_image_pair_callback=lambda: advance(2),
-                                                  next_image_callback=lambda: advance(1))
+            models = pycolmap.incremental_mapping(
+                database,
+                frames_dir,
+                sparse,
+                options=options,
+                initial_image_pair_callback=lambda: advance(2),
+                next_image_callback=lambda: advance(1),
+            )
     if not models:
         return pycolmap.Reconstruction()
     return max(models.values(), key=lambda m: m.num_reg_images())
@@ -204,4 +245,3 @@ def _undistort(model: pycolmap.Reconstruction, frames_dir: Path, scratch: Path, 
     shutil.move(undistorted / "images", out_dir / IMAGES_DIR)
     (out_dir / SPARSE_DIR).parent.mkdir()
     shutil.move(undistorted / "sparse", out_dir / SPARSE_DIR)
-

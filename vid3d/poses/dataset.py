@@ -78,9 +78,15 @@ def read_dataset(poses_dir: Path) -> PosesDataset:
         cam_to_world.append(flip_camera_axes(frame["transform_matrix"]))
         Ks.append([[intrinsics["fl_x"], 0, intrinsics["cx"]], [0, intrinsics["fl_y"], intrinsics["cy"]], [0, 0, 1]])
     first = {**meta, **meta["frames"][0]}
-    return PosesDataset(folder=poses_dir, names=names, cam_to_world=np.array(cam_to_world, dtype=np.float64),
-                        Ks=np.array(Ks, dtype=np.float64), width=int(first["w"]), height=int(first["h"]),
-                        points_file=meta.get("ply_file_path", POINTS_FILE))
+    return PosesDataset(
+        folder=poses_dir,
+        names=names,
+        cam_to_world=np.array(cam_to_world, dtype=np.float64),
+        Ks=np.array(Ks, dtype=np.float64),
+        width=int(first["w"]),
+        height=int(first["h"]),
+        points_file=meta.get("ply_file_path", POINTS_FILE),
+    )
 
 
 def write_transforms(out_dir: Path, frames: list[dict], shared: dict) -> None:
@@ -92,8 +98,14 @@ def write_transforms(out_dir: Path, frames: list[dict], shared: dict) -> None:
 
 def pinhole_intrinsics(K: np.ndarray, width: int, height: int) -> dict[str, float | int]:
     """A camera's size and pinhole intrinsics as transforms.json keys."""
-    return {"w": int(width), "h": int(height), "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]),
-            "cx": float(K[0, 2]), "cy": float(K[1, 2])}
+    return {
+        "w": int(width),
+        "h": int(height),
+        "fl_x": float(K[0, 0]),
+        "fl_y": float(K[1, 1]),
+        "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]),
+    }
 
 
 # The images are undistorted: nerfstudio writes this for COLMAP's PINHOLE model.
@@ -102,16 +114,20 @@ NO_DISTORTION = {"k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "camera_model": "OP
 
 def write_nerfstudio(model: pycolmap.Reconstruction, out_dir: Path) -> None:
     """Write transforms.json and sparse_pc.ply for an undistorted (pinhole) model."""
-    cameras = {cid: {**pinhole_intrinsics(cam.calibration_matrix(), cam.width, cam.height), **NO_DISTORTION}
-               for cid, cam in model.cameras.items()}
+    cameras = {
+        cid: {**pinhole_intrinsics(cam.calibration_matrix(), cam.width, cam.height), **NO_DISTORTION}
+        for cid, cam in model.cameras.items()
+    }
     single = len(cameras) == 1
     frames = []
     for image_id, image in sorted(model.images.items(), key=lambda item: item[1].name):
         if not image.has_pose:
             continue
-        frame = {"file_path": f"{IMAGES_DIR}/{image.name}",
-                 "transform_matrix": colmap_to_nerfstudio(image.cam_from_world().matrix()).tolist(),
-                 "colmap_im_id": image_id}
+        frame = {
+            "file_path": f"{IMAGES_DIR}/{image.name}",
+            "transform_matrix": colmap_to_nerfstudio(image.cam_from_world().matrix()).tolist(),
+            "colmap_im_id": image_id,
+        }
         if not single:
             frame.update(cameras[image.camera_id])
         frames.append(frame)
@@ -144,8 +160,9 @@ def write_points_ply(model: pycolmap.Reconstruction, path: Path) -> None:
 
 def write_ply(xyz: np.ndarray, rgb: np.ndarray, path: Path) -> None:
     """A coloured point cloud (x y z red green blue), as nerfstudio's sparse_pc.ply."""
-    vertex = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
-                                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    vertex = np.empty(
+        len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
     vertex["x"], vertex["y"], vertex["z"] = xyz.T
     vertex["red"], vertex["green"], vertex["blue"] = rgb.T
     PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))

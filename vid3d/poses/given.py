@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import imageio.v3 as iio
 import numpy as np
@@ -21,8 +21,17 @@ from vid3d.generate.output import Camera, read_cameras
 from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.project import StageOutput
 
-from .dataset import (IMAGES_DIR, NO_DISTORTION, POINTS_FILE, REPORT_FILE, TRANSFORMS_FILE, flip_camera_axes,
-                      pinhole_intrinsics, write_ply, write_transforms)
+from .dataset import (
+    IMAGES_DIR,
+    NO_DISTORTION,
+    POINTS_FILE,
+    REPORT_FILE,
+    TRANSFORMS_FILE,
+    flip_camera_axes,
+    pinhole_intrinsics,
+    write_ply,
+    write_transforms,
+)
 
 INITIAL_POINTS = 20_000  # gsplat's simple_trainer starts random initialisations with 100,000; a CPU run needs fewer
 # The initial points fill a ball around the point the cameras look at, reaching half way to the
@@ -31,8 +40,9 @@ BALL_FRACTION = 0.5
 COLOUR_VIEWS = 8  # frames whose pixels colour the initial points (evenly spaced)
 
 
-def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, points: int = INITIAL_POINTS,
-                       seed: int = 0) -> StageOutput:
+def poses_from_cameras(
+    frames_dir: Path, cameras_file: Path, out_dir: Path, points: int = INITIAL_POINTS, seed: int = 0
+) -> StageOutput:
     cameras = read_cameras(cameras_file)
     index = FramesIndex.read(frames_dir)
     images_dir = out_dir / IMAGES_DIR
@@ -41,8 +51,10 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
     for entry in index.frames:
         number = _source_number(entry)
         if number not in cameras:
-            raise UserError(f"{cameras_file}: no camera for frame {number} ({entry.file}); the cameras file must "
-                            "list every generated frame")
+            raise UserError(
+                f"{cameras_file}: no camera for frame {number} ({entry.file}); the cameras file must "
+                "list every generated frame"
+            )
         shutil.copy(frames_dir / entry.file, images_dir / entry.file)
         camera = cameras[number]
         K = camera.K
@@ -50,19 +62,32 @@ def poses_from_cameras(frames_dir: Path, cameras_file: Path, out_dir: Path, poin
             K = np.diag([index.width / camera.width] * 2 + [1.0]) @ K
         camera = Camera(camera.camera_to_world, K, index.width)
         frame = pinhole_intrinsics(K, index.width, index.height)
-        frames.append({"file_path": f"{IMAGES_DIR}/{entry.file}", **frame,
-                       "transform_matrix": flip_camera_axes(camera.camera_to_world).tolist()})
+        frames.append(
+            {
+                "file_path": f"{IMAGES_DIR}/{entry.file}",
+                **frame,
+                "transform_matrix": flip_camera_axes(camera.camera_to_world).tolist(),
+            }
+        )
         used.append((images_dir / entry.file, camera))
     write_transforms(out_dir, frames, shared=NO_DISTORTION)
-    xyz, rgb = coloured_ball([(camera.camera_to_world, camera.K) for _, camera in used],
-                             lambda i: iio.imread(used[i][0]), points, seed)
+    xyz, rgb = coloured_ball(
+        [(camera.camera_to_world, camera.K) for _, camera in used], lambda i: iio.imread(used[i][0]), points, seed
+    )
     write_ply(xyz, rgb, out_dir / POINTS_FILE)
     # Nothing was registered: the cameras were given. Say that, not COLMAP's "registered" measure.
-    report = {"source": "cameras", "cameras_file": str(cameras_file), "cameras_given": len(frames),
-              "total": len(frames), "initial_points": len(xyz)}
+    report = {
+        "source": "cameras",
+        "cameras_file": str(cameras_file),
+        "cameras_given": len(frames),
+        "total": len(frames),
+        "initial_points": len(xyz),
+    }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    return StageOutput(outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
-                       metrics={"cameras_given": len(frames), "total": len(frames), "source": "cameras"})
+    return StageOutput(
+        outputs=[TRANSFORMS_FILE, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
+        metrics={"cameras_given": len(frames), "total": len(frames), "source": "cameras"},
+    )
 
 
 def _source_number(entry: FrameEntry) -> int:
@@ -80,8 +105,9 @@ def look_at_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
-def coloured_ball(cameras: list[tuple[np.ndarray, np.ndarray]], image_of: Callable[[int], np.ndarray], count: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+def coloured_ball(
+    cameras: list[tuple[np.ndarray, np.ndarray]], image_of: Callable[[int], np.ndarray], count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` points (float64, uint8 colours) in a ball around where the cameras (camera-to-world
     in OpenCV axes, K) look, coloured from up to COLOUR_VIEWS of their images (`image_of(i)`, uint8)."""
     c2w = np.stack([camera_to_world for camera_to_world, _ in cameras])
@@ -90,7 +116,9 @@ def coloured_ball(cameras: list[tuple[np.ndarray, np.ndarray]], image_of: Callab
     radius = BALL_FRACTION * float(np.median(np.linalg.norm(centres - target, axis=1)))
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=(count, 3))
-    xyz = target + radius * direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.random((count, 1)) ** (1 / 3)
+    xyz = target + radius * direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.random((count, 1)) ** (
+        1 / 3
+    )
     colours, seen = np.zeros((count, 3)), np.zeros(count)
     for i in range(0, len(cameras), max(1, len(cameras) // COLOUR_VIEWS)):
         camera_to_world, K = cameras[i]

@@ -18,10 +18,10 @@ import imageio.v3 as iio
 import numpy as np
 import pycolmap
 
+from vid3d import ui
 from vid3d.ingest import FramesIndex
 from vid3d.ingest.datasets import CAMERAS_DIR, read_dataset_cameras
 from vid3d.project import StageOutput
-from vid3d import ui
 from vid3d.ui import keep_signal_handlers, log
 
 from .dataset import IMAGES_DIR, POINTS_FILE, REPORT_FILE, SPARSE_DIR, TRANSFORMS_FILE, write_nerfstudio
@@ -49,13 +49,20 @@ def poses_from_dataset(frames_dir: Path, out_dir: Path, seed: int = 0) -> StageO
 
     total = model.num_reg_images()
     # Nothing was registered: the cameras were given. Say that, not COLMAP's "registered" measure.
-    report = {"source": "dataset", "dataset": FramesIndex.read(frames_dir).source, "cameras_given": total,
-              "total": total, "undistorted": distorted, "points3D": model.num_points3D(),
-              "points": "dataset" if points_given else "ball around the cameras' target"}
+    report = {
+        "source": "dataset",
+        "dataset": FramesIndex.read(frames_dir).source,
+        "cameras_given": total,
+        "total": total,
+        "undistorted": distorted,
+        "points3D": model.num_points3D(),
+        "points": "dataset" if points_given else "ball around the cameras' target",
+    }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    return StageOutput(outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
-                       metrics={"cameras_given": total, "total": total, "source": "dataset",
-                                "points3D": model.num_points3D()})
+    return StageOutput(
+        outputs=[TRANSFORMS_FILE, SPARSE_DIR, IMAGES_DIR, POINTS_FILE, REPORT_FILE],
+        metrics={"cameras_given": total, "total": total, "source": "dataset", "points3D": model.num_points3D()},
+    )
 
 
 def _undistort(frames_dir: Path, out_dir: Path) -> None:
@@ -80,7 +87,7 @@ def _crop_to_one_size(model: pycolmap.Reconstruction, images_dir: Path) -> None:
         for image in model.images.values():
             if image.camera_id == camera_id:
                 path = images_dir / image.name
-                iio.imwrite(path, iio.imread(path)[top:top + height, left:left + width])
+                iio.imwrite(path, iio.imread(path)[top : top + height, left : left + width])
         camera.width, camera.height = width, height
         camera.principal_point_x -= left
         camera.principal_point_y -= top
@@ -88,8 +95,13 @@ def _crop_to_one_size(model: pycolmap.Reconstruction, images_dir: Path) -> None:
 
 def _add_ball_of_points(model: pycolmap.Reconstruction, images_dir: Path, seed: int) -> None:
     images = sorted(model.images.values(), key=lambda image: image.name)
-    cameras = [(np.linalg.inv(np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])),
-                model.cameras[image.camera_id].calibration_matrix()) for image in images]
+    cameras = [
+        (
+            np.linalg.inv(np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])),
+            model.cameras[image.camera_id].calibration_matrix(),
+        )
+        for image in images
+    ]
     xyz, rgb = coloured_ball(cameras, lambda i: iio.imread(images_dir / images[i].name), INITIAL_POINTS, seed)
     for point, colour in zip(xyz, rgb):
         model.add_point3D(point, pycolmap.Track(), colour)

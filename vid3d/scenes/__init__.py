@@ -1,9 +1,9 @@
 """Deterministic procedural 3D scenes with an analytic CPU ray caster.
 
-    scene = make_scene(seed)
-    cams = orbit_cameras(24)
-    out = render(scene, cams)      # images, z-depth, mask
-    gt = scene.mesh()              # ground-truth trimesh with vertex colours
+scene = make_scene(seed)
+cams = orbit_cameras(24)
+out = render(scene, cams)      # images, z-depth, mask
+gt = scene.mesh()              # ground-truth trimesh with vertex colours
 """
 
 from .cameras import Cameras, intrinsics, orbit_cameras

@@ -43,7 +43,7 @@ class Cameras:
     def __len__(self) -> int:
         return len(self.cam_to_world)
 
-    def __getitem__(self, idx) -> "Cameras":
+    def __getitem__(self, idx) -> Cameras:
         """Index with a slice, an index array or an int (an int gives a Cameras of length 1)."""
         if isinstance(idx, (int, np.integer)):
             idx = [int(idx)]
@@ -87,7 +87,7 @@ class Cameras:
         height: int,
         fov_deg: float = 50.0,
         up=(0.0, 0.0, 1.0),
-    ) -> "Cameras":
+    ) -> Cameras:
         eyes = np.asarray(eyes, dtype=np.float64).reshape(-1, 3)
         targets = np.broadcast_to(np.asarray(targets, dtype=np.float64), eyes.shape)
         up = np.asarray(up, dtype=np.float64)

@@ -32,16 +32,18 @@ class Footage:
     cameras: Cameras  # the true cameras (OpenCV axes)
 
 
-def handheld_path(n: int, seed: int, width: int = PORTRAIT[0], height: int = PORTRAIT[1],
-                  walk_seconds: float = 20.0) -> Cameras:
+def handheld_path(
+    n: int, seed: int, width: int = PORTRAIT[0], height: int = PORTRAIT[1], walk_seconds: float = 20.0
+) -> Cameras:
     """`n` cameras evenly spaced in time along a walk of `walk_seconds` round the scene."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, n)
     azimuth = np.radians(rng.uniform(0, 360) + ARC_DEG * t + 4.0 * np.sin(2 * np.pi * 1.3 * t))
     radius = 3.4 + 0.35 * np.sin(2 * np.pi * (0.6 * t + rng.uniform()))
     elevation = np.radians(22.0 + 6.0 * np.sin(2 * np.pi * (0.8 * t + rng.uniform())))
-    eyes = LOOK_AT + radius[:, None] * np.stack([np.cos(elevation) * np.cos(azimuth),
-                                                 np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], axis=1)
+    eyes = LOOK_AT + radius[:, None] * np.stack(
+        [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], axis=1
+    )
     eyes[:, 2] += 0.03 * np.sin(2 * np.pi * 1.8 * walk_seconds * t)  # steps
     wander = np.cumsum(rng.normal(0, 0.02, (n, 3)), axis=0)
     cams = Cameras.from_look_at(eyes, LOOK_AT + wander - wander.mean(0), width, height, FOV_DEG)
@@ -67,8 +69,9 @@ def degrade(image: np.ndarray, blur_px: np.ndarray, gain: float, rng: np.random.
     return np.clip(x, 0, 255).round().astype(np.uint8)
 
 
-def phone_footage(seed: int, n: int, width: int = PORTRAIT[0], height: int = PORTRAIT[1],
-                  walk_seconds: float = 20.0) -> Footage:
+def phone_footage(
+    seed: int, n: int, width: int = PORTRAIT[0], height: int = PORTRAIT[1], walk_seconds: float = 20.0
+) -> Footage:
     """`n` degraded frames along the handheld walk round procedural scene `seed`."""
     rng = np.random.default_rng(seed + 1)
     cams = handheld_path(n, seed, width, height, walk_seconds)

@@ -55,9 +55,11 @@ def available() -> bool:
         return True
     except Exception as error:  # no compiler, or one that fails: the PyTorch compositing still works
         reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
-        log.warning("splats: could not build the compiled CPU rasterizer (%s); using the PyTorch one, several "
-                    "times slower: install a C++ compiler (g++) or set VID3D_CACHE to a writable folder",
-                    reason[0][:200])
+        log.warning(
+            "splats: could not build the compiled CPU rasterizer (%s); using the PyTorch one, several "
+            "times slower: install a C++ compiler (g++) or set VID3D_CACHE to a writable folder",
+            reason[0][:200],
+        )
         return False
 
 
@@ -74,8 +76,14 @@ def _build(library: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f".{library.parent.name}-", dir=library.parent.parent))
     try:
         log.info("splats: compiling the CPU rasterizer into %s (once; about 15 s on 2 cores)", library.parent)
-        load(NAME, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(scratch),
-             is_python_module=False)
+        load(
+            NAME,
+            [str(SOURCE)],
+            extra_cflags=FLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(scratch),
+            is_python_module=False,
+        )
         try:
             scratch.rename(library.parent)
         except OSError:  # another job finished first: its library is the same
@@ -92,8 +100,19 @@ def pack_gaussians(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor
 def _forward(gaussians: Tensor, flat_colors: Tensor, tiles, n_cameras: int, tile_size: int, width: int, height: int):
     """The C++ forward pass: colour, transmittance, Gaussians drawn, and the first channel's value
     where transmittance falls below one half, each per pixel [C, H, W(, D)]."""
-    return torch.ops.vid3d_raster.forward(gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count,
-                                          n_cameras, tiles.tiles_x, tiles.tiles_y, tile_size, width, height)
+    return torch.ops.vid3d_raster.forward(
+        gaussians,
+        flat_colors,
+        tiles.gaussians,
+        tiles.start,
+        tiles.count,
+        n_cameras,
+        tiles.tiles_x,
+        tiles.tiles_y,
+        tile_size,
+        width,
+        height,
+    )
 
 
 class CompiledRasterize(torch.autograd.Function):
@@ -123,20 +142,46 @@ class CompiledRasterize(torch.autograd.Function):
             if ctx.needs_input_grad[4]:
                 v_backgrounds = (trans[..., None] * grad_color).sum((1, 2))
         v_pairs, v_pair_colors = torch.ops.vid3d_raster.backward(
-            gaussians, flat_colors, tiles.gaussians, tiles.start, tiles.count, tiles.tiles_x, tiles.tiles_y,
-            tile_size, width, height, trans, last, grad_color, grad_trans.contiguous(), ctx.absgrad)
+            gaussians,
+            flat_colors,
+            tiles.gaussians,
+            tiles.start,
+            tiles.count,
+            tiles.tiles_x,
+            tiles.tiles_y,
+            tile_size,
+            width,
+            height,
+            trans,
+            last,
+            grad_color,
+            grad_trans.contiguous(),
+            ctx.absgrad,
+        )
         v_gaussians = torch.zeros(len(gaussians), v_pairs.shape[1], dtype=gaussians.dtype).index_add_(
-            0, tiles.gaussians, v_pairs)
+            0, tiles.gaussians, v_pairs
+        )
         v_colors = torch.zeros_like(flat_colors).index_add_(0, tiles.gaussians, v_pair_colors)
         if ctx.absgrad:
             means2d.absgrad = v_gaussians[:, 6:8].reshape(ctx.shape)
         v_gaussians = v_gaussians.reshape(*ctx.shape[:-1], -1)
-        return (v_gaussians[..., :2], v_gaussians[..., 2:5], v_colors.reshape(*ctx.shape[:-1], -1),
-                v_gaussians[..., 5], v_backgrounds, None, None, None, None, None)
+        return (
+            v_gaussians[..., :2],
+            v_gaussians[..., 2:5],
+            v_colors.reshape(*ctx.shape[:-1], -1),
+            v_gaussians[..., 5],
+            v_backgrounds,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def median_depth(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Tensor, tiles, width: int,
-                 height: int, tile_size: int) -> Tensor:
+def median_depth(
+    means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Tensor, tiles, width: int, height: int, tile_size: int
+) -> Tensor:
     """[C, H, W] depth of the Gaussian at which each pixel's transmittance falls below one half."""
     gaussians = pack_gaussians(means2d, conics, opacities)
     return _forward(gaussians, depths.reshape(-1, 1).contiguous(), tiles, depths.shape[0], tile_size, width, height)[3]

@@ -58,10 +58,14 @@ def load_dataset(poses_dir: Path, test_every: int, device: torch.device | str = 
     size = training_size(poses.width, poses.height, max_side)
     images = np.stack([resize_area(iio.imread(path)[..., :3], size) for path in poses.paths])
     as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
-    return Dataset(names=poses.names, images=as_tensor(images) / 255.0,
-                   viewmats=as_tensor(np.linalg.inv(poses.cam_to_world)),
-                   Ks=as_tensor(scale_intrinsics(poses.Ks, size[0] / poses.width, size[1] / poses.height)),
-                   train=[i for i in range(n) if i not in test], test=test)
+    return Dataset(
+        names=poses.names,
+        images=as_tensor(images) / 255.0,
+        viewmats=as_tensor(np.linalg.inv(poses.cam_to_world)),
+        Ks=as_tensor(scale_intrinsics(poses.Ks, size[0] / poses.width, size[1] / poses.height)),
+        train=[i for i in range(n) if i not in test],
+        test=test,
+    )
 
 
 def training_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -25,8 +25,14 @@ def read_splats(splats_dir: Path, device: torch.device | str = "cpu") -> torch.n
     return load_ply(splats_dir / SPLATS_FILE, device)
 
 
-def init_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opacity: float, init_scale: float,
-                generator: torch.Generator) -> torch.nn.ParameterDict:
+def init_splats(
+    points: np.ndarray,
+    colors: np.ndarray,
+    sh_degree: int,
+    init_opacity: float,
+    init_scale: float,
+    generator: torch.Generator,
+) -> torch.nn.ParameterDict:
     """Gaussians at the points, sized by the mean distance to their 3 nearest neighbours (as gsplat)."""
     n = len(points)
     distances, _ = cKDTree(points).query(points, k=min(4, n))
@@ -34,14 +40,16 @@ def init_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opa
     scales = torch.log(torch.tensor(mean_distance * init_scale, dtype=torch.float32))[:, None].repeat(1, 3)
     sh = torch.zeros(n, (sh_degree + 1) ** 2, 3)
     sh[:, 0] = (torch.tensor(colors, dtype=torch.float32) - 0.5) / SH_C0
-    return torch.nn.ParameterDict({
-        "means": torch.nn.Parameter(torch.tensor(points, dtype=torch.float32)),
-        "scales": torch.nn.Parameter(scales),
-        "quats": torch.nn.Parameter(torch.rand(n, 4, generator=generator)),
-        "opacities": torch.nn.Parameter(torch.logit(torch.full((n,), init_opacity))),
-        "sh0": torch.nn.Parameter(sh[:, :1].clone()),
-        "shN": torch.nn.Parameter(sh[:, 1:].clone()),
-    })
+    return torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.tensor(points, dtype=torch.float32)),
+            "scales": torch.nn.Parameter(scales),
+            "quats": torch.nn.Parameter(torch.rand(n, 4, generator=generator)),
+            "opacities": torch.nn.Parameter(torch.logit(torch.full((n,), init_opacity))),
+            "sh0": torch.nn.Parameter(sh[:, :1].clone()),
+            "shN": torch.nn.Parameter(sh[:, 1:].clone()),
+        }
+    )
 
 
 def with_sh_degree(splats: torch.nn.ParameterDict, degree: int) -> torch.nn.ParameterDict:
@@ -49,18 +57,39 @@ def with_sh_degree(splats: torch.nn.ParameterDict, degree: int) -> torch.nn.Para
     shN = splats["shN"].data
     rest = (degree + 1) ** 2 - 1
     padded = torch.zeros(len(shN), rest, 3, dtype=shN.dtype, device=shN.device)
-    padded[:, :min(rest, shN.shape[1])] = shN[:, :rest]
+    padded[:, : min(rest, shN.shape[1])] = shN[:, :rest]
     return torch.nn.ParameterDict({**splats, "shN": torch.nn.Parameter(padded)})
 
 
-def render(splats: torch.nn.ParameterDict, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-           sh_degree: int, backend: str = "auto", render_mode: str = "RGB", **kwargs):
+def render(
+    splats: torch.nn.ParameterDict,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int,
+    backend: str = "auto",
+    render_mode: str = "RGB",
+    **kwargs,
+):
     """Rasterize the splats from the given cameras: (colors [C, H, W, X], alphas, info)."""
     colors = torch.cat([splats["sh0"], splats["shN"]], dim=1)
-    return rasterization(splats["means"], splats["quats"], torch.exp(splats["scales"]),
-                         torch.sigmoid(splats["opacities"]), colors, viewmats, Ks, width, height,
-                         sh_degree=sh_degree, backend=backend, render_mode=render_mode,
-                         tile_size=tile_size_for(backend, splats["means"].device), **kwargs)
+    return rasterization(
+        splats["means"],
+        splats["quats"],
+        torch.exp(splats["scales"]),
+        torch.sigmoid(splats["opacities"]),
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree=sh_degree,
+        backend=backend,
+        render_mode=render_mode,
+        tile_size=tile_size_for(backend, splats["means"].device),
+        **kwargs,
+    )
 
 
 def tile_size_for(backend: str, device: torch.device) -> int:
@@ -85,8 +114,10 @@ def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:
     p = {name: splats[name].detach().cpu().float() for name in PARAM_NAMES}
     n = len(p["means"])
     rest = p["shN"].permute(0, 2, 1).reshape(n, -1)
-    values = torch.cat([p["means"], torch.zeros(n, 3), p["sh0"][:, 0], rest, p["opacities"].reshape(n, 1),
-                        p["scales"], p["quats"]], dim=1)
+    values = torch.cat(
+        [p["means"], torch.zeros(n, 3), p["sh0"][:, 0], rest, p["opacities"].reshape(n, 1), p["scales"], p["quats"]],
+        dim=1,
+    )
     names = inria_properties(rest.shape[1])
     values = values[torch.isfinite(values).all(dim=1)].numpy()
     vertex = np.empty(len(values), dtype=[(name, "<f4") for name in names])
@@ -97,8 +128,26 @@ def save_ply(splats: torch.nn.ParameterDict, path: Path) -> None:
 
 def inria_properties(rest: int) -> list[str]:
     """The vertex properties of Inria's 3DGS .ply, in order, with `rest` f_rest_* coefficients."""
-    return ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *(f"f_rest_{i}" for i in range(rest)),
-            "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    return [
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        *(f"f_rest_{i}" for i in range(rest)),
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
 
 
 def load_ply(path: Path, device: torch.device | str = "cpu") -> torch.nn.ParameterDict:
@@ -116,5 +165,9 @@ def load_ply(path: Path, device: torch.device | str = "cpu") -> torch.nn.Paramet
         "sh0": column("f_dc_")[:, None, :],
         "shN": shN.reshape(len(vertex), 3, -1).transpose(0, 2, 1),  # files store SH channel-major
     }
-    return torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(np.ascontiguousarray(v), dtype=torch.float32,
-                                                                       device=device)) for k, v in tensors.items()})
+    return torch.nn.ParameterDict(
+        {
+            k: torch.nn.Parameter(torch.tensor(np.ascontiguousarray(v), dtype=torch.float32, device=device))
+            for k, v in tensors.items()
+        }
+    )

@@ -76,17 +76,45 @@ def rasterization(
         from gsplat import rasterization as gsplat_rasterization
 
         return gsplat_rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
-            far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree, packed=packed,
-            tile_size=tile_size, backgrounds=backgrounds, render_mode=render_mode, sparse_grad=sparse_grad,
-            absgrad=absgrad, rasterize_mode=rasterize_mode, **kwargs)
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            eps2d=eps2d,
+            sh_degree=sh_degree,
+            packed=packed,
+            tile_size=tile_size,
+            backgrounds=backgrounds,
+            render_mode=render_mode,
+            sparse_grad=sparse_grad,
+            absgrad=absgrad,
+            rasterize_mode=rasterize_mode,
+            **kwargs,
+        )
     if packed or kwargs:
         raise ValueError(f"the torch backend renders unpacked and without {sorted(kwargs) or ['packed']}")
 
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
     radii, means2d, depths, conics, compensations = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
-        calc_compensations=rasterize_mode == "antialiased")
+        means,
+        covars,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        calc_compensations=rasterize_mode == "antialiased",
+    )
     if radius_clip > 0:
         radii = radii * (radii.amax(dim=-1, keepdim=True) > radius_clip)
     n_cameras = viewmats.shape[0]
@@ -103,20 +131,37 @@ def rasterization(
         if backgrounds is not None:
             backgrounds = torch.cat([backgrounds, torch.zeros_like(backgrounds[..., :1])], dim=-1)
 
-    tiles = bin_tiles(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height,
-                      tile_size)
+    tiles = bin_tiles(
+        means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height, tile_size
+    )
     compiled = cpu_kernel.usable(colors.device, tile_size, colors.shape[-1])
     composite = CompiledRasterize if compiled else RasterizeToPixels
     render_colors, render_alphas = composite.apply(
-        means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad)
+        means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad
+    )
     if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat([render_colors[..., :-1],
-                                   render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1)
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
+        )
 
-    info = {"batch_ids": None, "camera_ids": None, "gaussian_ids": None, "radii": radii, "means2d": means2d,
-            "depths": depths, "conics": conics, "opacities": opacities, "tile_width": tiles.tiles_x,
-            "tile_height": tiles.tiles_y, "tiles_per_gauss": tiles.per_gaussian, "width": width,
-            "height": height, "tile_size": tile_size, "n_batches": 1, "n_cameras": n_cameras}
+    info = {
+        "batch_ids": None,
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opacities,
+        "tile_width": tiles.tiles_x,
+        "tile_height": tiles.tiles_y,
+        "tiles_per_gauss": tiles.per_gaussian,
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_batches": 1,
+        "n_cameras": n_cameras,
+    }
     return render_colors, render_alphas, info
 
 
@@ -138,8 +183,9 @@ class Tiles:
     [C * N] arrays; tile ids run over all cameras.
     """
 
-    def __init__(self, gaussians: Tensor, start: Tensor, count: Tensor, tiles_x: int, tiles_y: int,
-                 per_gaussian: Tensor):
+    def __init__(
+        self, gaussians: Tensor, start: Tensor, count: Tensor, tiles_x: int, tiles_y: int, per_gaussian: Tensor
+    ):
         self.gaussians, self.start, self.count = gaussians, start, count
         self.tiles_x, self.tiles_y, self.per_gaussian = tiles_x, tiles_y, per_gaussian
 
@@ -151,8 +197,16 @@ class Tiles:
 
 
 @torch.no_grad()
-def bin_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, depths: Tensor, width: int,
-              height: int, tile_size: int) -> Tiles:
+def bin_tiles(
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> Tiles:
     n_cameras, n = depths.shape
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     device = means2d.device
@@ -230,8 +284,17 @@ def _composite(ids: Tensor, origins: Tensor, features: Tensor, gaussians: Tensor
     mu, mv = g[..., 0] - origins[..., 0], g[..., 1] - origins[..., 1]
     a, b, c = g[..., 2], g[..., 3], g[..., 4]
     opacity = (g[..., 5] * (ids >= 0))[:, None, :]  # [T, 1, K]
-    coefficients = torch.stack([0.5 * a, b, 0.5 * c, -(a * mu + b * mv), -(b * mu + c * mv),
-                                0.5 * a * mu * mu + b * mu * mv + 0.5 * c * mv * mv], dim=1)  # [T, 6, K]
+    coefficients = torch.stack(
+        [
+            0.5 * a,
+            b,
+            0.5 * c,
+            -(a * mu + b * mv),
+            -(b * mu + c * mv),
+            0.5 * a * mu * mu + b * mu * mv + 0.5 * c * mv * mv,
+        ],
+        dim=1,
+    )  # [T, 6, K]
     sigma = torch.matmul(features, coefficients)  # [T, P, K]
     vis = torch.exp(-sigma)
     raw = opacity * vis
@@ -257,7 +320,8 @@ def _front_to_back(tiles: Tiles, gaussians: Tensor, features: Tensor, tile_size:
         ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
         log_t0, done0 = log_t[tile_ids], done[tile_ids]
         _, _, _, alpha, trans_before, log_t_end, stopped = _composite(
-            ids, _tile_origins(tiles, tile_ids, tile_size, gaussians.dtype), features, gaussians, log_t0, done0)
+            ids, _tile_origins(tiles, tile_ids, tile_size, gaussians.dtype), features, gaussians, log_t0, done0
+        )
         yield tile_ids, begin, ids, log_t0, done0, alpha, trans_before
         log_t[tile_ids], done[tile_ids] = log_t_end, done0 | stopped
 
@@ -279,7 +343,8 @@ class RasterizeToPixels(torch.autograd.Function):
         done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=colors.device)
         slabs = []
         for tile_ids, begin, ids, log_t0, done0, alpha, trans_before in _front_to_back(
-                tiles, gaussians, features, tile_size, log_t, done):
+            tiles, gaussians, features, tile_size, log_t, done
+        ):
             out_color[tile_ids] += torch.bmm(alpha * trans_before, flat_colors[ids.clamp(min=0)])
             slabs.append((tile_ids, begin, log_t0, done0))
         out_trans = torch.exp(log_t)
@@ -288,8 +353,10 @@ class RasterizeToPixels(torch.autograd.Function):
             out_color = out_color + out_trans[..., None] * backgrounds[camera_of_tile][:, None, :]
         ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, out_trans)
         ctx.tiles, ctx.slabs, ctx.tile_size, ctx.absgrad = tiles, slabs, tile_size, absgrad
-        return (_untile(out_color, n_cameras, tiles, tile_size, width, height),
-                _untile(1.0 - out_trans[..., None], n_cameras, tiles, tile_size, width, height))
+        return (
+            _untile(out_color, n_cameras, tiles, tile_size, width, height),
+            _untile(1.0 - out_trans[..., None], n_cameras, tiles, tile_size, width, height),
+        )
 
     @staticmethod
     def backward(ctx, grad_color, grad_alpha):
@@ -312,14 +379,16 @@ class RasterizeToPixels(torch.autograd.Function):
             final = final - out_trans * background_dot
             if ctx.needs_input_grad[4]:
                 v_backgrounds = torch.zeros_like(backgrounds).index_add_(
-                    0, camera_of_tile, (out_trans[..., None] * g_color).sum(1))
+                    0, camera_of_tile, (out_trans[..., None] * g_color).sum(1)
+                )
 
         behind_later = torch.zeros_like(out_trans)  # sum over later slabs of weight * (colour . dL/dC)
         for tile_ids, begin, log_t0, done0 in reversed(ctx.slabs):
             ids = tiles.slots(tile_ids, begin, DEPTH_CHUNK)
             safe = ids.clamp(min=0)
             (mu, mv, a, b, c), vis, raw, alpha, trans_before, _, _ = _composite(
-                ids, _tile_origins(tiles, tile_ids, tile_size, colors.dtype), features, gaussians, log_t0, done0)
+                ids, _tile_origins(tiles, tile_ids, tile_size, colors.dtype), features, gaussians, log_t0, done0
+            )
             gc = g_color[tile_ids]  # [T, P, D]
             weight = alpha * trans_before  # [T, P, K]
             color_dot = torch.bmm(gc, flat_colors[safe].transpose(1, 2))  # c_k . dL/dC at each pixel
@@ -335,13 +404,17 @@ class RasterizeToPixels(torch.autograd.Function):
             # sigma's six coefficients get the pixel features weighted by dL/dsigma; chain rule to the
             # tile-local mean (mu, mv) and the conic (a, b, c)
             s0, s1, s2, s3, s4, s5 = torch.matmul(v_sigma.transpose(1, 2), features).unbind(-1)  # [T, K] each
-            v_slot = torch.stack([
-                -a * s3 - b * s4 + (a * mu + b * mv) * s5,
-                -b * s3 - c * s4 + (b * mu + c * mv) * s5,
-                0.5 * s0 - mu * s3 + 0.5 * mu * mu * s5,
-                s1 - mv * s3 - mu * s4 + mu * mv * s5,
-                0.5 * s2 - mv * s4 + 0.5 * mv * mv * s5,
-                (vis * v_alpha).sum(1)], dim=-1)  # [T, K, 6]
+            v_slot = torch.stack(
+                [
+                    -a * s3 - b * s4 + (a * mu + b * mv) * s5,
+                    -b * s3 - c * s4 + (b * mu + c * mv) * s5,
+                    0.5 * s0 - mu * s3 + 0.5 * mu * mu * s5,
+                    s1 - mv * s3 - mu * s4 + mu * mv * s5,
+                    0.5 * s2 - mv * s4 + 0.5 * mv * mv * s5,
+                    (vis * v_alpha).sum(1),
+                ],
+                dim=-1,
+            )  # [T, K, 6]
             valid = ids >= 0
             index = safe[valid]
             v_gaussians.index_add_(0, index, v_slot[valid])
@@ -349,20 +422,45 @@ class RasterizeToPixels(torch.autograd.Function):
             if v_means_abs is not None:
                 du = features[None, :, 3:4] - mu[:, None, :]  # [T, P, K]
                 dv = features[None, :, 4:5] - mv[:, None, :]
-                v_abs = torch.stack([(v_sigma * (a[:, None] * du + b[:, None] * dv)).abs().sum(1),
-                                     (v_sigma * (b[:, None] * du + c[:, None] * dv)).abs().sum(1)], dim=-1)
+                v_abs = torch.stack(
+                    [
+                        (v_sigma * (a[:, None] * du + b[:, None] * dv)).abs().sum(1),
+                        (v_sigma * (b[:, None] * du + c[:, None] * dv)).abs().sum(1),
+                    ],
+                    dim=-1,
+                )
                 v_means_abs.index_add_(0, index, v_abs[valid])
 
         if v_means_abs is not None:
             means2d.absgrad = v_means_abs.reshape(means2d.shape)
         v_gaussians = v_gaussians.reshape(*means2d.shape[:-1], 6)
-        return (v_gaussians[..., :2], v_gaussians[..., 2:5], v_colors.reshape(colors.shape), v_gaussians[..., 5],
-                v_backgrounds, None, None, None, None, None)
+        return (
+            v_gaussians[..., :2],
+            v_gaussians[..., 2:5],
+            v_colors.reshape(colors.shape),
+            v_gaussians[..., 5],
+            v_backgrounds,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 @torch.no_grad()
-def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
-                 width: int, height: int, tile_size: int = 4, eps2d: float = 0.3) -> Tensor:
+def median_depth(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    tile_size: int = 4,
+    eps2d: float = 0.3,
+) -> Tensor:
     """[C, H, W] z-depth of the Gaussian at which each pixel's transmittance falls below 0.5
     (0 where it never does): the surface a pixel mostly shows, sharper at edges than the expected
     depth, which blends front and back. The same compositing as `rasterization`, without gradients."""
@@ -380,7 +478,9 @@ def median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
     done = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
     median = means.new_zeros(n_tiles, pixels)
     found = torch.zeros(n_tiles, pixels, dtype=torch.bool, device=means.device)
-    for tile_ids, _, ids, _, _, alpha, trans_before in _front_to_back(tiles, gaussians, features, tile_size, log_t, done):
+    for tile_ids, _, ids, _, _, alpha, trans_before in _front_to_back(
+        tiles, gaussians, features, tile_size, log_t, done
+    ):
         crossed = (alpha > 0) & (trans_before * (1 - alpha) < 0.5)  # [T, P, K]
         first = crossed.to(torch.uint8).argmax(-1)
         new = crossed.any(-1) & ~found[tile_ids]

@@ -17,8 +17,13 @@ from gsplat.strategy.ops import reset_opa
 from vid3d.config import SplatsSettings
 
 GSPLAT_STEPS = 30_000  # the step count of gsplat's default schedule (simple_trainer's max_steps)
-GSPLAT_SCHEDULE = {"refine_start": 500, "refine_stop": 15_000, "refine_every": 100, "reset_every": 3_000,
-                   "sh_degree_interval": 1_000}  # DefaultStrategy's and simple_trainer's defaults
+GSPLAT_SCHEDULE = {
+    "refine_start": 500,
+    "refine_stop": 15_000,
+    "refine_every": 100,
+    "reset_every": 3_000,
+    "sh_degree_interval": 1_000,
+}  # DefaultStrategy's and simple_trainer's defaults
 MIN_REFINE_EVERY = 10
 RESET_PASSES = GSPLAT_SCHEDULE["reset_every"] // GSPLAT_SCHEDULE["refine_every"]  # 30
 
@@ -40,8 +45,9 @@ def fitted_schedule(settings: SplatsSettings) -> SplatsSettings:
     at least MIN_REFINE_EVERY steps, and opacity resets stay at least 30 passes apart, gsplat's ratio
     (a reset every few steps would keep every Gaussian transparent)."""
     factor = settings.steps / GSPLAT_STEPS
-    automatic = {name: max(1, round(value * factor)) for name, value in GSPLAT_SCHEDULE.items()
-                 if getattr(settings, name) == 0}
+    automatic = {
+        name: max(1, round(value * factor)) for name, value in GSPLAT_SCHEDULE.items() if getattr(settings, name) == 0
+    }
     if "refine_every" in automatic:
         automatic["refine_every"] = max(automatic["refine_every"], MIN_REFINE_EVERY)
     if "reset_every" in automatic:
@@ -52,6 +58,11 @@ def fitted_schedule(settings: SplatsSettings) -> SplatsSettings:
 
 def strategy_for(settings: SplatsSettings) -> ResettingStrategy:
     """The densification strategy of (fitted) settings."""
-    return ResettingStrategy(refine_start_iter=settings.refine_start, refine_stop_iter=settings.refine_stop,
-                             refine_every=settings.refine_every, reset_every=settings.reset_every,
-                             grow_grad2d=settings.grow_grad2d, verbose=False)
+    return ResettingStrategy(
+        refine_start_iter=settings.refine_start,
+        refine_stop_iter=settings.refine_stop,
+        refine_every=settings.refine_every,
+        reset_every=settings.reset_every,
+        grow_grad2d=settings.grow_grad2d,
+        verbose=False,
+    )

@@ -36,8 +36,14 @@ SCENE_SCALE_MARGIN = 1.1  # gsplat's simple_trainer: the cameras' extent plus 10
 CHECKPOINT = "ckpt.pt"
 
 
-def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resume_dir: Path,
-                 device: str = "auto", start: Path | None = None) -> StageOutput:
+def train_splats(
+    poses_dir: Path,
+    settings: SplatsSettings,
+    out_dir: Path,
+    resume_dir: Path,
+    device: str = "auto",
+    start: Path | None = None,
+) -> StageOutput:
     """Train, evaluate on the held-out frames and write splats.ply, renders/, metrics.json, ckpt/.
     The Gaussians start from poses/' points, or from the Gaussians in `start` (a splats.ply)."""
     torch_device = resolve_device(device)
@@ -56,10 +62,16 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     seconds = time.time() - started
 
     metrics = trainer.evaluate(out_dir / "renders")
-    metrics.update(gaussians=len(trainer.splats["means"]), steps=settings.steps, train_seconds=round(seconds, 1),
-                   train_size=[data.width, data.height],
-                   background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
-                   backend=backend, device=str(torch_device), peak_memory_mb=round(_peak_memory_mb(torch_device)))
+    metrics.update(
+        gaussians=len(trainer.splats["means"]),
+        steps=settings.steps,
+        train_seconds=round(seconds, 1),
+        train_size=[data.width, data.height],
+        background=[round(v, 4) for v in trainer.backgrounds()[0].tolist()],
+        backend=backend,
+        device=str(torch_device),
+        peak_memory_mb=round(_peak_memory_mb(torch_device)),
+    )
     save_ply(trainer.splats, out_dir / SPLATS_FILE)
     write_history(out_dir / HISTORY_FILE, trainer.history)
     (out_dir / "ckpt").mkdir()
@@ -68,13 +80,23 @@ def train_splats(poses_dir: Path, settings: SplatsSettings, out_dir: Path, resum
     # --eval-mode interval --eval-interval N holds out the same)
     held_out = [data.names[i] for i in data.test]
     (out_dir / "metrics.json").write_text(json.dumps({**metrics, "held_out_frames": held_out}, indent=1))
-    return StageOutput(outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt", HISTORY_FILE], metrics=metrics,
-                       timings={"train": seconds})
+    return StageOutput(
+        outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt", HISTORY_FILE],
+        metrics=metrics,
+        timings={"train": seconds},
+    )
 
 
 class Trainer:
-    def __init__(self, data: Dataset, settings: SplatsSettings, backend: str, device: torch.device,
-                 points: tuple[np.ndarray, np.ndarray], initial: torch.nn.ParameterDict | None = None):
+    def __init__(
+        self,
+        data: Dataset,
+        settings: SplatsSettings,
+        backend: str,
+        device: torch.device,
+        points: tuple[np.ndarray, np.ndarray],
+        initial: torch.nn.ParameterDict | None = None,
+    ):
         """Gaussians initialised at `points` (positions, colours in [0, 1]), or `initial` ones."""
         settings = fitted_schedule(settings)
         self.data, self.settings, self.backend, self.device = data, settings, backend, device
@@ -82,16 +104,27 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.scene_scale = data.scene_scale() * SCENE_SCALE_MARGIN
         if initial is None:
-            initial = init_splats(*points, settings.sh_degree, settings.init_opacity, settings.init_scale,
-                                  self.generator)
+            initial = init_splats(
+                *points, settings.sh_degree, settings.init_opacity, settings.init_scale, self.generator
+            )
         self.splats = initial.to(device)
-        self.optimizers = {name: torch.optim.Adam([{"params": param, "lr": LEARNING_RATES[name] *
-                                                    (self.scene_scale if name == "means" else 1.0), "name": name}],
-                                                  eps=1e-15)
-                           for name, param in self.splats.items()}
+        self.optimizers = {
+            name: torch.optim.Adam(
+                [
+                    {
+                        "params": param,
+                        "lr": LEARNING_RATES[name] * (self.scene_scale if name == "means" else 1.0),
+                        "name": name,
+                    }
+                ],
+                eps=1e-15,
+            )
+            for name, param in self.splats.items()
+        }
         # gsplat's schedule: the means' learning rate decays to 1% over training
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizers["means"],
-                                                                gamma=0.01 ** (1.0 / settings.steps))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizers["means"], gamma=0.01 ** (1.0 / settings.steps)
+        )
         # A learned background colour stands in for what is at infinity (the sky): without it, sky
         # pixels are painted by opaque Gaussians placed near the cameras, floaters in other views.
         self.background = torch.nn.Parameter(torch.zeros(3, device=device))
@@ -137,8 +170,16 @@ class Trainer:
         """[N, H, W, 3] every camera of the dataset, at the training SH degree reached."""
         sh_degree = min(self.step // self.settings.sh_degree_interval, self.settings.sh_degree)
         cameras = len(self.data.names)
-        images, _, _ = render(self.splats, self.data.viewmats, self.data.Ks, self.data.width, self.data.height,
-                              sh_degree, backend=self.backend, backgrounds=self.backgrounds().expand(cameras, -1))
+        images, _, _ = render(
+            self.splats,
+            self.data.viewmats,
+            self.data.Ks,
+            self.data.width,
+            self.data.height,
+            sh_degree,
+            backend=self.backend,
+            backgrounds=self.backgrounds().expand(cameras, -1),
+        )
         return images.clamp(0, 1)
 
     def _frame_order(self) -> list[int]:
@@ -152,9 +193,17 @@ class Trainer:
         settings = self.settings
         data = self.coarse if self.coarse is not None and self.step < settings.coarse_steps else self.data
         sh_degree = min(self.step // settings.sh_degree_interval, settings.sh_degree)
-        image, _, info = render(self.splats, data.viewmats[index:index + 1], data.Ks[index:index + 1], data.width,
-                                data.height, sh_degree, backend=self.backend, backgrounds=self.backgrounds())
-        target = data.images[index:index + 1]
+        image, _, info = render(
+            self.splats,
+            data.viewmats[index : index + 1],
+            data.Ks[index : index + 1],
+            data.width,
+            data.height,
+            sh_degree,
+            backend=self.backend,
+            backgrounds=self.backgrounds(),
+        )
+        target = data.images[index : index + 1]
         l1 = (image - target).abs().mean()
         ssim_value = ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
         loss = (1 - settings.ssim_lambda) * l1 + settings.ssim_lambda * (1 - ssim_value)
@@ -167,8 +216,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if settings.densify:
-            self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info,
-                                             packed=False)
+            self.strategy.step_post_backward(
+                self.splats, self.optimizers, self.strategy_state, self.step, info, packed=False
+            )
         mse = float(((image.detach().clamp(0, 1) - target) ** 2).mean())
         return float(loss.detach()), -10 * math.log10(max(mse, 1e-10))
 
@@ -179,17 +229,30 @@ class Trainer:
         frames = self.data.test or self.data.train
         psnrs, ssims = [], []
         for index in frames:
-            image, _, _ = render(self.splats, self.data.viewmats[index:index + 1], self.data.Ks[index:index + 1],
-                                 self.data.width, self.data.height, self.settings.sh_degree, backend=self.backend,
-                                 backgrounds=self.backgrounds())
-            image, target = image.clamp(0, 1), self.data.images[index:index + 1]
+            image, _, _ = render(
+                self.splats,
+                self.data.viewmats[index : index + 1],
+                self.data.Ks[index : index + 1],
+                self.data.width,
+                self.data.height,
+                self.settings.sh_degree,
+                backend=self.backend,
+                backgrounds=self.backgrounds(),
+            )
+            image, target = image.clamp(0, 1), self.data.images[index : index + 1]
             psnrs.append(float(-10 * torch.log10(((image - target) ** 2).mean())))
             ssims.append(float(ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0)))
             side_by_side = torch.cat([image[0], target[0]], dim=1)
-            picture = renders_dir / Path(self.data.names[index]).with_suffix(".png")  # lossless, whatever the frames are
+            picture = renders_dir / Path(self.data.names[index]).with_suffix(
+                ".png"
+            )  # lossless, whatever the frames are
             iio.imwrite(picture, (side_by_side * 255).round().byte().cpu().numpy())
-        return {"psnr": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4),
-                "eval_frames": len(frames), "held_out": bool(self.data.test)}
+        return {
+            "psnr": round(float(np.mean(psnrs)), 3),
+            "ssim": round(float(np.mean(ssims)), 4),
+            "eval_frames": len(frames),
+            "held_out": bool(self.data.test),
+        }
 
     def backgrounds(self) -> torch.Tensor:
         """[1, 3] colour behind every Gaussian, in [0, 1]."""
@@ -197,11 +260,16 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Everything a resumed run needs, written atomically."""
-        state = {"step": self.step, "splats": {k: v.detach() for k, v in self.splats.items()},
-                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                 "scheduler": self.scheduler.state_dict(), "strategy_state": self.strategy_state,
-                 "background": self.background.detach(), "background_optimizer": self.background_optimizer.state_dict(),
-                 "history": self.history}
+        state = {
+            "step": self.step,
+            "splats": {k: v.detach() for k, v in self.splats.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scheduler": self.scheduler.state_dict(),
+            "strategy_state": self.strategy_state,
+            "background": self.background.detach(),
+            "background_optimizer": self.background_optimizer.state_dict(),
+            "history": self.history,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)

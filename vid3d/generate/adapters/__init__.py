@@ -72,18 +72,24 @@ def _load_pipeline(spec: str, dtype: torch.dtype):
     path = Path(spec)
     index = path / "model_index.json"
     if path.exists() and not index.exists():
-        raise UserError(f"{path}: not a diffusers pipeline folder (no model_index.json); pass a folder saved with "
-                        "save_pretrained or a Hugging Face id")
+        raise UserError(
+            f"{path}: not a diffusers pipeline folder (no model_index.json); pass a folder saved with "
+            "save_pretrained or a Hugging Face id"
+        )
     try:
         if index.exists():
             name = json.loads(index.read_text())["_class_name"]
         else:
             from huggingface_hub import hf_hub_download
 
-            name = json.loads(Path(hf_hub_download(spec, "model_index.json", local_files_only=True)).read_text())["_class_name"]
+            name = json.loads(Path(hf_hub_download(spec, "model_index.json", local_files_only=True)).read_text())[
+                "_class_name"
+            ]
     except Exception as exc:  # not in the cache, no network
-        raise UserError(f"model {spec!r} is neither a folder nor in the Hugging Face cache: download it first "
-                        f"(huggingface-cli download {spec}) or pass its folder") from exc
+        raise UserError(
+            f"model {spec!r} is neither a folder nor in the Hugging Face cache: download it first "
+            f"(huggingface-cli download {spec}) or pass its folder"
+        ) from exc
     if name not in PIPELINES:
         raise UserError(f"model {spec!r} is a {name}; supported: {', '.join(PIPELINES)}")
     pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype, local_files_only=True)

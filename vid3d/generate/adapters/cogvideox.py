@@ -46,14 +46,22 @@ class CogVideoXModel(VideoModel):
         return request.height or config.sample_height * scale, request.width or config.sample_width * scale
 
     @torch.no_grad()
-    def prepare(self, request: Request, generator: torch.Generator, prompt_embeds=None,
-                negative_prompt_embeds=None) -> CogVideoXCondition:
+    def prepare(
+        self, request: Request, generator: torch.Generator, prompt_embeds=None, negative_prompt_embeds=None
+    ) -> CogVideoXCondition:
         pipe, device = self.pipe, self.device
         guidance = request.guidance or self.guidance
         guided = guidance > 1
         prompt_embeds, negative = pipe.encode_prompt(
-            request.prompt if prompt_embeds is None else None, "" if negative_prompt_embeds is None else None,
-            guided, 1, prompt_embeds, negative_prompt_embeds, self.max_sequence_length, device)
+            request.prompt if prompt_embeds is None else None,
+            "" if negative_prompt_embeds is None else None,
+            guided,
+            1,
+            prompt_embeds,
+            negative_prompt_embeds,
+            self.max_sequence_length,
+            device,
+        )
         if guided:
             prompt_embeds = torch.cat([negative, prompt_embeds], dim=0)
         height, width = self.size(request)
@@ -88,11 +96,18 @@ class CogVideoXModel(VideoModel):
         self.attention.videos = model_input.shape[0]
         rotary = None
         if self.transformer.config.use_rotary_positional_embeddings:
-            rotary = self.pipe._prepare_rotary_positional_embeddings(condition.height, condition.width, num, self.device)
+            rotary = self.pipe._prepare_rotary_positional_embeddings(
+                condition.height, condition.width, num, self.device
+            )
         ofs = None if self.transformer.config.ofs_embed_dim is None else latents.new_full((1,), fill_value=2.0)
-        output = self.transformer(hidden_states=model_input, encoder_hidden_states=condition.prompt_embeds,
-                                  timestep=t.expand(model_input.shape[0]), ofs=ofs, image_rotary_emb=rotary,
-                                  return_dict=False)[0].float()
+        output = self.transformer(
+            hidden_states=model_input,
+            encoder_hidden_states=condition.prompt_embeds,
+            timestep=t.expand(model_input.shape[0]),
+            ofs=ofs,
+            image_rotary_emb=rotary,
+            return_dict=False,
+        )[0].float()
         if not guided:
             return output
         uncond, cond = output.chunk(2)
@@ -102,7 +117,7 @@ class CogVideoXModel(VideoModel):
     def decode(self, latents, condition) -> np.ndarray:
         video = self.pipe.decode_latents(latents[:1].to(self.pipe.vae.dtype))
         frames = self.pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
-        frames = frames[:condition.num_frames]  # the decoder's temporal upsampling may round up
+        frames = frames[: condition.num_frames]  # the decoder's temporal upsampling may round up
         return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:

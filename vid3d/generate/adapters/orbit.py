@@ -16,7 +16,6 @@ from vid3d.scenes import orbit_cameras
 from ..model import SIZE, WEIGHTS
 from ..model.autoencoder import OrbitAutoencoder
 from ..model.network import OrbitTransformer, spatial_layout
-
 from .base import Request, VideoModel
 
 GUIDANCE = 2.0  # autoguidance scale when the weights folder has a guide/ transformer (docs/model.md)
@@ -33,8 +32,15 @@ class OrbitCondition:
 
 
 class OrbitVideoModel(VideoModel):
-    def __init__(self, transformer: OrbitTransformer, autoencoder: OrbitAutoencoder, scheduler, window: int,
-                 device: torch.device | str = "cpu", guide: OrbitTransformer | None = None):
+    def __init__(
+        self,
+        transformer: OrbitTransformer,
+        autoencoder: OrbitAutoencoder,
+        scheduler,
+        window: int,
+        device: torch.device | str = "cpu",
+        guide: OrbitTransformer | None = None,
+    ):
         super().__init__()
         self.transformer, self.autoencoder, self.scheduler = transformer.eval(), autoencoder.eval(), scheduler
         self.guide = guide.eval() if guide is not None else None
@@ -44,7 +50,7 @@ class OrbitVideoModel(VideoModel):
         self.install_stabilizers(self.transformer)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: torch.device | str = "cpu") -> "OrbitVideoModel":
+    def load(cls, path: str | Path | None = None, device: torch.device | str = "cpu") -> OrbitVideoModel:
         """The weights folder written by scripts/train_model.py; default: the shipped weights."""
         import json
 
@@ -115,13 +121,24 @@ class OrbitVideoModel(VideoModel):
     def cameras(self, request: Request) -> list[dict]:
         cfg = self.transformer.config
         rig = dict(radius=cfg.radius, elevation_deg=cfg.elevation_deg, fov_deg=cfg.fov_deg, look_at=tuple(cfg.look_at))
-        cams = orbit_cameras(request.num_frames, width=SIZE, height=SIZE, start_deg=0.0,
-                             arc_deg=request.orbit_degrees, **rig)
-        return [{"frame": i, "azimuth_deg": float(azimuth), "elevation_deg": rig["elevation_deg"],
-                 "radius": rig["radius"], "fov_deg": rig["fov_deg"], "look_at": list(rig["look_at"]),
-                 "camera_to_world": cams.cam_to_world[i].tolist(), "K": cams.K[i].tolist(),
-                 "width": SIZE, "height": SIZE}
-                for i, azimuth in enumerate(self.azimuths(request))]
+        cams = orbit_cameras(
+            request.num_frames, width=SIZE, height=SIZE, start_deg=0.0, arc_deg=request.orbit_degrees, **rig
+        )
+        return [
+            {
+                "frame": i,
+                "azimuth_deg": float(azimuth),
+                "elevation_deg": rig["elevation_deg"],
+                "radius": rig["radius"],
+                "fov_deg": rig["fov_deg"],
+                "look_at": list(rig["look_at"]),
+                "camera_to_world": cams.cam_to_world[i].tolist(),
+                "K": cams.K[i].tolist(),
+                "width": SIZE,
+                "height": SIZE,
+            }
+            for i, azimuth in enumerate(self.azimuths(request))
+        ]
 
 
 def to_model_image(image: np.ndarray) -> np.ndarray:
@@ -130,7 +147,7 @@ def to_model_image(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = np.ascontiguousarray(image[top:top + side, left:left + side])
+    square = np.ascontiguousarray(image[top : top + side, left : left + side])
     if side == SIZE:
         return square
     interpolation = cv2.INTER_AREA if side > SIZE else cv2.INTER_CUBIC

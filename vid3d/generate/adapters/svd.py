@@ -25,9 +25,16 @@ class SVDCondition:
 
 
 class SVDModel(VideoModel):
-    def __init__(self, pipe: StableVideoDiffusionPipeline, fps: int = 7, motion_bucket_id: int = 127,
-                 noise_aug_strength: float = 0.02, min_guidance: float = 1.0, max_guidance: float = 3.0,
-                 decode_chunk_size: int = 8):
+    def __init__(
+        self,
+        pipe: StableVideoDiffusionPipeline,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        min_guidance: float = 1.0,
+        max_guidance: float = 3.0,
+        decode_chunk_size: int = 8,
+    ):
         super().__init__()
         self.pipe, self.unet, self.scheduler = pipe, pipe.unet, pipe.scheduler
         self.window = int(pipe.unet.config.num_frames)
@@ -58,8 +65,9 @@ class SVDModel(VideoModel):
         image_latents = pipe._encode_vae_image(pixels, device, 1, guided).to(embeddings.dtype)
         if upcast:
             pipe.vae.to(dtype=torch.float16)
-        time_ids = pipe._get_add_time_ids(self.fps - 1, self.motion_bucket_id, self.noise_aug_strength,
-                                          embeddings.dtype, 1, 1, guided).to(device)
+        time_ids = pipe._get_add_time_ids(
+            self.fps - 1, self.motion_bucket_id, self.noise_aug_strength, embeddings.dtype, 1, 1, guided
+        ).to(device)
         return SVDCondition(embeddings, image_latents, time_ids, (self.min_guidance, max_guidance), request.num_frames)
 
     def latent_frames(self, num_frames: int) -> int:
@@ -77,8 +85,13 @@ class SVDModel(VideoModel):
         image_latents = condition.image_latents.unsqueeze(1).repeat(1, num, 1, 1, 1)
         model_input = torch.cat([model_input, image_latents], dim=2)
         self.attention.videos = model_input.shape[0]
-        output = self.unet(model_input, t, encoder_hidden_states=condition.image_embeddings,
-                           added_time_ids=condition.added_time_ids, return_dict=False)[0]
+        output = self.unet(
+            model_input,
+            t,
+            encoder_hidden_states=condition.image_embeddings,
+            added_time_ids=condition.added_time_ids,
+            return_dict=False,
+        )[0]
         if not guided:
             return output
         uncond, cond = output.chunk(2)

@@ -45,12 +45,21 @@ class WanCondition:
 class WanModel(VideoModel):
     frame_dim = 2
 
-    def __init__(self, pipe: WanImageToVideoPipeline, guidance: float = 5.0, height: int = 480, width: int = 832,
-                 window_frames: int = 81, max_sequence_length: int = 512):
+    def __init__(
+        self,
+        pipe: WanImageToVideoPipeline,
+        guidance: float = 5.0,
+        height: int = 480,
+        width: int = 832,
+        window_frames: int = 81,
+        max_sequence_length: int = 512,
+    ):
         super().__init__()
         if pipe.config.expand_timesteps:
-            raise UserError("Wan 2.2 TI2V-5B (expand_timesteps: the image replaces the first latent frame) is not "
-                            "supported yet; use a Wan 2.1 or Wan 2.2 A14B image-to-video model")
+            raise UserError(
+                "Wan 2.2 TI2V-5B (expand_timesteps: the image replaces the first latent frame) is not "
+                "supported yet; use a Wan 2.1 or Wan 2.2 A14B image-to-video model"
+            )
         self.pipe, self.transformer, self.scheduler = pipe, pipe.transformer, pipe.scheduler
         self.experts = [m for m in (pipe.transformer, pipe.transformer_2) if m is not None]
         self.device = pipe.transformer.device
@@ -85,12 +94,15 @@ class WanModel(VideoModel):
         """The pipeline draws nothing at random here (its VAE encodes with argmax): its only draw is
         the initial noise, which the sampler makes."""
         if not isinstance(self.scheduler, FLOW_SCHEDULERS):
-            raise UserError(f"generate.scheduler: Wan predicts a flow, which {type(self.scheduler).__name__} cannot "
-                            "step; use default or dpm++")
+            raise UserError(
+                f"generate.scheduler: Wan predicts a flow, which {type(self.scheduler).__name__} cannot "
+                "step; use default or dpm++"
+            )
         pipe, device, dtype = self.pipe, self.device, self.transformer.dtype
         guidance = request.guidance or self.guidance
-        prompt_embeds, negative = pipe.encode_prompt(request.prompt, None, guidance > 1, 1,
-                                                     max_sequence_length=self.max_sequence_length, device=device)
+        prompt_embeds, negative = pipe.encode_prompt(
+            request.prompt, None, guidance > 1, 1, max_sequence_length=self.max_sequence_length, device=device
+        )
         image = PIL.Image.fromarray(request.image)
         image_embeds = None
         if self.transformer.config.image_dim is not None:  # Wan 2.1
@@ -99,11 +111,26 @@ class WanModel(VideoModel):
         pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
         num_latent = self.latent_frames(request.num_frames)
         placeholder = torch.zeros(self.latent_shape(request, num_latent), device=device)  # no draw
-        _, image_condition = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, height, width,
-                                                  self.video_frames(num_latent), torch.float32, device, None,
-                                                  placeholder)
-        return WanCondition(prompt_embeds.to(dtype), None if negative is None else negative.to(dtype), image_embeds,
-                            image_condition, guidance, request.num_frames)
+        _, image_condition = pipe.prepare_latents(
+            pixels,
+            1,
+            pipe.vae.config.z_dim,
+            height,
+            width,
+            self.video_frames(num_latent),
+            torch.float32,
+            device,
+            None,
+            placeholder,
+        )
+        return WanCondition(
+            prompt_embeds.to(dtype),
+            None if negative is None else negative.to(dtype),
+            image_embeds,
+            image_condition,
+            guidance,
+            request.num_frames,
+        )
 
     def expert(self, t: torch.Tensor) -> int:
         """Which transformer denoises at `t`: Wan 2.2 A14B hands the steps below the boundary to the second."""
@@ -128,8 +155,13 @@ class WanModel(VideoModel):
         expert = self.experts[index]
         self.attention.branch = f"/{branch}/{index}"
         with expert.cache_context(branch):
-            return expert(hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds,
-                          encoder_hidden_states_image=condition.image_embeds, return_dict=False)[0]
+            return expert(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=prompt_embeds,
+                encoder_hidden_states_image=condition.image_embeds,
+                return_dict=False,
+            )[0]
 
     def _decode_video(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's decode: latents [1, C, F, h, w] -> video [1, 3, 4(F - 1) + 1, H, W] in [-1, 1]."""
@@ -140,7 +172,7 @@ class WanModel(VideoModel):
     @torch.no_grad()
     def decode(self, latents, condition: WanCondition) -> np.ndarray:
         video = self._decode_video(latents)
-        frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0][:condition.num_frames]
+        frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0][: condition.num_frames]
         return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:

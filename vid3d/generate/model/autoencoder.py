@@ -17,8 +17,12 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x):
@@ -27,27 +31,35 @@ class ResBlock(nn.Module):
 
 class OrbitAutoencoder(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, latent_channels: int = 8, width: int = 64, encoder_width: int = 32,
-                 scaling_factor: float = 1.0):
+    def __init__(self, latent_channels: int = 8, width: int = 64, encoder_width: int = 32, scaling_factor: float = 1.0):
         super().__init__()
         # The encoder is lighter than the decoder: it runs over every training frame once (cached),
         # while the decoder decides how sharp the generated frames are.
         e, w = encoder_width, width
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, e // 2, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(e // 2, e, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(3, e // 2, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(e // 2, e, 3, stride=2, padding=1),
+            nn.SiLU(),
             nn.Conv2d(e, 2 * e, 3, stride=2, padding=1),
             ResBlock(2 * e),
-            nn.GroupNorm(8, 2 * e), nn.SiLU(), nn.Conv2d(2 * e, latent_channels, 1),
+            nn.GroupNorm(8, 2 * e),
+            nn.SiLU(),
+            nn.Conv2d(2 * e, latent_channels, 1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(latent_channels, 2 * w, 3, padding=1),
-            ResBlock(2 * w), ResBlock(2 * w),
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1),
+            ResBlock(2 * w),
+            ResBlock(2 * w),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * w, w, 3, padding=1),
             ResBlock(w),
-            nn.Upsample(scale_factor=2), nn.Conv2d(w, w // 2, 3, padding=1),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(w, w // 2, 3, padding=1),
             ResBlock(w // 2),
-            nn.GroupNorm(8, w // 2), nn.SiLU(), nn.Conv2d(w // 2, 3, 3, padding=1),
+            nn.GroupNorm(8, w // 2),
+            nn.SiLU(),
+            nn.Conv2d(w // 2, 3, 3, padding=1),
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ azimuth embedding is also added to the tokens so temporal attention knows where 
 
 from __future__ import annotations
 
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import AttentionMixin
@@ -69,11 +68,21 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
     _supports_gradient_checkpointing = False
 
     @register_to_config
-    def __init__(self, latent_channels: int = 8, sample_size: int = 16, patch_size: int = 2, dim: int = 128,
-                 depth: int = 6, heads: int = 4, radius: float = RIG["radius"],
-                 elevation_deg: float = RIG["elevation_deg"], fov_deg: float = RIG["fov_deg"],
-                 look_at: tuple = RIG["look_at"], plane_heights: tuple = (),
-                 refine_width: int = 0):
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        sample_size: int = 16,
+        patch_size: int = 2,
+        dim: int = 128,
+        depth: int = 6,
+        heads: int = 4,
+        radius: float = RIG["radius"],
+        elevation_deg: float = RIG["elevation_deg"],
+        fov_deg: float = RIG["fov_deg"],
+        look_at: tuple = RIG["look_at"],
+        plane_heights: tuple = (),
+        refine_width: int = 0,
+    ):
         super().__init__()
         c, p = latent_channels, patch_size
         inputs = (3 + len(plane_heights)) * c
@@ -98,12 +107,20 @@ class OrbitTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         """The reference latents [B, C, H, W] reprojected to the cameras at azimuth [B, F] (radians)
         over the horizontal plane z = height."""
         cfg = self.config
-        grid = warp_grid(azimuth.detach().cpu(), reference.shape[-1], cfg.radius, cfg.elevation_deg,
-                         cfg.fov_deg, tuple(cfg.look_at), height)
+        grid = warp_grid(
+            azimuth.detach().cpu(),
+            reference.shape[-1],
+            cfg.radius,
+            cfg.elevation_deg,
+            cfg.fov_deg,
+            tuple(cfg.look_at),
+            height,
+        )
         return warp_reference(reference, grid.to(reference.device))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, reference: torch.Tensor,
-                azimuth: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, reference: torch.Tensor, azimuth: torch.Tensor
+    ) -> torch.Tensor:
         """sample [B, F, C, H, W] (scaled noisy latents), timestep [B] or scalar, reference [B, C, H, W]
         (scaled clean latents of the reference image), azimuth [B, F] radians relative to the
         reference; returns the predicted clean latents [B, F, C, H, W]."""

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from ..attention import AttentionState, install_processors
-from .autoencoder import OrbitAutoencoder
 from . import RIG
+from .autoencoder import OrbitAutoencoder
 from .data import render_set
 from .network import OrbitTransformer, spatial_layout
 
@@ -65,8 +65,14 @@ class Settings:
 
 def make_scheduler() -> DDIMScheduler:
     # x0 ("sample") prediction; "trailing" spacing starts sampling at the last training timestep.
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                         clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="sample",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
 
 
 def batch_generator(settings: Settings, stage: int, step: int) -> torch.Generator:
@@ -80,8 +86,10 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
 
 
 def load_clips(settings: Settings, data_dir: Path) -> np.ndarray:
-    shards = [render_set(range(lo, min(lo + SHARD, settings.scenes)), data_dir / f"orbits_{lo:07d}_{lo + SHARD:07d}.npy")
-              for lo in range(0, settings.scenes, SHARD)]
+    shards = [
+        render_set(range(lo, min(lo + SHARD, settings.scenes)), data_dir / f"orbits_{lo:07d}_{lo + SHARD:07d}.npy")
+        for lo in range(0, settings.scenes, SHARD)
+    ]
     return np.concatenate([np.asarray(s) for s in shards])
 
 
@@ -108,8 +116,9 @@ def save_checkpoint(path: Path, **state) -> None:
 # ---------------------------------------------------------------- autoencoder
 
 
-def train_autoencoder(settings: Settings, clips: np.ndarray, run: Path, log: Log,
-                      device: torch.device = CPU) -> OrbitAutoencoder:
+def train_autoencoder(
+    settings: Settings, clips: np.ndarray, run: Path, log: Log, device: torch.device = CPU
+) -> OrbitAutoencoder:
     torch.manual_seed(settings.seed)
     ae = OrbitAutoencoder(latent_channels=settings.latent_channels).to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=settings.ae_lr, weight_decay=0.0)
@@ -144,7 +153,9 @@ def ae_batch(clips: np.ndarray, settings: Settings, g: torch.Generator) -> torch
     scene = torch.randint(0, len(clips), (n,), generator=g)
     frame = torch.randint(0, clips.shape[1], (n,), generator=g)
     offset = torch.randint(0, (clips.shape[2] - crop) // 4 + 1, (n, 2), generator=g) * 4
-    crops = [clips[s, f, y:y + crop, x:x + crop] for s, f, (y, x) in zip(scene.tolist(), frame.tolist(), offset.tolist())]
+    crops = [
+        clips[s, f, y : y + crop, x : x + crop] for s, f, (y, x) in zip(scene.tolist(), frame.tolist(), offset.tolist())
+    ]
     return to_unit(np.stack(crops))
 
 
@@ -155,8 +166,8 @@ def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path, device: to
         return np.load(path)
     out = np.empty((len(clips), clips.shape[1], ae.config.latent_channels, 16, 16), np.float16)
     for i in range(0, len(clips), 8):
-        images = to_unit(clips[i:i + 8]).flatten(0, 1).to(device)
-        out[i:i + 8] = ae.encode(images).view(-1, clips.shape[1], *out.shape[2:]).cpu().numpy()
+        images = to_unit(clips[i : i + 8]).flatten(0, 1).to(device)
+        out[i : i + 8] = ae.encode(images).view(-1, clips.shape[1], *out.shape[2:]).cpu().numpy()
     np.save(path, out)
     return out
 
@@ -164,12 +175,25 @@ def encode_clips(ae: OrbitAutoencoder, clips: np.ndarray, path: Path, device: to
 # ---------------------------------------------------------------- diffusion
 
 
-def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, run: Path, log: Log,
-                      max_minutes: float | None = None, device: torch.device = CPU) -> tuple[OrbitTransformer, int]:
+def train_transformer(
+    settings: Settings,
+    latents: np.ndarray,
+    scaling: float,
+    run: Path,
+    log: Log,
+    max_minutes: float | None = None,
+    device: torch.device = CPU,
+) -> tuple[OrbitTransformer, int]:
     torch.manual_seed(settings.seed)
-    model = OrbitTransformer(latent_channels=settings.latent_channels, dim=settings.dim, depth=settings.depth,
-                             heads=settings.heads, plane_heights=settings.heights,
-                             refine_width=settings.refine_width, **RIG)
+    model = OrbitTransformer(
+        latent_channels=settings.latent_channels,
+        dim=settings.dim,
+        depth=settings.depth,
+        heads=settings.heads,
+        plane_heights=settings.heights,
+        refine_width=settings.refine_width,
+        **RIG,
+    )
     if settings.init_from:
         grow(model, OrbitTransformer.from_pretrained(settings.init_from))
     model.to(device)
@@ -207,13 +231,20 @@ def train_transformer(settings: Settings, latents: np.ndarray, scaling: float, r
             log.add("transformer", step, loss.item(), time.time() - began)
             print(f"step {step} loss {loss.item():.4f} {time.time() - began:.0f}s", flush=True)
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                            step=step + 1, log=log.rows)
+            save_checkpoint(
+                ckpt,
+                model=model.state_dict(),
+                ema=ema.state_dict(),
+                optimizer=opt.state_dict(),
+                step=step + 1,
+                log=log.rows,
+            )
             log.write()
     else:
         step = settings.steps
-    save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                    step=step, log=log.rows)
+    save_checkpoint(
+        ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, log=log.rows
+    )
     log.write()
     return ema, step
 
@@ -228,7 +259,7 @@ def grow(model: OrbitTransformer, smaller: OrbitTransformer) -> None:
             own[name].copy_(value)
         else:  # patchify.weight [dim, inputs, p, p]
             own[name].zero_()
-            own[name][:, :value.shape[1]].copy_(value)
+            own[name][:, : value.shape[1]].copy_(value)
     model.load_state_dict(own)
 
 
@@ -262,7 +293,8 @@ def diffusion_loss(model, state, scheduler, latents, scaling, settings, g, devic
         earlier = (t + gap).clamp(max=scheduler.config.num_train_timesteps - 1)
     # Batches are drawn on the CPU, so a run on a GPU trains on the same batches as one on the CPU.
     clean, reference, azimuth, t, noise, noisy, anchor_noise = (
-        x.to(device) for x in (clean, reference, azimuth, t, noise, noisy, anchor_noise))
+        x.to(device) for x in (clean, reference, azimuth, t, noise, noisy, anchor_noise)
+    )
     state.videos = b
     anchors = anchor_noise if use_anchor else None
     if earlier is not None:
@@ -317,8 +349,13 @@ def alpha_at(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the whole run
 
 
-def run(settings: Settings, run_dir: Path, data_dir: Path, max_minutes: float | None = None,
-        device: torch.device | str = "cpu") -> Path:
+def run(
+    settings: Settings,
+    run_dir: Path,
+    data_dir: Path,
+    max_minutes: float | None = None,
+    device: torch.device | str = "cpu",
+) -> Path:
     device = torch.device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2))

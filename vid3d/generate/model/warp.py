@@ -31,8 +31,9 @@ def reference_camera(radius: float, elevation_deg: float, look_at) -> tuple[torc
     return eye, torch.stack([right, down, forward], dim=1)
 
 
-def warp_grid(azimuth: torch.Tensor, size: int, radius: float, elevation_deg: float, fov_deg: float,
-              look_at, height: float = 0.0) -> torch.Tensor:
+def warp_grid(
+    azimuth: torch.Tensor, size: int, radius: float, elevation_deg: float, fov_deg: float, look_at, height: float = 0.0
+) -> torch.Tensor:
     """grid_sample grids [..., size, size, 2] (align_corners=False) that reproject the reference
     (azimuth 0) to the cameras at `azimuth` (radians, any shape) over the horizontal plane z = height
     (the ground by default; higher planes place the parts of objects at that height)."""
@@ -63,6 +64,7 @@ def warp_reference(reference: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """reference [B, C, H, W] and grids [B, F, H', W', 2] -> [B, F, C, H', W']."""
     batch, frames = grid.shape[:2]
     source = reference[:, None].expand(-1, frames, -1, -1, -1).flatten(0, 1)
-    out = F.grid_sample(source, grid.flatten(0, 1).to(reference.dtype), mode="bilinear",
-                        padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        source, grid.flatten(0, 1).to(reference.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.view(batch, frames, *out.shape[1:])
