@@ -8,6 +8,7 @@ steps weighted by log(decay ** steps).
 Needs a CUDA GPU (the kernel is Triton); elsewhere it prints one line and exits 0.
 """
 
+import functools
 import math
 
 import torch
@@ -71,15 +72,15 @@ def main() -> None:
     for batch, heads, lq in CASES:
         query, sources = make_inputs(batch, heads, lq)
         with torch.no_grad():
-            kernel = lambda: triton_multi_source_attention(query, sources)
-            reference = lambda: multi_source_attention_reference(query, sources)
+            kernel = functools.partial(triton_multi_source_attention, query, sources)
+            reference = functools.partial(multi_source_attention_reference, query, sources)
             kernel_ms, kernel_mb = measure(kernel)
             reference_ms, reference_mb = measure(reference)
             diff = math.nan if math.isnan(reference_ms) else (kernel() - reference()).abs().max().item()
             # a floor, not the same computation: one pre-concatenated K/V, no log-weights
             keys = torch.cat([k for k, _, _ in sources], 2)
             values = torch.cat([v for _, v, _ in sources], 2)
-            plain_ms, _ = measure(lambda: F.scaled_dot_product_attention(query, keys, values))
+            plain_ms, _ = measure(functools.partial(F.scaled_dot_product_attention, query, keys, values))
             del keys, values
         lengths = "+".join(str(k.shape[2]) for k, _, _ in sources)
         table.add_row(

@@ -22,12 +22,12 @@ import torch
 
 ROOT = Path(__file__).parents[1]
 CASES = {
-    "plain": dict(shared_noise=False),
-    "shared noise": dict(shared_noise=True),
-    "freenoise": dict(shared_noise=True, freenoise=True),
-    "anchors": dict(shared_noise=False, anchor_frames="0"),
-    "kv cache": dict(shared_noise=False, kv_cache_until=2),
-    "all": dict(shared_noise=True, freenoise=True, anchor_frames="0", kv_cache_until=2),
+    "plain": {"shared_noise": False},
+    "shared noise": {"shared_noise": True},
+    "freenoise": {"shared_noise": True, "freenoise": True},
+    "anchors": {"shared_noise": False, "anchor_frames": "0"},
+    "kv cache": {"shared_noise": False, "kv_cache_until": 2},
+    "all": {"shared_noise": True, "freenoise": True, "anchor_frames": "0", "kv_cache_until": 2},
 }
 
 

@@ -54,17 +54,17 @@ def scene_gaussians(n: int, size: int, layout: str = "scene", seed: int = 0):
     sh[:, 1:] = rng.normal(0, 0.05, (n, 15, 3))
     camera = orbit_cameras(1, width=size, height=size)
     f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
-    return dict(
-        means=f32(points),
-        quats=f32(rng.normal(size=(n, 4))),
-        scales=f32(np.repeat(scale[:, None], 3, 1)),
-        opacities=f32(rng.uniform(0.1, 0.9, n)),
-        colors=f32(sh),
-        viewmats=f32(camera.world_to_cam()),
-        Ks=f32(camera.K),
-        width=size,
-        height=size,
-    )
+    return {
+        "means": f32(points),
+        "quats": f32(rng.normal(size=(n, 4))),
+        "scales": f32(np.repeat(scale[:, None], 3, 1)),
+        "opacities": f32(rng.uniform(0.1, 0.9, n)),
+        "colors": f32(sh),
+        "viewmats": f32(camera.world_to_cam()),
+        "Ks": f32(camera.K),
+        "width": size,
+        "height": size,
+    }
 
 
 def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats: int = 5) -> dict:
@@ -85,7 +85,7 @@ def run_case(size: int, n: int, layout: str, which: str, tile_size: int, repeats
         if which == "dense":
             image, alpha = dense_reference(**inputs, sh_degree=3)
         else:
-            image, alpha, info = rasterization(**inputs, sh_degree=3, tile_size=tile_size, backend="torch")
+            image, alpha, _info = rasterization(**inputs, sh_degree=3, tile_size=tile_size, backend="torch")
         (image.sum() + alpha.sum()).backward()
         times.append(time.perf_counter() - start)
     times = times[1:] if len(times) > 1 else times  # first call warms up

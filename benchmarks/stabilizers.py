@@ -52,7 +52,7 @@ from vid3d.generate.stage import feedback_loop, generate
 from vid3d.metrics.epipolar import epipolar_error
 from vid3d.metrics.video import loop_closure, object_motion
 
-PLAIN = dict(shared_noise=False, freenoise=False, anchor_every=0, anchor_frames="", kv_cache_until=0)
+PLAIN = {"shared_noise": False, "freenoise": False, "anchor_every": 0, "anchor_frames": "", "kv_cache_until": 0}
 
 
 def cases(steps: int) -> dict[str, dict]:
@@ -208,7 +208,10 @@ def main() -> None:
     for name, row in rows.items():
         stats = {k: (float(np.mean(v)), float(np.std(v))) for k, v in row.items()}
         summary[name] = stats
-        cell = lambda k, digits=4: f"{stats[k][0]:.{digits}f}±{stats[k][1]:.{digits}f}"
+
+        def cell(k, digits=4, stats=stats):
+            return f"{stats[k][0]:.{digits}f}±{stats[k][1]:.{digits}f}"
+
         print(
             f"{name:<28}{cell('error'):>16}{1 - stats['error'][0] / plain['error']:>+10.1%}"
             f"{cell('error_blur'):>16}{cell('seam'):>16}{cell('loop_closure', 2):>14}{cell('psnr_3d', 2):>16}"

@@ -17,6 +17,7 @@ Checks, each timed; a failure is recorded and the next check runs:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -59,7 +60,7 @@ def main() -> None:
             results[name] = {"status": "ok", **check(cuda)}
         except Skipped as reason:
             results[name] = {"status": "skipped", "why": str(reason)}
-        except Exception as error:  # record it and go on: one failure must not cost the other checks
+        except Exception as error:  # noqa: BLE001  # record it and go on: one failure must not cost the other checks
             results[name] = {
                 "status": "failed",
                 "error": f"{type(error).__name__}: {error}",
@@ -91,7 +92,9 @@ def environment(cuda: bool) -> dict:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch_cuda": torch.version.cuda,
         "nvcc": nvcc
-        and subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
+        and subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+        .stdout.strip()
+        .splitlines()[-1],
         "python": sys.version.split()[0],
         "versions": versions,
     }
@@ -136,8 +139,8 @@ def attention(cuda: bool) -> dict:
         with torch.no_grad():
             kernel = triton_multi_source_attention(query, sources)
             reference = multi_source_attention_reference(query, sources)
-            kernel_ms, kernel_mb = measure(lambda: triton_multi_source_attention(query, sources))
-            sdpa_ms, sdpa_mb = measure(lambda: multi_source_attention_reference(query, sources))
+            kernel_ms, kernel_mb = measure(functools.partial(triton_multi_source_attention, query, sources))
+            sdpa_ms, sdpa_mb = measure(functools.partial(multi_source_attention_reference, query, sources))
         rows.append(
             {
                 "B": batch,
@@ -266,6 +269,7 @@ def _vid3d(*args, timeout: int) -> tuple[int, dict, float]:
             text=True,
             timeout=timeout,
             cwd=ROOT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return 124, {"error": f"timed out after {timeout} s"}, round(time.time() - began, 1)

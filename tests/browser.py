@@ -131,7 +131,7 @@ class Browser:
         result = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
         return iio.imread(base64.b64decode(result["data"]))[..., :3]
 
-    def __enter__(self) -> Browser:
+    def __enter__(self) -> Browser:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:

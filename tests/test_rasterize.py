@@ -42,17 +42,17 @@ def random_scene(n, cameras=2, sh_degree=None, seed=0, dtype=torch.float64):
         view[:3, :3], view[:3, 3] = rotation, -rotation @ eye
         viewmats.append(view)
         Ks.append(torch.tensor([[40.0, 0, 24.0], [0, 40.0, 20.0], [0, 0, 1]], dtype=dtype))
-    return dict(
-        means=means,
-        quats=quats,
-        scales=scales,
-        opacities=opacities,
-        colors=colors,
-        viewmats=torch.stack(viewmats),
-        Ks=torch.stack(Ks),
-        width=48,
-        height=40,
-    )
+    return {
+        "means": means,
+        "quats": quats,
+        "scales": scales,
+        "opacities": opacities,
+        "colors": colors,
+        "viewmats": torch.stack(viewmats),
+        "Ks": torch.stack(Ks),
+        "width": 48,
+        "height": 40,
+    }
 
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
@@ -182,16 +182,16 @@ def test_median_depth_is_the_surface_where_transmittance_halves(compositing):
     eye = torch.linalg.inv(scene["viewmats"][0])[:3, 3]
     forward = -eye / eye.norm()
     means = torch.stack([eye + 2.0 * forward, eye + 3.0 * forward])
-    kwargs = dict(
-        means=means,
-        quats=torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
-        scales=torch.full((2, 3), 0.5, dtype=torch.float64),
-        opacities=torch.tensor([0.3, 0.99], dtype=torch.float64),
-        viewmats=scene["viewmats"],
-        Ks=scene["Ks"],
-        width=scene["width"],
-        height=scene["height"],
-    )
+    kwargs = {
+        "means": means,
+        "quats": torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
+        "scales": torch.full((2, 3), 0.5, dtype=torch.float64),
+        "opacities": torch.tensor([0.3, 0.99], dtype=torch.float64),
+        "viewmats": scene["viewmats"],
+        "Ks": scene["Ks"],
+        "width": scene["width"],
+        "height": scene["height"],
+    }
     depth = median_depth(**kwargs)[0]
     centre = depth[scene["height"] // 2, scene["width"] // 2]
     assert float(centre) == pytest.approx(3.0, abs=1e-6)  # 0.7 left after the faint one: not yet half

@@ -157,7 +157,7 @@ def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     try:
         line = server.stdout.readline()  # the URL, once the scene is served
@@ -172,7 +172,7 @@ def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
         iio.imwrite(tmp_path / "view-without-gaussians.png", without)
     finally:
         server.send_signal(signal.SIGINT)
-        out, err = server.communicate(timeout=30)
+        _out, err = server.communicate(timeout=30)
     assert server.returncode == 0 and "Traceback" not in err, err
     assert [e for e in browser.errors if not e.startswith(VISER_SPLAT_WARNING)] == []
     drawn = np.abs(with_gaussians.astype(int) - without.astype(int)).max(axis=2) > 30

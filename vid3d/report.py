@@ -62,7 +62,9 @@ def write_report(project_dir: Path, reuse: bool = False) -> Path:
     return path
 
 
-SECTION = re.compile(r'<section id="\w+" data-key="([^"]*)">.*?</section>', re.DOTALL)  # bodies are escaped: no </section>
+SECTION = re.compile(
+    r'<section id="\w+" data-key="([^"]*)">.*?</section>', re.DOTALL
+)  # bodies are escaped: no </section>
 
 
 def build_page(project: Project, previous: str = "") -> str:

@@ -29,7 +29,7 @@ def thumbnail_jpeg(image: np.ndarray, side: int) -> bytes:
     factor = min(1.0, side / max(image.shape[:2]))
     if factor < 1:
         image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(
+    _ok, data = cv2.imencode(
         ".jpg", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88]
     )
     return data.tobytes()

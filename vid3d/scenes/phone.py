@@ -62,7 +62,7 @@ def degrade(image: np.ndarray, blur_px: np.ndarray, gain: float, rng: np.random.
         kernel = np.zeros((size, size), np.float32)
         centre, direction = size // 2, blur_px / length
         for s in np.linspace(-length / 2, length / 2, 4 * size):
-            kernel[int(round(centre + s * direction[1])), int(round(centre + s * direction[0]))] += 1
+            kernel[int(round(centre + s * direction[1])), int(round(centre + s * direction[0]))] += 1  # noqa: RUF046  # numpy 1.x rounds to a float
         x = cv2.filter2D(x, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
     x = x * gain
     x = x + rng.normal(0, 1, x.shape).astype(np.float32) * np.sqrt(0.6 * np.clip(x, 0, 255) + 4.0)

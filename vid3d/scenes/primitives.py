@@ -225,7 +225,7 @@ def _merge(parts):
 
 def _tess_ellipsoid(s, res):
     # an icosphere: evenly sized triangles, no crowded poles
-    subdivisions = max(2, int(round(np.log2(res / 4))))
+    subdivisions = max(2, int(round(np.log2(res / 4))))  # noqa: RUF046  # numpy 1.x rounds to a float
     sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
     return sphere.vertices * np.asarray(s), sphere.faces.copy()
 

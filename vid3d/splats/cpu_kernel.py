@@ -53,7 +53,7 @@ def available() -> bool:
         else:
             _build(library)
         return True
-    except Exception as error:  # no compiler, or one that fails: the PyTorch compositing still works
+    except Exception as error:  # noqa: BLE001  # no compiler, or one that fails: the PyTorch compositing still works
         reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
         log.warning(
             "splats: could not build the compiled CPU rasterizer (%s); using the PyTorch one, several "

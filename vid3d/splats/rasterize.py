@@ -333,7 +333,7 @@ class RasterizeToPixels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles: Tiles, width, height, tile_size, absgrad):
-        n_cameras, n, channels = colors.shape
+        n_cameras, _n, channels = colors.shape
         gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)
@@ -362,7 +362,7 @@ class RasterizeToPixels(torch.autograd.Function):
     def backward(ctx, grad_color, grad_alpha):
         means2d, conics, colors, opacities, backgrounds, out_trans = ctx.saved_tensors
         tiles, tile_size = ctx.tiles, ctx.tile_size
-        n_cameras, n, channels = colors.shape
+        _n_cameras, _n, channels = colors.shape
         gaussians = pack_gaussians(means2d, conics, opacities)
         flat_colors = colors.reshape(-1, channels)
         features = _pixel_features(tile_size, colors.dtype, colors.device)

@@ -6,4 +6,4 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"  # the shipped weights (sc
 SIZE = 64  # the model's only frame size, in pixels
 # The one camera rig the model is trained for: its transformer's config, its training orbits and
 # the cameras the adapter reports all come from here.
-RIG = dict(radius=3.0, elevation_deg=30.0, fov_deg=50.0, look_at=(0.0, 0.0, 0.4))
+RIG = {"radius": 3.0, "elevation_deg": 30.0, "fov_deg": 50.0, "look_at": (0.0, 0.0, 0.4)}
