@@ -5,8 +5,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from vid3d.cameras import Camera, write_cameras
 from vid3d.config import SplatsSettings
-from vid3d.generate.output import write_cameras
 from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.poses.given import poses_from_cameras
 from vid3d.scenes import Cameras, make_scene, orbit_cameras, render
@@ -34,11 +34,7 @@ def poses_folder(tmp_path, cams):
         frames=entries,
     ).write(frames_dir)
     write_cameras(
-        tmp_path / "cameras.json",
-        [
-            {"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i], "width": cams.width}
-            for i in range(len(cams))
-        ],
+        tmp_path / "cameras.json", [Camera(cams.cam_to_world[i], cams.K[i], cams.width) for i in range(len(cams))]
     )
     poses_from_cameras(frames_dir, tmp_path / "cameras.json", poses_dir, points=500)
     return poses_dir
