@@ -1,13 +1,12 @@
 """Training details with known answers: images loaded at a reduced size, the densification
 schedule fitted to the step count, and opacity resets at the step the setting names."""
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
 from vid3d.cameras import Camera, write_cameras
 from vid3d.config import SplatsSettings
-from vid3d.ingest import FrameEntry, FramesIndex
+from vid3d.ingest import write_frames
 from vid3d.poses.given import poses_from_cameras
 from vid3d.scenes import Cameras, make_scene, orbit_cameras, render
 from vid3d.splats.data import Dataset, load_dataset
@@ -20,19 +19,7 @@ def poses_folder(tmp_path, cams):
     frames_dir, poses_dir = tmp_path / "frames", tmp_path / "poses"
     frames_dir.mkdir()
     poses_dir.mkdir()
-    entries = []
-    for i, image in enumerate(render(make_scene(4), cams).images):
-        iio.imwrite(frames_dir / f"{i:05d}.png", image)
-        entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
-    FramesIndex(
-        source="test",
-        kind="images",
-        source_frames=len(entries),
-        fps=None,
-        width=cams.width,
-        height=cams.height,
-        frames=entries,
-    ).write(frames_dir)
+    write_frames(frames_dir, render(make_scene(4), cams).images, source="test")
     write_cameras(
         tmp_path / "cameras.json", [Camera(cams.cam_to_world[i], cams.K[i], cams.width) for i in range(len(cams))]
     )
