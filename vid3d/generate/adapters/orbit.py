@@ -125,7 +125,7 @@ class OrbitVideoModel(VideoModel):
         cams = orbit_cameras(
             request.num_frames, width=SIZE, height=SIZE, start_deg=0.0, arc_deg=request.orbit_degrees, **rig
         )
-        return [Camera(cam_to_world, K, SIZE, SIZE) for cam_to_world, K in zip(cams.cam_to_world, cams.K)]
+        return cams.as_cameras()
 
 
 def to_model_image(image: np.ndarray) -> np.ndarray:
