@@ -1,6 +1,8 @@
 """Training details with known answers: images loaded at a reduced size, the densification
 schedule fitted to the step count, and opacity resets at the step the setting names."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -109,3 +111,13 @@ def test_coarse_steps_train_on_half_size_frames_first(monkeypatch):
     trainer.train(4)
     focal = float(trainer.data.Ks[0, 0, 0])
     assert sizes == [(16, 16, round(focal / 2, 3))] * 2 + [(32, 32, round(focal, 3))] * 2
+
+
+def test_new_targets_keep_the_gaussians_and_the_step():
+    """The feedback loop's warm start: the same Gaussians and step, trained on the new frames."""
+    trainer = tiny_trainer(SplatsSettings(steps=8, coarse_steps=8, densify=False))
+    trainer.train(2)
+    splats, new = trainer.splats, replace(trainer.data, images=1 - trainer.data.images)
+    trainer.set_targets(new)
+    assert trainer.data is new and trainer.step == 2 and trainer.splats is splats
+    assert torch.equal(trainer.coarse.images, new.downscaled(2).images)  # the half-size frames follow
