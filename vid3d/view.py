@@ -180,7 +180,7 @@ def _add_poses_cameras(server, cameras: PosesDataset, scale: float) -> list:
 def _add_generated_cameras(server, cameras: list[Camera], scale: float) -> list:
     frustums = []
     for index, camera in enumerate(cameras):
-        width, height = camera.width or 2 * camera.K[0, 2], 2 * camera.K[1, 2]  # K's frame size
+        width, height = camera.width or 2 * camera.K[0, 2], camera.height or 2 * camera.K[1, 2]  # K's frame size
         frustums.append(
             _add_frustum(
                 server,
