@@ -35,7 +35,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from model_gate import (
@@ -43,6 +42,7 @@ from model_gate import (
     mae,
 )  # the gate's error, blur included (benchmarks/ is on sys.path when a script there runs)
 
+from vid3d.cameras import Camera, stacked
 from vid3d.config import GenerateSettings, SplatsSettings
 from vid3d.generate.adapters.base import Request
 from vid3d.generate.adapters.orbit import OrbitVideoModel
@@ -93,11 +93,11 @@ def window_joins(model: OrbitVideoModel, settings: GenerateSettings) -> list[int
     return sorted(j for j in edges if 0 < j < FRAMES)
 
 
-def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int, start: Path | None = None) -> float:
+def consistency_psnr(frames: np.ndarray, cameras: list[Camera], splat_steps: int, start: Path | None = None) -> float:
     """Held-out PSNR of Gaussians fitted to the generated frames with the known cameras (starting
     from a ball of points, or from the Gaussians in `start`)."""
-    from vid3d.generate.output import write_cameras
-    from vid3d.ingest import FrameEntry, FramesIndex
+    from vid3d.cameras import write_cameras
+    from vid3d.ingest import write_frames
     from vid3d.poses.given import poses_from_cameras
     from vid3d.splats.train import train_splats
 
@@ -106,19 +106,7 @@ def consistency_psnr(frames: np.ndarray, cameras: list[dict], splat_steps: int, 
         frames_dir, poses_dir, splats_dir = scratch / "frames", scratch / "poses", scratch / "splats"
         for folder in (frames_dir, poses_dir, splats_dir):
             folder.mkdir()
-        entries = []
-        for i, frame in enumerate(frames):
-            iio.imwrite(frames_dir / f"{i:05d}.png", frame)
-            entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
-        FramesIndex(
-            source="generated",
-            kind="images",
-            source_frames=len(frames),
-            fps=None,
-            width=frames.shape[2],
-            height=frames.shape[1],
-            frames=entries,
-        ).write(frames_dir)
+        write_frames(frames_dir, frames, source="generated")
         write_cameras(scratch / "cameras.json", cameras)
         poses_from_cameras(frames_dir, scratch / "cameras.json", poses_dir, points=5000)
         settings = SplatsSettings(
@@ -159,8 +147,7 @@ def main() -> None:
         for name, overrides in cases(args.steps).items()
         if not args.cases or name in args.cases.split(",")
     }
-    cam_to_world = np.stack([c["camera_to_world"] for c in request_cameras])
-    Ks = np.stack([c["K"] for c in request_cameras])
+    cam_to_world, Ks = stacked(request_cameras)
     rows = {
         name: {
             key: []

@@ -138,7 +138,7 @@ def test_camera_path_reads_as_nerfstudio_reads_it(project):
     """ns-render camera-path: get_path_from_json reshapes camera_to_world to 4x4 and takes the
     focal length from the vertical fov and render_height (three.js), the principal point at the centre."""
     export(project, "--cameras")
-    assert sorted(files(project)) == ["camera_path.json", "cameras.json"]
+    assert sorted(files(project)) == ["camera_path.json", "poses_cameras.json"]
     path = json.loads((project / "export" / "camera_path.json").read_text())
     transforms = json.loads((project / "poses" / "transforms.json").read_text())
     frames = sorted(transforms["frames"], key=lambda f: f["file_path"])

@@ -10,6 +10,7 @@ import torch
 from conftest import error_line, run_cli, run_json, tree
 from diffusers import CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from vid3d.cameras import Camera, stacked
 from vid3d.config import GenerateSettings
 from vid3d.errors import StageError
 from vid3d.generate.adapters.base import Request, VideoModel
@@ -21,7 +22,6 @@ from vid3d.generate.feedback import (
     prediction_to_x0,
     x0_to_prediction,
 )
-from vid3d.generate.output import camera_arrays
 from vid3d.generate.sampler import Plan, Stabilizers, sample
 from vid3d.generate.stage import feedback_loop
 from vid3d.scenes import make_scene, orbit_cameras, render
@@ -99,10 +99,7 @@ class ShiftedOrbit(VideoModel):
         return None
 
     def cameras(self, request):
-        return [
-            {"frame": i, "camera_to_world": self.cams.cam_to_world[i], "K": self.cams.K[i], "width": self.size}
-            for i in range(FRAMES)
-        ]
+        return [Camera(self.cams.cam_to_world[i], self.cams.K[i], self.size) for i in range(FRAMES)]
 
 
 class UncalibratedOrbit(ShiftedOrbit):
@@ -153,7 +150,7 @@ def test_cameras_are_estimated_with_colmap_when_the_model_gives_none():
     _, loop = run(model, Feedback(mode="rectify", start=STEPS - 2, weight=0.5, iterations=10))
     assert loop.estimated and len(loop.history) == 2
     truth = relative_rotation_degrees(model.cams.cam_to_world)
-    error = np.abs(relative_rotation_degrees(camera_arrays(loop.cameras, 128)[0]) - truth)
+    error = np.abs(relative_rotation_degrees(stacked(loop.cameras)[0]) - truth)
     assert error.max() < 2.5, error.max()  # pairs up to 90 degrees apart
 
 

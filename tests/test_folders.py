@@ -8,6 +8,7 @@ import torch
 from plyfile import PlyData
 
 from vid3d import pipeline
+from vid3d.cameras import Camera
 from vid3d.generate.output import GeneratedVideo, write_video
 from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.poses import read_dataset
@@ -45,10 +46,7 @@ def test_known_cameras_come_back_from_poses_in_opencv_axes(tmp_path):
     generate_dir, frames_dir, poses_dir = (tmp_path / name for name in ("generate", "frames", "poses"))
     for folder in (generate_dir, frames_dir, poses_dir):
         folder.mkdir()
-    entries = [
-        {"frame": i, "camera_to_world": cameras.cam_to_world[i].tolist(), "K": cameras.K[i].tolist(), "width": 64}
-        for i in range(FRAMES)
-    ]
+    entries = [Camera(cameras.cam_to_world[i], cameras.K[i], 64) for i in range(FRAMES)]
     write_video(generate_dir, images, fps=12, cameras=entries, metrics={})
     generated = GeneratedVideo.read(generate_dir)
     assert np.array_equal(generated.frames(), images)

@@ -189,9 +189,9 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
     export = project / "export"
     assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
         "camera_path.json",
-        "cameras.json",
         "mesh.glb",
         "pointcloud.ply",
+        "poses_cameras.json",
         "splat.ply",
     ]
 
@@ -201,7 +201,7 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
     assert colours.std() > 10  # real vertex colours, not one flat default
     names = PlyData.read(str(export / "splat.ply"))["vertex"].data.dtype.names
     assert {"x", "f_dc_0", "f_rest_44", "opacity", "scale_2", "rot_3"} <= set(names)
-    cameras = json.loads((export / "cameras.json").read_text())
+    cameras = json.loads((export / "poses_cameras.json").read_text())
     transforms = json.loads((project / "poses" / "transforms.json").read_text())
     assert len(cameras["cameras"]) == len(transforms["frames"]) and cameras["width"] == transforms["w"]
     assert np.allclose(

@@ -1,13 +1,14 @@
 """Training details with known answers: images loaded at a reduced size, the densification
 schedule fitted to the step count, and opacity resets at the step the setting names."""
 
-import imageio.v3 as iio
+from dataclasses import replace
+
 import numpy as np
 import torch
 
+from vid3d.cameras import Camera, write_cameras
 from vid3d.config import SplatsSettings
-from vid3d.generate.output import write_cameras
-from vid3d.ingest import FrameEntry, FramesIndex
+from vid3d.ingest import write_frames
 from vid3d.poses.given import poses_from_cameras
 from vid3d.scenes import Cameras, make_scene, orbit_cameras, render
 from vid3d.splats.data import Dataset, load_dataset
@@ -20,25 +21,9 @@ def poses_folder(tmp_path, cams):
     frames_dir, poses_dir = tmp_path / "frames", tmp_path / "poses"
     frames_dir.mkdir()
     poses_dir.mkdir()
-    entries = []
-    for i, image in enumerate(render(make_scene(4), cams).images):
-        iio.imwrite(frames_dir / f"{i:05d}.png", image)
-        entries.append(FrameEntry(f"{i:05d}.png", source=f"{i:05d}.png"))
-    FramesIndex(
-        source="test",
-        kind="images",
-        source_frames=len(entries),
-        fps=None,
-        width=cams.width,
-        height=cams.height,
-        frames=entries,
-    ).write(frames_dir)
+    write_frames(frames_dir, render(make_scene(4), cams).images, source="test")
     write_cameras(
-        tmp_path / "cameras.json",
-        [
-            {"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i], "width": cams.width}
-            for i in range(len(cams))
-        ],
+        tmp_path / "cameras.json", [Camera(cams.cam_to_world[i], cams.K[i], cams.width) for i in range(len(cams))]
     )
     poses_from_cameras(frames_dir, tmp_path / "cameras.json", poses_dir, points=500)
     return poses_dir
@@ -126,3 +111,13 @@ def test_coarse_steps_train_on_half_size_frames_first(monkeypatch):
     trainer.train(4)
     focal = float(trainer.data.Ks[0, 0, 0])
     assert sizes == [(16, 16, round(focal / 2, 3))] * 2 + [(32, 32, round(focal, 3))] * 2
+
+
+def test_new_targets_keep_the_gaussians_and_the_step():
+    """The feedback loop's warm start: the same Gaussians and step, trained on the new frames."""
+    trainer = tiny_trainer(SplatsSettings(steps=8, coarse_steps=8, densify=False))
+    trainer.train(2)
+    splats, new = trainer.splats, replace(trainer.data, images=1 - trainer.data.images)
+    trainer.set_targets(new)
+    assert trainer.data is new and trainer.step == 2 and trainer.splats is splats
+    assert torch.equal(trainer.coarse.images, new.downscaled(2).images)  # the half-size frames follow

@@ -12,6 +12,7 @@ from conftest import run_json, with_processors
 from diffusers import EulerDiscreteScheduler
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from vid3d.cameras import Camera
 from vid3d.errors import UserError
 from vid3d.generate.adapters import load_model
 from vid3d.generate.adapters.base import Request
@@ -159,7 +160,7 @@ def test_feedback_with_given_cameras_pulls_wan_latents_through_its_autoencoder(i
     model = load_model("tiny-wan", torch.device("cpu"), torch.float32)
     request = Request(image, num_frames=9, height=SIZE, width=SIZE)
     cams = orbit_cameras(9, width=SIZE, height=SIZE, arc_deg=40.0)
-    cameras = [{"frame": i, "camera_to_world": cams.cam_to_world[i], "K": cams.K[i], "width": SIZE} for i in range(9)]
+    cameras = [Camera(cams.cam_to_world[i], cams.K[i], SIZE) for i in range(9)]
     loop = FeedbackLoop(model, cameras, Feedback(mode=mode, start=1, iterations=2), 2, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     latents = sample(

@@ -222,9 +222,9 @@ def _splats(ctx: Context, out: Path) -> StageOutput:
 def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> None:
     """splats/ of this fingerprint with a damaged file (a truncated splats.ply) but its final
     checkpoint intact: resume from that checkpoint, so the rerun rebuilds the files without training."""
-    from vid3d.splats.train import CHECKPOINT
+    from vid3d.splats.train import CHECKPOINT, CHECKPOINT_DIR
 
-    finished = f"ckpt/{CHECKPOINT}"
+    finished = f"{CHECKPOINT_DIR}/{CHECKPOINT}"
     if (resume / CHECKPOINT).exists() or finished not in project.intact_files("splats", fp):
         return
     resume.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def _seconds(record: dict) -> str:
 
 # -- the stages' sections --------------------------------------------------------------------------
 def _generate(project: Project, record: dict) -> str:
-    from vid3d.generate.output import VIDEO_FILE, GeneratedVideo, read_cameras
+    from vid3d.generate.output import VIDEO_FILE, GeneratedVideo
 
     generated = GeneratedVideo.read(project.stage_dir("generate"))
     parts = [
@@ -130,8 +130,7 @@ def _generate(project: Project, record: dict) -> str:
         _video(project, generated.frames_dir.parent / VIDEO_FILE),
     ]
     if generated.cameras_file is not None:
-        cameras = read_cameras(generated.cameras_file)
-        matrices = np.array([camera.camera_to_world for _, camera in sorted(cameras.items())])
+        matrices = np.array([camera.cam_to_world for camera in generated.cameras()])
         parts.append(_figure(camera_path_figure(matrices, None), "the generated orbit's cameras (top and side view)"))
     return "".join(parts)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from vid3d.cameras import Camera
 from vid3d.errors import UserError
 from vid3d.export import mesh_path
-from vid3d.generate.output import Camera, GeneratedVideo, read_cameras
+from vid3d.generate.output import GeneratedVideo
 from vid3d.poses import PosesDataset, read_dataset
 from vid3d.project import MANIFEST, Project
 from vid3d.splats.model import read_splats
@@ -64,7 +65,7 @@ def read_results(project_dir: Path) -> Results:
         results.mesh = trimesh.load(mesh_file, force="mesh")
     generated = GeneratedVideo.read(project.stage_dir("generate"))
     if "generate" in ran and generated.cameras_file is not None:
-        results.generated = [camera for _, camera in sorted(read_cameras(generated.cameras_file).items())]
+        results.generated = generated.cameras()
     if results.empty():
         raise UserError(
             f"{project_dir}: nothing to show yet (no poses/, splats/, export/ mesh or generated cameras); "
@@ -179,12 +180,12 @@ def _add_poses_cameras(server, cameras: PosesDataset, scale: float) -> list:
 def _add_generated_cameras(server, cameras: list[Camera], scale: float) -> list:
     frustums = []
     for index, camera in enumerate(cameras):
-        width, height = camera.width or 2 * camera.K[0, 2], 2 * camera.K[1, 2]  # K's frame size
+        width, height = camera.width or 2 * camera.K[0, 2], camera.height or 2 * camera.K[1, 2]  # K's frame size
         frustums.append(
             _add_frustum(
                 server,
                 f"/generated/{index:05d}",
-                camera.camera_to_world,
+                camera.cam_to_world,
                 camera.K,
                 width,
                 height,
@@ -232,7 +233,7 @@ def _add_frustum(
 def _camera_matrices(results: Results) -> np.ndarray:
     """[N, 4, 4] every camera of the project (poses/ first, then generated ones)."""
     matrices = [] if results.cameras is None else list(results.cameras.cam_to_world)
-    matrices += [camera.camera_to_world for camera in results.generated or []]
+    matrices += [camera.cam_to_world for camera in results.generated or []]
     return np.array(matrices).reshape(-1, 4, 4)
 
 

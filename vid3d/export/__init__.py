@@ -40,7 +40,7 @@ from vid3d.ui import log, progress
 SPLAT_SUFFIX = {"ply": "splat.ply", "splat": "splat.splat", "ply_compressed": "splat.compressed.ply"}
 MESH_STEM = "mesh"  # mesh.ply, mesh.obj or mesh.glb
 POINTCLOUD_FILE = "pointcloud.ply"
-CAMERAS_FILE = "cameras.json"
+CAMERAS_FILE = "poses_cameras.json"  # not cameras.json: that is the name of vid3d.cameras' format
 CAMERA_PATH_FILE = "camera_path.json"  # nerfstudio's, for ns-render camera-path
 CAMERA_PATH_FPS = 24  # the path shows one poses/ camera per frame
 MESH_SETTINGS = ("mesh_format", "depth", "voxel_size", "faces", "bbox", "min_component", "alpha_threshold")

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vid3d.cameras import Camera
 from vid3d.config import GenerateSettings, SplatsSettings
-
-from .output import camera_arrays
 
 FeedbackMode = Literal["off", "rectify", "gradient"]
 SSIM_LAMBDA = SplatsSettings.ssim_lambda  # the weight of (1 - SSIM) in the gradient's loss, as in training
@@ -96,10 +95,10 @@ class FeedbackLoop:
     """The 3D state carried through one sampling: Gaussians warm-started from acting step to step."""
 
     def __init__(
-        self, model, cameras: list[dict] | None, feedback: Feedback, steps: int, device: torch.device, seed: int = 0
+        self, model, cameras: list[Camera] | None, feedback: Feedback, steps: int, device: torch.device, seed: int = 0
     ):
         self.model, self.feedback, self.device, self.seed = model, feedback, device, seed
-        self.cameras = cameras  # as the model adapters give them; None until estimated
+        self.cameras = cameras  # camera i for frame i; None until estimated
         self.estimated = not cameras  # no cameras: COLMAP on the frames of the first acting step
         acting = sum(feedback.acts(i, steps) for i in range(steps))
         # One learning-rate schedule over the whole sampling; no densification (as VistaDream: the
@@ -154,20 +153,18 @@ class FeedbackLoop:
             )
         )
         n = len(frames)
-        cam_to_world, Ks = camera_arrays(self.cameras[:n], width)
-        Ks[:, :2] *= side / width
-        data = Dataset(
+        cameras = [camera.resized(width, height) for camera in self.cameras[:n]]
+        data = Dataset.of_cameras(
             names=[f"{i:05d}" for i in range(n)],
             images=small.detach().float().to(self.device),
-            viewmats=torch.tensor(np.linalg.inv(cam_to_world), dtype=torch.float32, device=self.device),
-            Ks=torch.tensor(Ks, dtype=torch.float32, device=self.device),
+            cameras=cameras,
             train=list(range(n)),
             test=[],
         )
         if self.trainer is None or not self.feedback.warm_start:
             self.trainer = self._start(data)
         else:
-            self.trainer.data = data  # warm start: the same Gaussians and optimiser state, new targets
+            self.trainer.set_targets(data)  # warm start: the same Gaussians and optimiser state, new targets
         with torch.enable_grad():  # the sampler runs without gradients; the fit needs them
             self.trainer.train(self.feedback.iterations)
         renders = self.trainer.render_all()
@@ -183,9 +180,7 @@ class FeedbackLoop:
         from vid3d.splats.train import Trainer
 
         images = (data.images.clamp(0, 1) * 255).round().byte().cpu().numpy()
-        cam_to_world = np.linalg.inv(data.viewmats.cpu().numpy().astype(np.float64))
-        cameras = [(c2w, K) for c2w, K in zip(cam_to_world, data.Ks.cpu().numpy().astype(np.float64))]
-        points = coloured_ball(cameras, lambda i: images[i], BALL_POINTS, self.seed)
+        points = coloured_ball(data.cameras(), lambda i: images[i], BALL_POINTS, self.seed)
         backend = resolve_backend("auto", self.device)
         return Trainer(
             data,
@@ -196,7 +191,7 @@ class FeedbackLoop:
         )
 
 
-def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
+def estimated_cameras(frames: torch.Tensor, seed: int) -> list[Camera]:
     """The cameras of decoded frames [F, H, W, 3] in [0, 1], from COLMAP (the poses stage's own
     steps: SIFT, sequential matching with loop closing, the mapper); every frame must register."""
     from vid3d.config import PosesSettings
@@ -207,7 +202,7 @@ def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
     images = (frames.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
     settings = PosesSettings(camera_model="PINHOLE", min_registered=1.0, seed=seed)  # generated video: no lens
     try:
-        dataset = estimate_cameras(images, settings)
+        return estimate_cameras(images, settings)
     except StageError as error:
         log.info("feedback: %s", error)
         raise StageError(
@@ -215,20 +210,13 @@ def estimated_cameras(frames: torch.Tensor, seed: int) -> list[dict]:
             "prediction to estimate the cameras; pass the frames' cameras with --cameras "
             "cameras.json (vid3d's cameras.json format)"
         ) from None
-    order = [dataset.names.index(f"{i:05d}.png") for i in range(len(images))]
-    return [
-        {"frame": i, "camera_to_world": dataset.cam_to_world[j], "K": dataset.Ks[j], "width": dataset.width}
-        for i, j in enumerate(order)
-    ]
 
 
 def consistency_loss(frames: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
-    """The splats training's loss between frames and renders [F, H, W, 3]: L1 and (1 - SSIM)."""
-    from pytorch_msssim import ssim
+    """The splats training's loss between frames and renders [F, H, W, 3], at its default weight."""
+    from vid3d.splats.train import photometric_loss
 
-    l1 = (frames - renders).abs().mean()
-    similarity = ssim(frames.permute(0, 3, 1, 2), renders.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
-    return (1 - SSIM_LAMBDA) * l1 + SSIM_LAMBDA * (1 - similarity)
+    return photometric_loss(frames, renders, SSIM_LAMBDA)
 
 
 def gradient_step(model, x0: torch.Tensor, renders: torch.Tensor, weight: float) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vid3d.cameras import Camera, read_cameras, stacked
 from vid3d.config import GenerateSettings
 from vid3d.device import resolve_dtype
 from vid3d.errors import StageError, UserError
@@ -24,7 +25,7 @@ from vid3d.ui import log, progress
 from .adapters import Request, VideoModel, load_model
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
-from .output import SPLATS_FILE, camera_arrays, read_cameras, write_video
+from .output import SPLATS_FILE, write_video
 from .sampler import Plan, Stabilizers, sample, use_scheduler
 
 
@@ -125,7 +126,7 @@ def feedback_loop(
     request: Request,
     settings: GenerateSettings,
     device: torch.device,
-    given: list[dict] | None = None,
+    given: list[Camera] | None = None,
 ) -> FeedbackLoop | None:
     """The feedback stabilizer's loop when generate.feedback is on, with the frames' cameras: the
     model's, `given` (--cameras, as `given_cameras` reads them), or else estimated with COLMAP at the
@@ -143,8 +144,8 @@ def feedback_loop(
     return FeedbackLoop(model, cameras, feedback, settings.steps, device, settings.seed)
 
 
-def given_cameras(settings: GenerateSettings) -> list[dict] | None:
-    """generate.cameras as the model adapters give cameras; one per frame, or a UserError."""
+def given_cameras(settings: GenerateSettings) -> list[Camera] | None:
+    """generate.cameras, camera i for frame i; one per frame, or a UserError."""
     if not settings.cameras:
         return None
     path = Path(settings.cameras)
@@ -156,10 +157,7 @@ def given_cameras(settings: GenerateSettings) -> list[dict] | None:
             f"{path}: has cameras for {len(cameras)} frames; generate.frames = {settings.frames} needs "
             f"one for each of frames 0..{settings.frames - 1}"
         )
-    return [
-        {"frame": i, "camera_to_world": c.camera_to_world, "K": c.K, "width": c.width}
-        for i, c in sorted(cameras.items())
-    ]
+    return [camera for _, camera in sorted(cameras.items())]
 
 
 def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.device) -> StageOutput:
@@ -191,7 +189,8 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
         cameras = cameras or given  # the frames were pulled toward the given cameras: keep them
     graded = cameras or (loop.cameras if loop is not None else None)  # estimated ones grade their own frames
     if graded:
-        metrics.update(epipolar_error(frames[: len(graded)], *camera_arrays(graded, frames.shape[2])))
+        height, width = frames.shape[1:3]
+        metrics.update(epipolar_error(frames[: len(graded)], *stacked([c.resized(width, height) for c in graded])))
     outputs = write_video(out_dir, frames, settings.fps, cameras, metrics)
     if loop is not None and loop.trainer is not None:  # the loop's final 3D state
         save_ply(loop.trainer.splats, out_dir / SPLATS_FILE)

@@ -1,6 +1,7 @@
-"""Ingest: a video or a folder of images -> `frames/` (00000.png ..., index.json).
+"""Ingest: a video or a folder of images -> `frames/` (00000.jpg or 00000.png ..., index.json).
 
-This package owns frames/: `ingest` writes it and `FramesIndex.read` is how every other module reads it.
+This package owns frames/: `ingest` (`datasets.ingest_dataset` for datasets, `write_frames` for frames in
+memory) writes it, naming frames with `frame_name`, and `FramesIndex.read` is how every other module reads it.
 
 Frames are sampled evenly: the input is cut into `count` intervals and the sharpest frame of each
 (variance of the Laplacian) is kept, so motion-blurred frames are dropped. Blank frames (nearly
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,8 +145,7 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
                     "of one size: crop or rotate the images to one size, or ingest each size separately"
                 )
             first, first_name = (image, source.name) if not entries else (first, first_name)
-            name = frame_name(n, kind, source.name)
-            iio.imwrite(out_dir / name, image, **FRAME_FORMATS[Path(name).suffix])
+            name = write_frame(out_dir, n, kind, source.name, image)
             entries.append(
                 FrameEntry(name, round(sharpness, 2), source=source.name)
                 if source.name
@@ -179,6 +179,28 @@ def frame_name(number: int, kind: str, source_name: str | None) -> str:
     """00000.jpg for frames of videos and lossy images, 00000.png for the others."""
     lossy = kind == "video" or Path(source_name or "").suffix.lower() in LOSSY_SUFFIXES
     return f"{number:05d}.{'jpg' if lossy else 'png'}"
+
+
+def write_frame(out_dir: Path, number: int, kind: str, source_name: str | None, image: np.ndarray) -> str:
+    """Frame `number` (uint8 [H, W, 3]) into frames/ as `frame_name` names it; returns its file name."""
+    name = frame_name(number, kind, source_name)
+    iio.imwrite(out_dir / name, image, **FRAME_FORMATS[Path(name).suffix])
+    return name
+
+
+def write_frames(out_dir: Path, images: Sequence[np.ndarray], source: str) -> FramesIndex:
+    """frames/ of frames in memory (uint8 [H, W, 3], one size, e.g. generated ones), every one kept, as
+    ingest keeps a folder of PNG images named 00000.png ...: frame n is image n, its source "0000n.png"."""
+    entries = []
+    for n, image in enumerate(images):
+        source_name = frame_name(n, "images", None)  # the name a generated video's frame n has
+        entries.append(FrameEntry(write_frame(out_dir, n, "images", source_name, image), source=source_name))
+    height, width = images[0].shape[:2]
+    index = FramesIndex(
+        source=source, kind="images", source_frames=len(entries), fps=None, width=width, height=height, frames=entries
+    )
+    index.write(out_dir)
+    return index
 
 
 def select_sharpest(

@@ -17,11 +17,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import imageio.v3 as iio
 import pycolmap
 
 from vid3d.errors import UserError
-from vid3d.ingest import FRAME_FORMATS, INDEX_FILE, FrameEntry, FramesIndex, frame_name, read_image
+from vid3d.ingest import INDEX_FILE, FrameEntry, FramesIndex, read_image, write_frame
 from vid3d.ingest.dataset_readers import (
     COLMAP_IMAGES_DIR,
     TRANSFORMS_FILE,
@@ -96,8 +95,7 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
                     f"{file}: is {pixels.shape[1]}x{pixels.shape[0]} but {dataset.described_by[0]} "
                     f"gives its camera {camera.width}x{camera.height}; fix the image size or the cameras"
                 )
-            name = frame_name(n, DATASET_KIND, file.name)  # .jpg for JPEG images, .png for the others
-            iio.imwrite(out_dir / name, pixels, **FRAME_FORMATS[Path(name).suffix])
+            name = write_frame(out_dir, n, DATASET_KIND, file.name, pixels)  # .jpg for JPEG images, .png for others
             entries.append(FrameEntry(name, source=os.path.relpath(file, dataset.folder)))
             image.name = name
             advance()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vid3d.cameras import Camera, stacked
 from vid3d.metrics.video import optical_flow, visible_mask
 
 TEXTURE = 4.0  # grey-level gradient below which a pixel's flow is not trusted (flat regions slide)
@@ -76,10 +77,9 @@ def epipolar_error(
     }
 
 
-def camera_epipolar_error(frames: list[np.ndarray] | np.ndarray, cameras: dict) -> dict[str, float]:
-    """epipolar_error with cameras as generate.output.read_cameras gives them (by frame number),
-    intrinsics scaled to the frames' width."""
-    width = frames[0].shape[1]
+def camera_epipolar_error(frames: list[np.ndarray] | np.ndarray, cameras: dict[int, Camera]) -> dict[str, float]:
+    """epipolar_error with cameras as vid3d.cameras.read_cameras gives them (by frame number), resized
+    to the frames."""
+    height, width = frames[0].shape[:2]
     order = sorted(cameras)[: len(frames)]
-    Ks = np.stack([np.diag([width / (cameras[i].width or width)] * 2 + [1.0]) @ cameras[i].K for i in order])
-    return epipolar_error(frames, np.stack([cameras[i].camera_to_world for i in order]), Ks)
+    return epipolar_error(frames, *stacked([cameras[i].resized(width, height) for i in order]))

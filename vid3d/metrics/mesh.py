@@ -40,8 +40,8 @@ def crop(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 def compare_to_truth(
     mesh: trimesh.Trimesh,
-    estimated_c2w: np.ndarray,
-    true_c2w: np.ndarray,
+    estimated_cam_to_world: np.ndarray,
+    true_cam_to_world: np.ndarray,
     truth: trimesh.Trimesh,
     region: np.ndarray,
     samples: int = 200_000,
@@ -55,7 +55,7 @@ def compare_to_truth(
     """
     from vid3d.metrics.poses import similarity
 
-    scale, rotation, translation = similarity(estimated_c2w[:, :3, 3], true_c2w[:, :3, 3])
+    scale, rotation, translation = similarity(estimated_cam_to_world[:, :3, 3], true_cam_to_world[:, :3, 3])
     vertices = scale * np.asarray(mesh.vertices) @ rotation.T + translation
     aligned = trimesh.Trimesh(vertices, mesh.faces, process=False)
     diagonal = float(np.linalg.norm(truth.bounds[1] - truth.bounds[0]))

@@ -18,22 +18,22 @@ def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarra
     return float(sim.scale), sim.rotation.matrix(), np.asarray(sim.translation)
 
 
-def align_cameras(estimated_c2w: np.ndarray, true_c2w: np.ndarray) -> np.ndarray:
+def align_cameras(estimated_cam_to_world: np.ndarray, true_cam_to_world: np.ndarray) -> np.ndarray:
     """Map estimated camera-to-world poses (N,4,4; any world frame and scale, OpenCV axes) into
     the true world with the similarity that best fits the camera centres."""
-    scale, rotation, translation = similarity(estimated_c2w[:, :3, 3], true_c2w[:, :3, 3])
-    aligned = estimated_c2w.copy()
-    aligned[:, :3, :3] = rotation @ estimated_c2w[:, :3, :3]
-    aligned[:, :3, 3] = scale * estimated_c2w[:, :3, 3] @ rotation.T + translation
+    scale, rotation, translation = similarity(estimated_cam_to_world[:, :3, 3], true_cam_to_world[:, :3, 3])
+    aligned = estimated_cam_to_world.copy()
+    aligned[:, :3, :3] = rotation @ estimated_cam_to_world[:, :3, :3]
+    aligned[:, :3, 3] = scale * estimated_cam_to_world[:, :3, 3] @ rotation.T + translation
     return aligned
 
 
-def pose_errors(estimated_c2w: np.ndarray, true_c2w: np.ndarray) -> dict[str, np.ndarray]:
+def pose_errors(estimated_cam_to_world: np.ndarray, true_cam_to_world: np.ndarray) -> dict[str, np.ndarray]:
     """Per-camera rotation error (degrees) and position error (world units) after alignment."""
-    aligned = align_cameras(estimated_c2w, true_c2w)
-    relative = np.einsum("nji,njk->nik", true_c2w[:, :3, :3], aligned[:, :3, :3])
+    aligned = align_cameras(estimated_cam_to_world, true_cam_to_world)
+    relative = np.einsum("nji,njk->nik", true_cam_to_world[:, :3, :3], aligned[:, :3, :3])
     cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
     return {
         "rotation_deg": np.degrees(np.arccos(cos)),
-        "position": np.linalg.norm(aligned[:, :3, 3] - true_c2w[:, :3, 3], axis=1),
+        "position": np.linalg.norm(aligned[:, :3, 3] - true_cam_to_world[:, :3, 3], axis=1),
     }

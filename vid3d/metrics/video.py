@@ -119,17 +119,23 @@ def load_frames(path) -> list[np.ndarray]:
 
     from vid3d.errors import UserError
     from vid3d.generate.output import GeneratedVideo
-    from vid3d.ingest import check_input, image_files
+    from vid3d.ingest import FramesIndex, check_input, image_files
     from vid3d.project import Project
 
     path = Path(path)
     project = Project(path)
+    files = None
     if project.exists():
-        generated = GeneratedVideo.read(project.stage_dir("generate")).frames_dir
-        path = next((folder for folder in (generated, project.stage_dir("frames")) if folder.is_dir()), path)
-    if check_input(path) == "video":
-        return [np.ascontiguousarray(frame[..., :3]) for frame in iio.imiter(path, plugin="FFMPEG")]
-    frames = [iio.imread(file)[..., :3] for file in image_files(path)]
+        generated, ingested = GeneratedVideo.read(project.stage_dir("generate")), project.stage_dir("frames")
+        if generated.frames_dir.is_dir():
+            files = generated.frame_paths()
+        elif ingested.is_dir():
+            files = FramesIndex.read(ingested).paths()
+    if files is None:
+        if check_input(path) == "video":
+            return [np.ascontiguousarray(frame[..., :3]) for frame in iio.imiter(path, plugin="FFMPEG")]
+        files = image_files(path)
+    frames = [iio.imread(file)[..., :3] for file in files]
     if len({f.shape for f in frames}) > 1:
         raise UserError(f"{path}: the images differ in size; video metrics need frames of one size")
     return frames

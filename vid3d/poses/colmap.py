@@ -22,17 +22,17 @@ import numpy as np
 import pycolmap
 
 from vid3d import ui
+from vid3d.cameras import Camera
 from vid3d.config import PosesSettings
 from vid3d.errors import StageError
-from vid3d.ingest import FrameEntry, FramesIndex
+from vid3d.ingest import FramesIndex
 from vid3d.poses.dataset import (
     IMAGES_DIR,
     POINTS_FILE,
     REPORT_FILE,
     SPARSE_DIR,
     TRANSFORMS_FILE,
-    PosesDataset,
-    read_dataset,
+    model_cameras,
     write_nerfstudio,
 )
 from vid3d.project import StageOutput
@@ -55,55 +55,16 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
     names = index.names
     scratch = out_dir / "colmap"
     scratch.mkdir()
-    database = scratch / "database.db"
-    colmap_device = pycolmap.Device.cuda if device.startswith("cuda") and pycolmap.has_cuda else pycolmap.Device.cpu
-    pycolmap.set_random_seed(settings.seed)
-    pycolmap.logging.minloglevel = 0 if ui.verbose else 2  # COLMAP's own log is very chatty
+    matcher = _resolve_matcher(settings, index.kind, [entry.source or "" for entry in index.frames], len(names))
     timings: dict[str, float] = {}
-
-    with _timed(timings, "features"):
-        log.info("poses: SIFT features of %d frames", len(names))
-        pycolmap.extract_features(
-            database,
-            frames_dir,
-            image_names=names,
-            camera_mode=pycolmap.CameraMode.SINGLE,  # ingest keeps frames of one size only
-            reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
-            extraction_options=_extraction_options(settings),
-            device=colmap_device,
-        )
-
-    matcher = _resolve_matcher(settings, index)
-    with _timed(timings, "matching"):
-        _match(database, matcher, settings, names, scratch, colmap_device)
-    with _timed(timings, "mapping"):
-        model = _map(database, frames_dir, scratch / "sparse", settings, len(names))
-
-    retried = False
-    if model.num_reg_images() < settings.min_registered * len(names) and matcher != "exhaustive":
-        log.info(
-            "poses: %d of %d frames registered; retrying with exhaustive matching", model.num_reg_images(), len(names)
-        )
-        retried = True
-        with _timed(timings, "matching_exhaustive"):
-            _match(database, "exhaustive", settings, names, scratch, colmap_device)
-        with _timed(timings, "mapping_retry"):
-            model = _map(database, frames_dir, scratch / "sparse_retry", settings, len(names))
-
-    registered = model.num_reg_images()
-    if registered < settings.min_registered * len(names):
-        raise StageError(
-            f"poses: only {registered} of {len(names)} frames registered (poses.min_registered="
-            f"{settings.min_registered}); try more overlap between frames (a slower camera or more frames), "
-            "more texture in view, or fewer frames"
-        )
-
+    model, retried = _register(frames_dir, names, matcher, settings, scratch, device, timings)
     with _timed(timings, "undistortion"):
         _undistort(model, frames_dir, scratch, out_dir)
     undistorted = pycolmap.Reconstruction(out_dir / SPARSE_DIR)
     write_nerfstudio(undistorted, out_dir)
     shutil.rmtree(scratch)
 
+    registered = model.num_reg_images()
     report = {
         "registered": registered,
         "total": len(names),
@@ -125,28 +86,78 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
     )
 
 
-def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> PosesDataset:
-    """Cameras of in-memory video frames (uint8 [F, H, W, 3]) through the same steps as the stage;
-    every frame must register (a StageError otherwise). Names are the frames' indices, 00000.png ..."""
+def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> list[Camera]:
+    """Cameras of in-memory video frames (uint8 [F, H, W, 3]), camera i for frame i, through the same
+    steps as the stage, in the world of the dataset it would write; every frame must register (a
+    StageError otherwise). COLMAP reads images from files: the frames are written to a scratch folder
+    of COLMAP's (lossless), nothing else."""
+    names = [f"{i:05d}.png" for i in range(len(frames))]  # zero-padded: the sequential matcher goes by name
     with tempfile.TemporaryDirectory(prefix="vid3d-cameras-") as scratch:
-        frames_dir, out_dir = Path(scratch) / "frames", Path(scratch) / "poses"
-        frames_dir.mkdir()
-        out_dir.mkdir()
-        entries = [FrameEntry(file=f"{i:05d}.png", source_index=i) for i in range(len(frames))]
-        for entry, frame in zip(entries, frames):
-            iio.imwrite(frames_dir / entry.file, frame)
-        height, width = frames.shape[1:3]
-        FramesIndex(
-            source="memory",
-            kind="video",
-            source_frames=len(frames),
-            fps=None,
-            width=width,
-            height=height,
-            frames=entries,
-        ).write(frames_dir)
-        estimate_poses(frames_dir, settings, out_dir)
-        return read_dataset(out_dir)
+        scratch = Path(scratch)
+        images_dir, undistorted = scratch / "input", scratch / "undistorted_model"
+        for folder in (images_dir, undistorted):
+            folder.mkdir()
+        for name, frame in zip(names, frames):
+            iio.imwrite(images_dir / name, frame)
+        matcher = _resolve_matcher(settings, "video", names, len(names))
+        model, _ = _register(images_dir, names, matcher, settings, scratch, "cpu", {})
+        _undistort(model, images_dir, scratch, undistorted)
+        cameras = model_cameras(pycolmap.Reconstruction(undistorted / SPARSE_DIR))
+    return [cameras[name] for name in names]
+
+
+def _register(
+    images_dir: Path,
+    names: list[str],
+    matcher: str,
+    settings: PosesSettings,
+    scratch: Path,
+    device: str,
+    timings: dict[str, float],
+) -> tuple[pycolmap.Reconstruction, bool]:
+    """SIFT, matching and mapping of the images `names` in `images_dir`: the largest model, and whether
+    it took a retry with exhaustive matching; a StageError when too few images register."""
+    database = scratch / "database.db"
+    colmap_device = pycolmap.Device.cuda if device.startswith("cuda") and pycolmap.has_cuda else pycolmap.Device.cpu
+    pycolmap.set_random_seed(settings.seed)
+    pycolmap.logging.minloglevel = 0 if ui.verbose else 2  # COLMAP's own log is very chatty
+
+    with _timed(timings, "features"):
+        log.info("poses: SIFT features of %d frames", len(names))
+        pycolmap.extract_features(
+            database,
+            images_dir,
+            image_names=names,
+            camera_mode=pycolmap.CameraMode.SINGLE,  # ingest keeps frames of one size only
+            reader_options=pycolmap.ImageReaderOptions(camera_model=settings.camera_model),
+            extraction_options=_extraction_options(settings),
+            device=colmap_device,
+        )
+
+    with _timed(timings, "matching"):
+        _match(database, matcher, settings, names, scratch, colmap_device)
+    with _timed(timings, "mapping"):
+        model = _map(database, images_dir, scratch / "sparse", settings, len(names))
+
+    retried = False
+    if model.num_reg_images() < settings.min_registered * len(names) and matcher != "exhaustive":
+        log.info(
+            "poses: %d of %d frames registered; retrying with exhaustive matching", model.num_reg_images(), len(names)
+        )
+        retried = True
+        with _timed(timings, "matching_exhaustive"):
+            _match(database, "exhaustive", settings, names, scratch, colmap_device)
+        with _timed(timings, "mapping_retry"):
+            model = _map(database, images_dir, scratch / "sparse_retry", settings, len(names))
+
+    registered = model.num_reg_images()
+    if registered < settings.min_registered * len(names):
+        raise StageError(
+            f"poses: only {registered} of {len(names)} frames registered (poses.min_registered="
+            f"{settings.min_registered}); try more overlap between frames (a slower camera or more frames), "
+            "more texture in view, or fewer frames"
+        )
+    return model, retried
 
 
 @contextlib.contextmanager
@@ -165,14 +176,12 @@ def _extraction_options(settings: PosesSettings) -> pycolmap.FeatureExtractionOp
     return options
 
 
-def _resolve_matcher(settings: PosesSettings, index: FramesIndex) -> str:
+def _resolve_matcher(settings: PosesSettings, kind: str, sources: list[str], count: int) -> str:
+    """poses.matcher, or for `auto`: exhaustive for a small set of unordered images (`kind` "images",
+    their source names no numbered series), sequential for the others."""
     if settings.matcher != "auto":
         return settings.matcher
-    if (
-        index.kind == "images"
-        and not numbered_series([entry.source or "" for entry in index.frames])
-        and len(index.frames) <= settings.exhaustive_max_images
-    ):
+    if kind == "images" and not numbered_series(sources) and count <= settings.exhaustive_max_images:
         return "exhaustive"
     return "sequential"
 

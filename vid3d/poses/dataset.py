@@ -20,6 +20,8 @@ import imageio.v3 as iio
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from vid3d.cameras import Camera
+
 if TYPE_CHECKING:
     import pycolmap
 
@@ -51,6 +53,10 @@ class PosesDataset:
     width: int
     height: int
     points_file: str = POINTS_FILE  # transforms.json's ply_file_path
+
+    def cameras(self) -> list[Camera]:
+        """vid3d's cameras of the images, in transforms.json order."""
+        return [Camera(c, K, self.width, self.height) for c, K in zip(self.cam_to_world, self.Ks)]
 
     @property
     def paths(self) -> list[Path]:
@@ -134,6 +140,21 @@ def write_nerfstudio(model: pycolmap.Reconstruction, out_dir: Path) -> None:
     shared = dict(next(iter(cameras.values()))) if single else {}
     write_transforms(out_dir, frames, {**shared, "applied_transform": APPLIED_TRANSFORM.tolist()})
     write_points_ply(model, out_dir / POINTS_FILE)
+
+
+def model_cameras(model: pycolmap.Reconstruction) -> dict[str, Camera]:
+    """The posed images' cameras of an undistorted (pinhole) model by image name, in the world and
+    axes `read_dataset` gives them (the same numbers as written to transforms.json and read back)."""
+    return {
+        image.name: Camera(
+            flip_camera_axes(colmap_to_nerfstudio(image.cam_from_world().matrix())),
+            model.cameras[image.camera_id].calibration_matrix(),
+            model.cameras[image.camera_id].width,
+            model.cameras[image.camera_id].height,
+        )
+        for image in model.images.values()
+        if image.has_pose
+    }
 
 
 def colmap_to_nerfstudio(cam_from_world: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Poses from known cameras (vid3d generate's cameras.json) instead of COLMAP, for frames whose
+"""Poses from known cameras (vid3d's cameras file, vid3d.cameras) instead of COLMAP, for frames whose
 cameras are known: generated orbits, often too small for SIFT. Writes the same poses/ dataset.
 
 With no structure from motion there are no sparse points: the Gaussians start from points spread
@@ -16,8 +16,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from vid3d.cameras import Camera, read_cameras
 from vid3d.errors import UserError
-from vid3d.generate.output import Camera, read_cameras
 from vid3d.ingest import FrameEntry, FramesIndex
 from vid3d.project import StageOutput
 
@@ -56,24 +56,17 @@ def poses_from_cameras(
                 "list every generated frame"
             )
         shutil.copy(frames_dir / entry.file, images_dir / entry.file)
-        camera = cameras[number]
-        K = camera.K
-        if camera.width:  # frames resized on ingest: scale the intrinsics with them
-            K = np.diag([index.width / camera.width] * 2 + [1.0]) @ K
-        camera = Camera(camera.camera_to_world, K, index.width)
-        frame = pinhole_intrinsics(K, index.width, index.height)
+        camera = cameras[number].resized(index.width, index.height)  # frames resized on ingest: K with them
         frames.append(
             {
                 "file_path": f"{IMAGES_DIR}/{entry.file}",
-                **frame,
-                "transform_matrix": flip_camera_axes(camera.camera_to_world).tolist(),
+                **pinhole_intrinsics(camera.K, index.width, index.height),
+                "transform_matrix": flip_camera_axes(camera.cam_to_world).tolist(),
             }
         )
         used.append((images_dir / entry.file, camera))
     write_transforms(out_dir, frames, shared=NO_DISTORTION)
-    xyz, rgb = coloured_ball(
-        [(camera.camera_to_world, camera.K) for _, camera in used], lambda i: iio.imread(used[i][0]), points, seed
-    )
+    xyz, rgb = coloured_ball([camera for _, camera in used], lambda i: iio.imread(used[i][0]), points, seed)
     write_ply(xyz, rgb, out_dir / POINTS_FILE)
     # Nothing was registered: the cameras were given. Say that, not COLMAP's "registered" measure.
     report = {
@@ -106,12 +99,12 @@ def look_at_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
 
 
 def coloured_ball(
-    cameras: list[tuple[np.ndarray, np.ndarray]], image_of: Callable[[int], np.ndarray], count: int, seed: int
+    cameras: list[Camera], image_of: Callable[[int], np.ndarray], count: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` points (float64, uint8 colours) in a ball around where the cameras (camera-to-world
-    in OpenCV axes, K) look, coloured from up to COLOUR_VIEWS of their images (`image_of(i)`, uint8)."""
-    c2w = np.stack([camera_to_world for camera_to_world, _ in cameras])
-    centres, directions = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: the camera looks along +z
+    """`count` points (float64, uint8 colours) in a ball around where the cameras look, coloured from
+    up to COLOUR_VIEWS of their images (`image_of(i)`, uint8, the size the cameras' K is for)."""
+    cam_to_world = np.stack([camera.cam_to_world for camera in cameras])
+    centres, directions = cam_to_world[:, :3, 3], cam_to_world[:, :3, 2]  # OpenCV: the camera looks along +z
     target = look_at_point(centres, directions)
     radius = BALL_FRACTION * float(np.median(np.linalg.norm(centres - target, axis=1)))
     rng = np.random.default_rng(seed)
@@ -121,11 +114,10 @@ def coloured_ball(
     )
     colours, seen = np.zeros((count, 3)), np.zeros(count)
     for i in range(0, len(cameras), max(1, len(cameras) // COLOUR_VIEWS)):
-        camera_to_world, K = cameras[i]
         image = image_of(i)[..., :3] / 255.0
-        world_to_cam = np.linalg.inv(camera_to_world)
+        world_to_cam = np.linalg.inv(cameras[i].cam_to_world)
         local = xyz @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-        pixel = local @ K.T
+        pixel = local @ cameras[i].K.T
         u, v = pixel[:, 0] / pixel[:, 2], pixel[:, 1] / pixel[:, 2]
         inside = (local[:, 2] > 0) & (u >= 0) & (v >= 0) & (u < image.shape[1] - 1) & (v < image.shape[0] - 1)
         colours[inside] += image[v[inside].astype(int), u[inside].astype(int)]

@@ -19,6 +19,7 @@ import numpy as np
 import pycolmap
 
 from vid3d import ui
+from vid3d.cameras import Camera
 from vid3d.ingest import FramesIndex
 from vid3d.ingest.datasets import CAMERAS_DIR, read_dataset_cameras
 from vid3d.project import StageOutput
@@ -96,7 +97,7 @@ def _crop_to_one_size(model: pycolmap.Reconstruction, images_dir: Path) -> None:
 def _add_ball_of_points(model: pycolmap.Reconstruction, images_dir: Path, seed: int) -> None:
     images = sorted(model.images.values(), key=lambda image: image.name)
     cameras = [
-        (
+        Camera(
             np.linalg.inv(np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])),
             model.cameras[image.camera_id].calibration_matrix(),
         )

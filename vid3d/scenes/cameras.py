@@ -1,10 +1,13 @@
-"""Pinhole cameras in the OpenCV convention (x right, y down, z forward)."""
+"""Pinhole cameras in the OpenCV convention (x right, y down, z forward), as batches of arrays for
+rendering the procedural scenes; `Cameras.as_cameras` gives vid3d's camera type."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from vid3d.cameras import Camera
 
 
 def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
@@ -49,6 +52,10 @@ class Cameras:
             idx = [int(idx)]
         return Cameras(self.K[idx], self.cam_to_world[idx], self.width, self.height)
 
+    def as_cameras(self) -> list[Camera]:
+        """vid3d's camera type, one per camera."""
+        return [Camera(cam_to_world, K, self.width, self.height) for cam_to_world, K in zip(self.cam_to_world, self.K)]
+
     def world_to_cam(self) -> np.ndarray:
         R = self.cam_to_world[:, :3, :3]
         t = self.cam_to_world[:, :3, 3]
@@ -91,12 +98,12 @@ class Cameras:
         eyes = np.asarray(eyes, dtype=np.float64).reshape(-1, 3)
         targets = np.broadcast_to(np.asarray(targets, dtype=np.float64), eyes.shape)
         up = np.asarray(up, dtype=np.float64)
-        c2w = np.tile(np.eye(4), (len(eyes), 1, 1))
+        cam_to_world = np.tile(np.eye(4), (len(eyes), 1, 1))
         for i, (eye, target) in enumerate(zip(eyes, targets)):
-            c2w[i, :3, :3] = look_at_rotation(eye, target, up)
-            c2w[i, :3, 3] = eye
+            cam_to_world[i, :3, :3] = look_at_rotation(eye, target, up)
+            cam_to_world[i, :3, 3] = eye
         K = np.tile(intrinsics(width, height, fov_deg), (len(eyes), 1, 1))
-        return cls(K, c2w, width, height)
+        return cls(K, cam_to_world, width, height)
 
 
 def orbit_cameras(

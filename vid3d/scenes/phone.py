@@ -47,8 +47,8 @@ def handheld_path(
     eyes[:, 2] += 0.03 * np.sin(2 * np.pi * 1.8 * walk_seconds * t)  # steps
     wander = np.cumsum(rng.normal(0, 0.02, (n, 3)), axis=0)
     cams = Cameras.from_look_at(eyes, LOOK_AT + wander - wander.mean(0), width, height, FOV_DEG)
-    for c2w in cams.cam_to_world:  # hand shake: a small random rotation about the camera's centre
-        c2w[:3, :3] = c2w[:3, :3] @ _rotation(np.radians(rng.normal(0, SHAKE_DEG, 3)))
+    for cam_to_world in cams.cam_to_world:  # hand shake: a small random rotation about the camera's centre
+        cam_to_world[:3, :3] = cam_to_world[:3, :3] @ _rotation(np.radians(rng.normal(0, SHAKE_DEG, 3)))
     return cams
 
 

@@ -14,17 +14,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vid3d.cameras import Camera, scale_intrinsics, stacked
 from vid3d.poses.dataset import read_dataset
 
 
 @dataclass
 class Dataset:
+    """The training frames and their cameras as tensors on the training device; `of_cameras` and
+    `cameras` convert from and to vid3d's cameras."""
+
     names: list[str]  # image file names, in transforms.json order
     images: torch.Tensor  # [N, H, W, 3] float in [0, 1]
     viewmats: torch.Tensor  # [N, 4, 4] world-to-camera, OpenCV axes
     Ks: torch.Tensor  # [N, 3, 3]
     train: list[int]
     test: list[int]
+
+    @classmethod
+    def of_cameras(
+        cls, names: list[str], images: torch.Tensor, cameras: list[Camera], train: list[int], test: list[int]
+    ) -> Dataset:
+        """`images` [N, H, W, 3] in [0, 1] seen by `cameras` (resized to the images' size)."""
+        height, width = images.shape[1:3]
+        cam_to_world, Ks = stacked([camera.resized(width, height) for camera in cameras])
+        as_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=images.device)
+        return cls(names, images, as_tensor(np.linalg.inv(cam_to_world)), as_tensor(Ks), train, test)
+
+    def cameras(self) -> list[Camera]:
+        """vid3d's cameras of the frames (float64 of the tensors' float32)."""
+        cam_to_world = np.linalg.inv(self.viewmats.cpu().numpy().astype(np.float64))
+        Ks = self.Ks.cpu().numpy().astype(np.float64)
+        return [Camera(c, K, self.width, self.height) for c, K in zip(cam_to_world, Ks)]
 
     @property
     def width(self) -> int:
@@ -38,9 +58,7 @@ class Dataset:
         """The same frames at 1/factor of the size (area filter), intrinsics scaled to match."""
         height, width = max(1, self.height // factor), max(1, self.width // factor)
         images = F.interpolate(self.images.permute(0, 3, 1, 2), size=(height, width), mode="area")
-        Ks = self.Ks.clone()
-        Ks[:, 0] *= width / self.width
-        Ks[:, 1] *= height / self.height
+        Ks = scale_intrinsics(self.Ks, width / self.width, height / self.height)
         return replace(self, images=images.permute(0, 2, 3, 1).contiguous(), Ks=Ks)
 
     def scene_scale(self) -> float:
@@ -57,12 +75,10 @@ def load_dataset(poses_dir: Path, test_every: int, device: torch.device | str = 
     test = list(range(0, n, test_every)) if test_every else []
     size = training_size(poses.width, poses.height, max_side)
     images = np.stack([resize_area(iio.imread(path)[..., :3], size) for path in poses.paths])
-    as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
-    return Dataset(
+    return Dataset.of_cameras(
         names=poses.names,
-        images=as_tensor(images) / 255.0,
-        viewmats=as_tensor(np.linalg.inv(poses.cam_to_world)),
-        Ks=as_tensor(scale_intrinsics(poses.Ks, size[0] / poses.width, size[1] / poses.height)),
+        images=torch.tensor(images, dtype=torch.float32, device=device) / 255.0,
+        cameras=poses.cameras(),
         train=[i for i in range(n) if i not in test],
         test=test,
     )
@@ -83,14 +99,6 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     resized = F.interpolate(pixels, size=(size[1], size[0]), mode="area")
     return resized[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-
-
-def scale_intrinsics(Ks: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
-    """Intrinsics [N, 3, 3] for images resized by (scale_x, scale_y) (pixel edges stay on edges)."""
-    scaled = np.array(Ks, dtype=np.float64, copy=True)
-    scaled[:, 0] *= scale_x
-    scaled[:, 1] *= scale_y
-    return scaled
 
 
 def load_points(poses_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
 """splats/' results besides the Gaussians, and their readers: history.csv (the training curves,
-one row per step) and renders/ (each held-out frame rendered, beside its original)."""
+one row per step), renders/ (each held-out frame rendered, beside its original), metrics.json and
+ckpt/ (the final checkpoint)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 HISTORY_FILE = "history.csv"
 HISTORY_COLUMNS = ("step", "loss", "psnr", "gaussians")  # psnr: of the step's training frame
 RENDERS_DIR = "renders"
+METRICS_FILE = "metrics.json"  # held-out PSNR and SSIM, the training's figures, the held-out frames
+CHECKPOINT_DIR = "ckpt"
 
 
 def write_history(path: Path, rows: list[tuple[int, float, float, int]]) -> None:

@@ -25,7 +25,7 @@ from vid3d.project import StageOutput
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
 from vid3d.splats.rasterize import resolve_backend
-from vid3d.splats.results import HISTORY_FILE, write_history
+from vid3d.splats.results import CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, RENDERS_DIR, write_history
 from vid3d.splats.strategy import fitted_schedule, strategy_for
 from vid3d.ui import log, progress
 
@@ -61,7 +61,7 @@ def train_splats(
     trainer.fit(resume_dir / CHECKPOINT)
     seconds = time.time() - started
 
-    metrics = trainer.evaluate(out_dir / "renders")
+    metrics = trainer.evaluate(out_dir / RENDERS_DIR)
     metrics.update(
         gaussians=len(trainer.splats["means"]),
         steps=settings.steps,
@@ -74,14 +74,14 @@ def train_splats(
     )
     save_ply(trainer.splats, out_dir / SPLATS_FILE)
     write_history(out_dir / HISTORY_FILE, trainer.history)
-    (out_dir / "ckpt").mkdir()
-    trainer.save(out_dir / "ckpt" / CHECKPOINT)
+    (out_dir / CHECKPOINT_DIR).mkdir()
+    trainer.save(out_dir / CHECKPOINT_DIR / CHECKPOINT)
     # the held-out frames by name (every test_every-th of transforms.json: nerfstudio's
     # --eval-mode interval --eval-interval N holds out the same)
     held_out = [data.names[i] for i in data.test]
-    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "held_out_frames": held_out}, indent=1))
+    (out_dir / METRICS_FILE).write_text(json.dumps({**metrics, "held_out_frames": held_out}, indent=1))
     return StageOutput(
-        outputs=[SPLATS_FILE, "metrics.json", "renders", "ckpt", HISTORY_FILE],
+        outputs=[SPLATS_FILE, METRICS_FILE, RENDERS_DIR, CHECKPOINT_DIR, HISTORY_FILE],
         metrics=metrics,
         timings={"train": seconds},
     )
@@ -152,6 +152,12 @@ class Trainer:
             log.info("splats: saved a checkpoint at step %d; rerun to continue", self.step)
             raise
 
+    def set_targets(self, data: Dataset) -> None:
+        """Train on `data` from here on (new frames, or cameras, with as many training frames as before)
+        and keep the Gaussians, the optimisers' state and the step: the feedback loop's warm start."""
+        self.data = data
+        self.coarse = data.downscaled(2) if self.settings.coarse_steps else None
+
     def train(self, steps: int) -> None:
         """`steps` more training steps, quietly (the feedback loop of generation trains this way)."""
         for _ in range(steps):
@@ -204,9 +210,7 @@ class Trainer:
             backgrounds=self.backgrounds(),
         )
         target = data.images[index : index + 1]
-        l1 = (image - target).abs().mean()
-        ssim_value = ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
-        loss = (1 - settings.ssim_lambda) * l1 + settings.ssim_lambda * (1 - ssim_value)
+        loss = photometric_loss(image, target, settings.ssim_lambda)
 
         if settings.densify:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
@@ -290,6 +294,14 @@ class Trainer:
         self.step = state["step"]
         self.history = state.get("history", [])
         log.info("splats: resuming from the checkpoint at step %d", self.step)
+
+
+def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lambda: float) -> torch.Tensor:
+    """gsplat simple_trainer's loss between images [N, H, W, 3] in [0, 1]: L1 and (1 - SSIM) weighted
+    by `ssim_lambda` (symmetric in its images)."""
+    l1 = (render - target).abs().mean()
+    similarity = ssim(render.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0, size_average=True)
+    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - similarity)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vid3d.cameras import Camera
+
 from ..attention import AttentionState, Layout, install_processors
 
 
@@ -78,7 +80,7 @@ class VideoModel(ABC):
         """Inverse of decode_frames: frames [F, H, W, 3] in [0, 1] -> latents [1, ...] (frames along `frame_dim`)."""
         raise NotImplementedError(f"{type(self).__name__} does not support generate.feedback yet")
 
-    def cameras(self, request: Request) -> list[dict] | None:
+    def cameras(self, request: Request) -> list[Camera] | None:
         """Per-frame cameras for camera-conditioned models (written to generate/cameras.json)."""
         return None
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from vid3d.cameras import Camera
 from vid3d.scenes import orbit_cameras
 
 from ..model import SIZE, WEIGHTS
@@ -118,27 +119,13 @@ class OrbitVideoModel(VideoModel):
     def layout_of(self, processor_name: str):
         return spatial_layout(processor_name)
 
-    def cameras(self, request: Request) -> list[dict]:
+    def cameras(self, request: Request) -> list[Camera]:
         cfg = self.transformer.config
         rig = dict(radius=cfg.radius, elevation_deg=cfg.elevation_deg, fov_deg=cfg.fov_deg, look_at=tuple(cfg.look_at))
         cams = orbit_cameras(
             request.num_frames, width=SIZE, height=SIZE, start_deg=0.0, arc_deg=request.orbit_degrees, **rig
         )
-        return [
-            {
-                "frame": i,
-                "azimuth_deg": float(azimuth),
-                "elevation_deg": rig["elevation_deg"],
-                "radius": rig["radius"],
-                "fov_deg": rig["fov_deg"],
-                "look_at": list(rig["look_at"]),
-                "camera_to_world": cams.cam_to_world[i].tolist(),
-                "K": cams.K[i].tolist(),
-                "width": SIZE,
-                "height": SIZE,
-            }
-            for i, azimuth in enumerate(self.azimuths(request))
-        ]
+        return cams.as_cameras()
 
 
 def to_model_image(image: np.ndarray) -> np.ndarray:
