@@ -243,9 +243,13 @@ def tiny_wan(seed: int = 0, version: str = "2.1") -> WanImageToVideoPipeline:
         )
 
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    parts = dict(
-        tokenizer=word_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer()
-    )
+    parts = {
+        "tokenizer": word_tokenizer(),
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": scheduler,
+        "transformer": transformer(),
+    }
     if version == "2.1":
         parts["image_encoder"] = CLIPVisionModel(
             CLIPVisionConfig(
