@@ -61,6 +61,8 @@ class ShiftedOrbit(VideoModel):
     """Predicts the true orbit with each frame's colours shifted by its own random amount; its
     "autoencoder" is a fixed non-linear map, so the loop's decode and encode are exercised."""
 
+    supports_feedback = True
+
     def __init__(self, shift: float = 0.15, seed: int = 0, size: int = SIZE, arc: float = 180.0, scene=None):
         super().__init__()
         self.size = size
@@ -83,7 +85,7 @@ class ShiftedOrbit(VideoModel):
     def latent_frames(self, num_frames):
         return num_frames
 
-    def predict(self, latents, t, condition, frames):
+    def denoise(self, latents, t, condition, frames):
         return self.encode_frames((self.truth + self.shift).clamp(0.02, 0.98)[frames])
 
     def decode(self, latents, condition):
@@ -341,6 +343,7 @@ def test_cogvideox_takes_the_gradient_feedback_through_its_3d_autoencoder(tmp_pa
 
 def test_a_model_without_a_differentiable_decoder_is_refused_with_one_line():
     class NoDecoder(ShiftedOrbit):
+        supports_feedback = False
         decode_frames = VideoModel.decode_frames
 
     request = Request(image=np.zeros((SIZE, SIZE, 3), np.uint8), num_frames=FRAMES)

@@ -27,10 +27,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(name: str, device: torch.device, model: str) -> torch.dtype:
-    """auto: float32 on the CPU; on CUDA float16, or bfloat16 for CogVideoX and Wan (trained in it)."""
+def resolve_dtype(name: str, device: torch.device, preferred: torch.dtype) -> torch.dtype:
+    """A --dtype value: a torch dtype's name, or auto: float32 on the CPU, on CUDA `preferred` (the
+    precision the model's adapter names, `VideoModel.cuda_dtype`)."""
     if name != "auto":
         return getattr(torch, name)
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if re.search(r"cogvideo|\bwan", model.lower()) else torch.float16
+    return preferred if device.type == "cuda" else torch.float32

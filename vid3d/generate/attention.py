@@ -1,7 +1,9 @@
 """Attention processors for the stabilizers: anchor-frame attention and a cross-step K/V cache.
 
 A processor is a small callable swapped into a diffusers model's `Attention` modules (as diffusers'
-own processors are). Every installed processor shares one `AttentionState`, which the sampler drives:
+own processors are). Every installed processor shares one `AttentionState`, which the sampler drives
+(the window, the step, anchor recording) and `track_passes` updates before each denoiser call (the
+batch's videos, which call of the prediction it is):
 
 - anchor attention: in a *recording* pass over the anchor frames, each self-attention layer keeps
   its keys and values; in the windows' passes every query also attends to them. Anchors are
@@ -23,6 +25,7 @@ With no anchors and no cache the processors compute exactly what diffusers' defa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -39,15 +42,16 @@ Layout = Literal["frames", "joint", "rotary"]
 class AttentionState:
     """What the processors of one model share; the sampler (or trainer) sets it between passes."""
 
-    videos: int = 1  # videos in a batch: 2 with classifier-free guidance
+    videos: int = 1  # videos in the denoiser's batch: 2 with batched classifier-free guidance (set per call)
     cache_until: int = 0  # steps before this one are cached (0: no cache)
     decay: float = 0.9  # cached logits are weighted by log(decay ** steps since cached)
     step: int = 0
     window: int | None = None  # the window being denoised, keys the cache
     recording: bool = False
-    # Which of a model's separate passes runs (Wan: conditional or not, per expert): each keeps its own
-    # anchors and cache, as a batched pass keeps one per video.
+    # Which of a prediction's separate denoiser calls runs ("/denoiser/call"; Wan: conditional or not, per
+    # expert): each keeps its own anchors and cache, as a batched pass keeps one per video.
     branch: str = ""
+    passes: dict[int, int] = field(default_factory=dict)  # per denoiser: its calls in the current prediction
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     cache: dict[tuple[str, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
@@ -60,6 +64,17 @@ class AttentionState:
             yield
         finally:
             self.recording = False
+
+    def begin_prediction(self) -> None:
+        """A new model prediction starts: its denoiser calls count from 0 again."""
+        self.passes.clear()
+
+    def begin_pass(self, denoiser: int, videos: int) -> None:
+        """Denoiser number `denoiser` is called on a batch of `videos`: the pass is named by the
+        denoiser and how many times the prediction called it before, the same in every prediction."""
+        count = self.passes.get(denoiser, 0)
+        self.passes[denoiser] = count + 1
+        self.branch, self.videos = f"/{denoiser}/{count}", videos
 
     def clear(self) -> None:
         self.anchors.clear()
@@ -131,12 +146,13 @@ class FramesAttnProcessor:
 
     def _attention(self, query, key, value, attention_mask):
         state, videos = self.state, self.state.videos
+        name = self.name + state.branch
         frames = query.shape[0] // videos
         if state.recording:
             # [videos * anchors, heads, tokens, dim] -> [videos, heads, anchors * tokens, dim]
-            state.anchors[self.name] = tuple(_frames_to_tokens(t, videos) for t in (key, value))
-        state.keep_in_cache(self.name, key, value)
-        if not state.extra_sources(self.name, slice(0, 1)):
+            state.anchors[name] = tuple(_frames_to_tokens(t, videos) for t in (key, value))
+        state.keep_in_cache(name, key, value)
+        if not state.extra_sources(name, slice(0, 1)):
             return _attend(query, key, value, [], attention_mask)
         # Anchors are [1, ...] per video and broadcast over its frames; cached keys are per frame.
         per_video = []
@@ -144,7 +160,7 @@ class FramesAttnProcessor:
             rows = slice(video * frames, (video + 1) * frames)
             extra = [
                 (k if k.shape[0] == 1 else k[rows], v if v.shape[0] == 1 else v[rows], w)
-                for k, v, w in state.extra_sources(self.name, slice(video, video + 1))
+                for k, v, w in state.extra_sources(name, slice(video, video + 1))
             ]
             per_video.append(_attend(query[rows], key[rows], value[rows], extra, attention_mask))
         return torch.cat(per_video)
@@ -173,11 +189,12 @@ class JointAttnProcessor:
                 key[:, :, text_length:] = apply_rotary_emb(key[:, :, text_length:], image_rotary_emb)
 
         state = self.state
+        name = self.name + state.branch
         video_key, video_value = key[:, :, text_length:], value[:, :, text_length:]
         if state.recording:
-            state.anchors[self.name] = (video_key, video_value)
-        state.keep_in_cache(self.name, video_key, video_value)
-        extra = state.extra_sources(self.name, slice(None))
+            state.anchors[name] = (video_key, video_value)
+        state.keep_in_cache(name, video_key, video_value)
+        extra = state.extra_sources(name, slice(None))
         out = _attend(query, key, value, extra, attention_mask)
 
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, out.shape[1] * out.shape[3])
@@ -269,3 +286,15 @@ def install_processors(model, state: AttentionState, layout_of: Callable[[str], 
         raise ValueError("no self-attention layer matched: the model's layers are named differently")
     model.set_attn_processor(processors)
     return chosen
+
+
+def track_passes(denoiser: torch.nn.Module, state: AttentionState, index: int) -> None:
+    """Before each call of `denoiser` (number `index` of a model's denoisers), tell `state` which pass
+    runs and on how many videos (its first input's batch): a model that calls its denoiser several
+    times per prediction (Wan: conditional, then unconditional) keeps anchors and a cache per pass."""
+    first = next(iter(inspect.signature(denoiser.forward).parameters))
+
+    def begin_pass(module, args, kwargs):
+        state.begin_pass(index, len(args[0] if args else kwargs[first]))
+
+    denoiser.register_forward_pre_hook(begin_pass, with_kwargs=True)

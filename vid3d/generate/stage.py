@@ -22,7 +22,7 @@ from vid3d.project import StageOutput
 from vid3d.splats.model import save_ply
 from vid3d.ui import log, progress
 
-from .adapters import Request, VideoModel, load_model
+from .adapters import Request, VideoModel, adapter_class, load_model
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
 from .output import SPLATS_FILE, write_video
@@ -134,7 +134,7 @@ def feedback_loop(
     feedback = Feedback.of(settings)
     if feedback.mode == "off":
         return None
-    if type(model).decode_frames is VideoModel.decode_frames:
+    if not model.supports_feedback:
         raise StageError(
             f"generate.feedback = {feedback.mode}: not supported for {type(model).__name__} yet "
             "(it needs a differentiable decode and encode); use the embedded model, SVD, CogVideoX "
@@ -165,7 +165,8 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     anchor_latents(settings, settings.frames, settings.frames)  # bad anchor lists fail before the model loads
     check_memory(settings, device)
     started = time.time()
-    model = load_model(settings.model, device, resolve_dtype(settings.dtype, device, settings.model))
+    dtype = resolve_dtype(settings.dtype, device, adapter_class(settings.model).cuda_dtype)
+    model = load_model(settings.model, device, dtype)
     loaded = time.time()
     request = Request(
         image=image,

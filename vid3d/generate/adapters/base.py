@@ -1,23 +1,37 @@
 """The one small interface the sampler needs from a video diffusion model.
 
-An adapter wraps a diffusers model family: it encodes the conditioning once, predicts the model
-output for one window of latent frames at one timestep (classifier-free guidance applied as the
-model expects), decodes latents to frames, and names its self-attention layers for the
-stabilizing processors. The sampler owns the windows, the noise and the scheduler steps.
+An adapter wraps a model family: it encodes the conditioning once, predicts the model output for
+one window of latent frames at one timestep (classifier-free guidance applied as the model
+expects), decodes latents to frames, and names its self-attention layers for the stabilizing
+processors. The sampler owns the windows, the noise and the scheduler steps.
+
+Adding a family is one module here (its adapter and its random-weight test model) and one row in
+`adapters.ADAPTERS`, keyed by the diffusers pipeline class it wraps. What an adapter must do:
+
+- `__init__`: call `super().__init__()`, set `window`, `scheduler`, `device` and `dtype`, and call
+  `install_stabilizers` on each denoiser (the network `denoise` calls at every step).
+- `prepare`, `latent_frames`, `latent_shape`, `denoise`, `decode` and `layout_of` (below).
+- `denoise` calls its denoisers the same number of times, in the same order, in every call of a
+  step (the anchors' pass and every window's): each call keeps its own anchors and cache.
+  It sets no attention state: `predict` and `install_stabilizers` do.
+- Class attributes where the default does not fit: `frame_dim`, `cuda_dtype` (the precision of
+  `--dtype auto` on CUDA), `supports_feedback` (with `decode_frames` and `encode_frames`).
+- `load` when loading takes more than `from_pretrained` (casting a component to another precision),
+  and `tiny`, the random-weight model the tests run and `--model tiny-<module>` names.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from vid3d.cameras import Camera
 
-from ..attention import AttentionState, Layout, install_processors
+from ..attention import AttentionState, Layout, install_processors, track_passes
 
 
 @dataclass
@@ -34,16 +48,35 @@ class Request:
 
 
 class VideoModel(ABC):
-    """A diffusers video model behind the sampler's interface."""
+    """A video diffusion model behind the sampler's interface."""
 
     frame_dim: int = 1  # latents are [batch, frames, channels, height, width]
+    cuda_dtype: ClassVar[torch.dtype] = torch.float16  # the precision the model computes in on CUDA by default
+    supports_feedback: ClassVar[bool] = False  # decode_frames and encode_frames are implemented
     window: int  # latent frames the model denoises at once
     scheduler: Any  # a diffusers scheduler, configured for this model
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the latents
 
     def __init__(self) -> None:
         self.attention = AttentionState()
+        self._denoisers = 0
+
+    @classmethod
+    def load(cls, spec: str, device: torch.device, dtype: torch.dtype) -> VideoModel:
+        """The model in `spec`, a diffusers pipeline folder or a Hugging Face id in the local cache,
+        loaded in `dtype` onto `device`."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype, local_files_only=True)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe)
+
+    @classmethod
+    def tiny(cls, device: torch.device) -> VideoModel:
+        """A random-weight instance small enough for the tests (its videos are noise)."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny test model")
 
     @abstractmethod
     def prepare(self, request: Request, generator: torch.Generator) -> Any:
@@ -58,10 +91,16 @@ class VideoModel(ABC):
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames for `num_frames` video frames (temporal compression)."""
 
-    @abstractmethod
     def predict(self, latents: torch.Tensor, t: torch.Tensor, condition: Any, frames: torch.Tensor) -> torch.Tensor:
         """Model output for a window: `latents` are the scheduler-scaled latents of the video
-        frames `frames` (indices into the whole video), shaped like the window."""
+        frames `frames` (indices into the whole video), shaped like the window. Adapters implement
+        `denoise`; this starts the prediction's attention state first."""
+        self.attention.begin_prediction()
+        return self.denoise(latents, t, condition, frames)
+
+    @abstractmethod
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor, condition: Any, frames: torch.Tensor) -> torch.Tensor:
+        """`predict`'s model output, from the denoisers: the output the scheduler steps (guidance applied)."""
 
     @abstractmethod
     def decode(self, latents: torch.Tensor, condition: Any) -> np.ndarray:
@@ -85,4 +124,8 @@ class VideoModel(ABC):
         return None
 
     def install_stabilizers(self, denoiser: torch.nn.Module) -> list[str]:
+        """Swap the stabilizing processors into `denoiser`'s layers `layout_of` names, and have every call
+        of it set the attention state (its batch's videos, which call of the prediction it is)."""
+        track_passes(denoiser, self.attention, self._denoisers)
+        self._denoisers += 1
         return install_processors(denoiser, self.attention, self.layout_of)

@@ -16,6 +16,7 @@ import torch
 from diffusers import CogVideoXImageToVideoPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import retrieve_latents
 
+from ..tiny import for_inference, word_tokenizer
 from .base import Request, VideoModel
 
 
@@ -30,6 +31,9 @@ class CogVideoXCondition:
 
 
 class CogVideoXModel(VideoModel):
+    cuda_dtype = torch.bfloat16  # as CogVideoX was trained
+    supports_feedback = True
+
     def __init__(self, pipe: CogVideoXImageToVideoPipeline, guidance: float = 6.0, max_sequence_length: int = 226):
         super().__init__()
         config = pipe.transformer.config
@@ -40,6 +44,10 @@ class CogVideoXModel(VideoModel):
         self.device, self.dtype = pipe.transformer.device, pipe.transformer.dtype
         self.guidance, self.max_sequence_length = guidance, max_sequence_length
         self.install_stabilizers(self.transformer)
+
+    @classmethod
+    def tiny(cls, device: torch.device) -> CogVideoXModel:
+        return cls(tiny_cogvideox().to(device), max_sequence_length=16)
 
     def size(self, request: Request) -> tuple[int, int]:
         config, scale = self.transformer.config, self.pipe.vae_scale_factor_spatial
@@ -83,7 +91,7 @@ class CogVideoXModel(VideoModel):
         scale = self.pipe.vae_scale_factor_spatial
         return (1, num_latent_frames, self.transformer.config.in_channels // 2, height // scale, width // scale)
 
-    def predict(self, latents, t, condition: CogVideoXCondition, frames):
+    def denoise(self, latents, t, condition: CogVideoXCondition, frames):
         guided = condition.guidance > 1
         num = latents.shape[1]
         image_input = torch.zeros_like(latents)
@@ -93,7 +101,6 @@ class CogVideoXModel(VideoModel):
         model_input = torch.cat([latents] * 2) if guided else latents
         image_input = torch.cat([image_input] * 2) if guided else image_input
         model_input = torch.cat([model_input, image_input], dim=2)
-        self.attention.videos = model_input.shape[0]
         rotary = None
         if self.transformer.config.use_rotary_positional_embeddings:
             rotary = self.pipe._prepare_rotary_positional_embeddings(
@@ -131,3 +138,50 @@ class CogVideoXModel(VideoModel):
 
     def layout_of(self, processor_name: str):
         return "joint" if processor_name.endswith("attn1.processor") else None
+
+
+def tiny_cogvideox(seed: int = 0, sample_frames: int = 9, size: int = 32) -> CogVideoXImageToVideoPipeline:
+    """CogVideoX I2V with one transformer layer, an 8x VAE (4x in time), a 2-layer T5 and a word-level
+    tokenizer built in memory."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel, DDIMScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    latent = size // 8
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=1,
+        sample_width=latent,
+        sample_height=latent,
+        sample_frames=sample_frames,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    text_encoder = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=word_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
+    return for_inference(pipe)

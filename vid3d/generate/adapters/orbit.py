@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler
 from vid3d.cameras import Camera
 from vid3d.scenes import orbit_cameras
 
-from ..model import SIZE, WEIGHTS
+from ..model import RIG, SIZE, WEIGHTS
 from ..model.autoencoder import OrbitAutoencoder
 from ..model.network import OrbitTransformer, spatial_layout
 from .base import Request, VideoModel
@@ -33,6 +33,9 @@ class OrbitCondition:
 
 
 class OrbitVideoModel(VideoModel):
+    cuda_dtype = torch.float32  # the small model computes in float32 on every device
+    supports_feedback = True
+
     def __init__(
         self,
         transformer: OrbitTransformer,
@@ -51,8 +54,11 @@ class OrbitVideoModel(VideoModel):
         self.install_stabilizers(self.transformer)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: torch.device | str = "cpu") -> OrbitVideoModel:
-        """The weights folder written by scripts/train_model.py; default: the shipped weights."""
+    def load(
+        cls, path: str | Path | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> OrbitVideoModel:
+        """The weights folder written by scripts/train_model.py; default: the shipped weights. In float32
+        whatever `dtype` says."""
         import json
 
         torch.set_flush_denormal(True)  # the small model makes denormals, 20x slower on CPUs
@@ -65,6 +71,18 @@ class OrbitVideoModel(VideoModel):
         if (path / "guide").is_dir():
             guide = OrbitTransformer.from_pretrained(path / "guide", torch_dtype=torch.float32).to(device)
         return cls(transformer, autoencoder, scheduler, window, device, guide)
+
+    @classmethod
+    def tiny(cls, device: torch.device | str = "cpu") -> OrbitVideoModel:
+        """Random weights, none of them zero: a new OrbitTransformer zero-initialises its modulations and
+        output layers, which would leave its attention without effect on the output."""
+        torch.manual_seed(0)
+        transformer = OrbitTransformer(dim=32, depth=1, heads=2, **RIG)
+        with torch.no_grad():
+            for parameter in transformer.parameters():
+                parameter.normal_(0, 0.2)
+        scheduler = DDIMScheduler(prediction_type="sample")
+        return cls(transformer.to(device), OrbitAutoencoder().to(device), scheduler, window=4, device=device)
 
     @property
     def scaling(self) -> float:
@@ -91,9 +109,8 @@ class OrbitVideoModel(VideoModel):
         return (1, num_latent_frames, c, SIZE // 4, SIZE // 4)
 
     @torch.no_grad()
-    def predict(self, latents, t, condition: OrbitCondition, frames):
+    def denoise(self, latents, t, condition: OrbitCondition, frames):
         videos = latents.shape[0]
-        self.attention.videos = videos
         azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
         reference = condition.reference.expand(videos, -1, -1, -1)
         prediction = self.transformer(latents, t, reference, azimuth)

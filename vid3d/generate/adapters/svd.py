@@ -12,6 +12,7 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..tiny import for_inference
 from .base import Request, VideoModel
 
 
@@ -25,6 +26,8 @@ class SVDCondition:
 
 
 class SVDModel(VideoModel):
+    supports_feedback = True
+
     def __init__(
         self,
         pipe: StableVideoDiffusionPipeline,
@@ -43,6 +46,10 @@ class SVDModel(VideoModel):
         self.min_guidance, self.max_guidance = min_guidance, max_guidance
         self.decode_chunk_size = decode_chunk_size
         self.install_stabilizers(self.unet)
+
+    @classmethod
+    def tiny(cls, device: torch.device) -> SVDModel:
+        return cls(tiny_svd().to(device))
 
     def size(self, request: Request) -> tuple[int, int]:
         default = self.unet.config.sample_size * self.pipe.vae_scale_factor
@@ -78,13 +85,12 @@ class SVDModel(VideoModel):
         scale = self.pipe.vae_scale_factor
         return (1, num_latent_frames, self.unet.config.in_channels // 2, height // scale, width // scale)
 
-    def predict(self, latents, t, condition: SVDCondition, frames):
+    def denoise(self, latents, t, condition: SVDCondition, frames):
         guided = condition.guidance[1] > 1
         num = latents.shape[1]
         model_input = torch.cat([latents] * 2) if guided else latents
         image_latents = condition.image_latents.unsqueeze(1).repeat(1, num, 1, 1, 1)
         model_input = torch.cat([model_input, image_latents], dim=2)
-        self.attention.videos = model_input.shape[0]
         output = self.unet(
             model_input,
             t,
@@ -121,3 +127,62 @@ class SVDModel(VideoModel):
     def layout_of(self, processor_name: str):
         spatial = ".transformer_blocks." in processor_name and "temporal" not in processor_name
         return "frames" if spatial and processor_name.endswith("attn1.processor") else None
+
+
+def tiny_svd(seed: int = 0, num_frames: int = 8, size: int = 64) -> StableVideoDiffusionPipeline:
+    """SVD with a 2-level UNet (32, 64 channels), a 2x VAE and a 2-layer CLIP encoder (224x224 input, as the pipeline resizes)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=size // 2,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32,
+        num_attention_heads=2,
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+        num_frames=num_frames,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        latent_channels=4,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            intermediate_size=37,
+            patch_size=32,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(crop_size=224, size=224)
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+    )
+    return for_inference(pipe)

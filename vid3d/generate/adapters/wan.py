@@ -26,6 +26,7 @@ from diffusers import (
 
 from vid3d.errors import UserError
 
+from ..tiny import for_inference, word_tokenizer
 from .base import Request, VideoModel
 
 # Wan predicts a flow (noise minus clean latents); these schedulers can step it.
@@ -44,6 +45,8 @@ class WanCondition:
 
 class WanModel(VideoModel):
     frame_dim = 2
+    cuda_dtype = torch.bfloat16  # as Wan was trained
+    supports_feedback = True
 
     def __init__(
         self,
@@ -69,6 +72,16 @@ class WanModel(VideoModel):
         self.window = self.latent_frames(window_frames)
         for expert in self.experts:
             self.install_stabilizers(expert)
+
+    @classmethod
+    def load(cls, spec: str, device: torch.device, dtype: torch.dtype) -> WanModel:
+        model = super().load(spec, device, dtype)
+        model.pipe.vae.to(torch.float32)  # as Wan's own examples load it: the video decodes in full precision
+        return model
+
+    @classmethod
+    def tiny(cls, device: torch.device) -> WanModel:
+        return cls(tiny_wan().to(device), height=32, width=32, window_frames=9)
 
     def size(self, request: Request) -> tuple[int, int]:
         """The pipeline's rounding: multiples of the VAE's scale times the patch size."""
@@ -139,12 +152,11 @@ class WanModel(VideoModel):
             return 0
         return 1
 
-    def predict(self, latents, t, condition: WanCondition, frames):
+    def denoise(self, latents, t, condition: WanCondition, frames):
         index = self.expert(t)
         image = condition.image.index_select(2, frames.to(condition.image.device))
         model_input = torch.cat([latents, image], dim=1).to(self.transformer.dtype)
         timestep = t.expand(latents.shape[0])
-        self.attention.videos = latents.shape[0]
         output = self._call(index, "cond", model_input, timestep, condition.prompt_embeds, condition)
         if condition.guidance <= 1:
             return output
@@ -153,7 +165,6 @@ class WanModel(VideoModel):
 
     def _call(self, index, branch, model_input, timestep, prompt_embeds, condition):
         expert = self.experts[index]
-        self.attention.branch = f"/{branch}/{index}"
         with expert.cache_context(branch):
             return expert(
                 hidden_states=model_input,
@@ -195,3 +206,63 @@ class WanModel(VideoModel):
 
     def layout_of(self, processor_name: str):
         return "rotary" if processor_name.endswith("attn1.processor") else None
+
+
+def tiny_wan(seed: int = 0, version: str = "2.1") -> WanImageToVideoPipeline:
+    """Wan I2V with 2-layer transformers, an 8x VAE (4x in time), a 2-layer UMT5 and a word-level tokenizer
+    built in memory, and Wan 2.1-I2V's scheduler (UniPC on flow sigmas). "2.1": a 2-layer CLIP image
+    encoder whose embeddings the cross-attention also attends to; "2.2": no image encoder and two
+    experts, `transformer` for the noisy steps and `transformer_2` after boundary_ratio (as Wan 2.2 A14B)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    if version not in ("2.1", "2.2"):
+        raise ValueError(f"tiny Wan {version!r}: 2.1 or 2.2")
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
+    image_dim = 8 if version == "2.1" else None
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=36,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            rope_max_seq_len=32,
+            image_dim=image_dim,
+            added_kv_proj_dim=None if image_dim is None else 24,
+        )
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    parts = {
+        "tokenizer": word_tokenizer(),
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": scheduler,
+        "transformer": transformer(),
+    }
+    if version == "2.1":
+        parts["image_encoder"] = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=image_dim,
+                projection_dim=image_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                intermediate_size=16,
+                patch_size=8,
+            )
+        )
+        parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    else:
+        parts.update(transformer_2=transformer(), boundary_ratio=0.875)
+    return for_inference(WanImageToVideoPipeline(**parts))
