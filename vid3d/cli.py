@@ -31,7 +31,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.highlighter import NullHighlighter
@@ -78,6 +78,9 @@ class Common:
     wait: WaitOpt = False
 
 
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
 @dataclass(frozen=True)
 class SettingFlag:
     """A flag that sets one setting. Its value is a settings layer named as the user typed it
@@ -118,12 +121,7 @@ class AssetFlags:
     def parameters(self) -> list[inspect.Parameter]:
         return [
             inspect.Parameter(
-                kind.name,
-                KEYWORD,
-                annotation=Annotated[list[str] | None, typer.Option(f"--{kind.name}", help=self._help(kind))]
-                if kind.formats
-                else Annotated[bool, typer.Option(f"--{kind.name}", help=f"{kind.help}.")],
-                default=None if kind.formats else False,
+                kind.name, KEYWORD, annotation=self._option(kind), default=None if kind.formats else False
             )
             for kind in ASSET_KINDS.values()
         ]
@@ -143,11 +141,14 @@ class AssetFlags:
         return Layer({"export": asked}, typed, flag=True)
 
     @staticmethod
-    def _help(kind: AssetKind) -> str:
-        return f"{kind.help}: {either(kind.formats)} (repeatable)."
+    def _option(kind: AssetKind) -> Any:
+        """--NAME: true or false, or for a kind with several formats, one format (repeatable)."""
+        if kind.formats:
+            help = f"{kind.help}: {either(kind.formats)} (repeatable)."
+            return Annotated[list[str] | None, typer.Option(f"--{kind.name}", help=help)]
+        return Annotated[bool, typer.Option(f"--{kind.name}", help=f"{kind.help}.")]
 
 
-KEYWORD = inspect.Parameter.KEYWORD_ONLY
 INPUT = SettingFlag(
     ("--input", "-i"),
     "frames.input",
@@ -155,6 +156,7 @@ INPUT = SettingFlag(
     "COLMAP project: sparse/0 and images/).",
     path=True,
 )
+IMAGE = SettingFlag(("--image",), "generate.image", "Reference image (PNG or JPEG).", path=True)
 POSES = SettingFlag(
     ("--poses",), "poses.cameras", "Known cameras (vid3d generate's cameras.json) instead of COLMAP.", path=True
 )
@@ -186,6 +188,7 @@ def stage_command(*flags: SettingFlag | AssetFlags, help: str | None = None):
             function(**values, common=common, layers=layers)
 
         parameters = own[:1] + flag_parameters + [p.replace(kind=KEYWORD) for p in own[1:]] + shared
+        assert len({p.name for p in parameters}) == len(parameters), f"{function.__name__}: two flags, one name"
         command.__signature__ = inspect.Signature(parameters)
         command.__annotations__ = {p.name: p.annotation for p in parameters}
         return app.command(help=help)(command)
@@ -194,7 +197,7 @@ def stage_command(*flags: SettingFlag | AssetFlags, help: str | None = None):
 
 
 @stage_command(
-    SettingFlag(("--image",), "generate.image", "Reference image (PNG or JPEG).", path=True),
+    IMAGE,
     SettingFlag(("--prompt",), "generate.prompt", "Text prompt, for models that take one."),
     SettingFlag(
         ("--model",),
@@ -290,7 +293,7 @@ def demo(
         project / "generated",
         common,
         "export",
-        [Layer({"generate": {"image": str(EXAMPLE_REFERENCE.resolve())}}, "--image")],
+        [IMAGE.layer({"image": EXAMPLE_REFERENCE})],
         preset="fast",
         configs=(GENERATED_CONFIG,),
         force_all=True,

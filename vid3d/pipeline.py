@@ -1,8 +1,10 @@
-"""The chain of stages as a table: each stage's name, what it reads, and its work.
+"""The chain of stages as a table: each stage's name and its plan (what it reads, and its work).
 
-`run(ctx, name)` runs the stages `name` reads first, computes its fingerprint (its settings, its
-inputs' fingerprints and the vid3d version) and runs it, or returns it cached when nothing changed.
-Each stage's package owns the folder the stage writes (see docs/architecture.md).
+`run(ctx, name)` plans stage `name` (running the stages it reads first), computes its fingerprint
+(the settings its outputs depend on, its inputs' fingerprints and the vid3d version) and runs it,
+or returns it cached when nothing changed. A stage that keeps some outputs of earlier runs (export)
+plans which to keep and which to write, and hands that plan to its work. Each stage's package owns
+the folder the stage writes (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
+from vid3d.export import export_assets, plan_export
 from vid3d.project import Project, StageOutput, StageResult, file_fingerprint, fingerprint
 
 
@@ -252,8 +255,6 @@ def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> N
 def _export_plan(ctx: Context) -> Planned:
     """Export keeps the assets of earlier runs: its fingerprint is theirs and the new ones' (each
     with its own settings), and its work writes only the new ones."""
-    from vid3d.export import export_assets, plan_export
-
     project = ctx.project
     splats_fp = run(ctx, "splats").fingerprint
     plan = plan_export(project, ctx.settings.export, splats_fp, force="export" in ctx.force)
