@@ -4,7 +4,7 @@ half-size frames (`splats.coarse_steps`), against full size throughout, in one r
     .venv/bin/python benchmarks/coarse_to_fine.py [--coarse 0,300,500] [--set splats.steps=1000 ...]
 
 The example's poses are made once (runs/coarse-to-fine/, `vid3d poses`); each case trains in this
-process from the same points and seed, with the demo's settings (vid3d.demo.VIDEO_SETTINGS) on the
+process from the same points and seed, with the demo's settings (configs/demo.toml) on the
 fast preset, and prints training seconds, held-out PSNR and Gaussians.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vid3d.config import load_settings, read_preset
-from vid3d.demo import EXAMPLE_VIDEO, VIDEO_SETTINGS
+from vid3d.config import load_settings, read_config, read_preset
+from vid3d.demo import EXAMPLE_VIDEO, VIDEO_CONFIG
 from vid3d.splats.data import load_dataset, load_points
 from vid3d.splats.train import Trainer
 
@@ -38,7 +38,7 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "vid3d.cli", "poses", str(PROJECT), "--input", str(EXAMPLE_VIDEO)], check=True
         )
-    settings = load_settings(read_preset("fast"), overrides=[*VIDEO_SETTINGS, *args.set]).splats
+    settings = load_settings(read_preset("fast"), read_config(VIDEO_CONFIG), overrides=args.set).splats
     data = load_dataset(poses, settings.test_every, "cpu", settings.max_side)
     rows = []
     for coarse in map(int, args.coarse.split(",")):

@@ -26,3 +26,16 @@ def test_a_missing_gpu_is_refused_before_any_work(tmp_path):
     result = run_cli("reconstruct", tmp_path / "project", "--input", video, "--device", "cuda")
     assert result.returncode == 2 and "no CUDA GPU" in error_line(result.stderr)
     assert not (tmp_path / "project").exists()
+
+
+@pytest.mark.parametrize(
+    "typed, named",
+    [
+        (["--frames", "1"], "error: --frames 1: must be at least 2"),
+        (["--set", "generate.frames=1"], "error: --set: generate.frames = 1: must be at least 2"),
+    ],
+)
+def test_a_bad_value_names_what_the_user_typed(tmp_path, typed, named):
+    result = run_cli("generate", tmp_path / "project", "--image", tmp_path / "never-read.png", *typed)
+    assert result.returncode == 2 and error_line(result.stderr) == named
+    assert not (tmp_path / "project").exists()

@@ -2,7 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from vid3d.config import STAGE_SETTINGS, Settings, describe, load_settings, read_toml, tomllib
+from vid3d.config import (
+    STAGE_SETTINGS,
+    Layer,
+    Settings,
+    describe,
+    load_settings,
+    read_config,
+    read_preset,
+    read_toml,
+    set_layer,
+    tomllib,
+)
+from vid3d.demo import GENERATED_CONFIG, VIDEO_CONFIG
 from vid3d.errors import UserError
 
 DEFAULT_TOML = Path(__file__).parents[1] / "configs" / "default.toml"
@@ -67,3 +79,17 @@ def test_bad_config_files_are_named(tmp_path):
     typo.write_text("[poses]\nmatchr = 'auto'\n")
     with pytest.raises(UserError, match=r"typo.toml: unknown setting poses.matchr"):
         load_settings(read_toml(typo))
+
+
+def test_a_flag_layer_is_named_as_typed_and_set_wins_over_it():
+    flag = Layer({"generate": {"frames": 1}}, "--frames 1", flag=True)
+    with pytest.raises(UserError, match=r"^--frames 1: must be at least 2$"):
+        load_settings(flag)
+    with pytest.raises(UserError, match=r"^--set: generate.frames = 1: must be at least 2$"):
+        load_settings(Layer({"generate": {"frames": 30}}, "--frames 30", flag=True), set_layer("generate.frames=1"))
+    assert load_settings(flag, set_layer("generate.frames=30")).generate.frames == 30
+
+
+def test_the_demo_layers_are_settings_files_beside_the_presets():
+    for name in (VIDEO_CONFIG, GENERATED_CONFIG):
+        assert load_settings(read_preset("fast"), read_config(name)) != load_settings(read_preset("fast"))

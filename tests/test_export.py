@@ -1,6 +1,7 @@
 """Exports that accumulate in export/, nerfstudio's camera path, and splats.ply checked by content
 and rebuilt from its checkpoint (issue 16 items 3, 8 and 15)."""
 
+import importlib
 import json
 import shutil
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 from conftest import error_line, run_cli, run_json, tree
 
+from vid3d.config import ExportSettings
+from vid3d.errors import UserError
+from vid3d.export import ASSET_KINDS, requested_assets
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 STEPS = 60
@@ -23,6 +27,44 @@ QUICK = [
     "splats.checkpoint_every=20",
 ]
 COARSE = ["--voxel-size", "0.1"]  # a TSDF of 2-3% of the cameras' extent: thousands of faces, not 750,000
+
+
+def test_settings_ask_for_assets_by_the_names_files_and_settings_earlier_exports_recorded():
+    settings = ExportSettings(splat="ply, splat,ply", pointcloud=True, cameras=True, faces=200)
+    mesh = {
+        "mesh_format": "ply",
+        "depth": "median",
+        "voxel_size": 0.0,
+        "faces": 200,
+        "bbox": "",
+        "min_component": 0.05,
+        "alpha_threshold": 0.5,
+    }
+    assert [(a.name, a.files, a.settings) for a in requested_assets(settings)] == [
+        ("mesh", ("mesh.ply",), mesh),
+        ("splat.ply", ("splat.ply",), {"format": "ply"}),
+        ("splat.splat", ("splat.splat",), {"format": "splat"}),
+        ("pointcloud", ("pointcloud.ply",), {}),
+        ("cameras", ("poses_cameras.json", "camera_path.json"), {}),
+    ]
+    with pytest.raises(UserError, match=r"nothing to write; pass --mesh, --splat, --pointcloud or --cameras$"):
+        requested_assets(ExportSettings(mesh=False))
+    with pytest.raises(UserError, match=r"unknown format gltf; use ply, splat or ply_compressed"):
+        requested_assets(ExportSettings(splat="ply,gltf"))
+
+
+def test_every_asset_kind_is_a_flag_of_export_a_setting_and_a_writer():
+    import typer
+
+    from vid3d.cli import app
+
+    helps = {opt: param.help for param in typer.main.get_command(app).commands["export"].params for opt in param.opts}
+    for kind in ASSET_KINDS.values():
+        assert helps[f"--{kind.name}"].startswith(kind.help)
+        assert hasattr(ExportSettings, kind.name)
+        assert callable(importlib.import_module(f"vid3d.export.{kind.writer}").write)
+        for flag in kind.flags:
+            assert flag in helps
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from vid3d.threads import set_openmp_defaults
 
 set_openmp_defaults()  # before torch loads libgomp: threads for a container's CPU quota
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -26,10 +27,11 @@ import shutil
 import signal
 import sys
 import traceback
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.highlighter import NullHighlighter
@@ -38,9 +40,10 @@ from rich.table import Table
 from rich.text import Text
 
 from vid3d import __version__, pipeline, ui
-from vid3d.config import load_settings, read_preset, read_toml
+from vid3d.config import Layer, Settings, load_settings, read_config, read_preset, read_toml, set_layer, setting_field
 from vid3d.device import resolve_device
 from vid3d.errors import StageError, UserError
+from vid3d.export import ASSET_KINDS, AssetKind, either
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d.ui import console, log
 
@@ -53,188 +56,206 @@ app = typer.Typer(
 
 ProjectArg = Annotated[Path, typer.Argument(help="Project folder (created if missing).", show_default=False)]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see configs/default.toml).")]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override one setting: stage.key=value (repeatable).")
-]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one setting: stage.key=value (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun this command's stage even when cached.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (status, outputs, metrics) on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
-InputOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--input",
-        "-i",
-        help="Video file, folder of images, or dataset (nerfstudio/instant-ngp transforms.json, or a "
-        "COLMAP project: sparse/0 and images/).",
-    ),
-]
-PosesOpt = Annotated[
-    Path | None, typer.Option("--poses", help="Known cameras (vid3d generate's cameras.json) instead of COLMAP.")
-]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="fast (CPU preview), default or quality.")]
 
 
 @dataclass
 class Common:
-    """The options every stage command takes (COMMON_OPTIONS), and its preset where it has one."""
+    """The options every stage command takes: each field is one, its annotation its typer option."""
 
-    config: Path | None = None
-    sets: list[str] = field(default_factory=list)
-    force: bool = False
-    json: bool = False
-    device: str = "auto"
-    verbose: bool = False
-    wait: bool = False
-    preset: str | None = None
-
-
-COMMON_OPTIONS = {
-    "config": (ConfigOpt, None),
-    "set": (SetOpt, None),
-    "force": (ForceOpt, False),
-    "json": (JsonOpt, False),
-    "device": (DeviceOpt, "auto"),
-    "verbose": (VerboseOpt, False),
-    "wait": (WaitOpt, False),
-}
+    config: ConfigOpt = None
+    sets: SetOpt = None
+    force: ForceOpt = False
+    json: JsonOpt = False
+    device: DeviceOpt = "auto"
+    verbose: VerboseOpt = False
+    wait: WaitOpt = False
 
 
-def stage_command(function: Callable[..., None]) -> Callable[..., None]:
-    """Register `function(..., common: Common)` as a command that takes COMMON_OPTIONS besides its own."""
-    own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "common"]
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, (annotation, default) in COMMON_OPTIONS.items()
-    ]
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
-    @functools.wraps(function)
-    def command(**values):
-        common = Common(
-            config=values.pop("config"),
-            sets=values.pop("set") or [],
-            force=values.pop("force"),
-            json=values.pop("json"),
-            device=values.pop("device"),
-            verbose=values.pop("verbose"),
-            wait=values.pop("wait"),
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """A flag that sets one setting. Its value is a settings layer named as the user typed it
+    ("--frames 1"), so an error names the flag."""
+
+    decls: tuple[str, ...]  # ("--frames",), ("--loop/--no-loop",) for a bool, ("--input", "-i")
+    setting: str  # stage.key
+    help: str = ""  # default: the setting's own help text
+    path: bool = False  # a file or folder: the setting holds its absolute path
+
+    @property
+    def name(self) -> str:
+        return self.decls[0].split("/")[0].lstrip("-").replace("-", "_")
+
+    def parameters(self) -> list[inspect.Parameter]:
+        hint, help = setting_field(*self.setting.split("."))
+        kind = Path if self.path else hint if hint in (bool, int, float) else str
+        if typing.get_origin(hint) is Literal:
+            help = f"{help} ({either(typing.get_args(hint))})"
+        option = typer.Option(*self.decls, help=self.help or f"{help[0].upper()}{help[1:]}.", show_default=False)
+        return [inspect.Parameter(self.name, KEYWORD, annotation=Annotated[kind | None, option], default=None)]
+
+    def layer(self, values: dict) -> Layer | None:
+        value = values[self.name]
+        if value is None:
+            return None
+        stage, key = self.setting.split(".")
+        on, _, off = self.decls[0].partition("/")
+        typed = (on if value else off) if isinstance(value, bool) else f"{self.decls[0]} {value}"
+        return Layer({stage: {key: str(value.resolve()) if self.path else value}}, typed, flag=True)
+
+
+@dataclass(frozen=True)
+class AssetFlags:
+    """`vid3d export`'s flags that choose assets, one per row of export.ASSET_KINDS: with any of them,
+    they decide every kind (one layer); with none, the [export] settings do."""
+
+    def parameters(self) -> list[inspect.Parameter]:
+        return [
+            inspect.Parameter(
+                kind.name, KEYWORD, annotation=self._option(kind), default=None if kind.formats else False
+            )
+            for kind in ASSET_KINDS.values()
+        ]
+
+    def layer(self, values: dict) -> Layer | None:
+        chosen = {name: values[name] for name in ASSET_KINDS if values[name]}
+        if not chosen:
+            return None
+        typed = " ".join(
+            " ".join(f"--{name} {v}" for v in value) if isinstance(value, list) else f"--{name}"
+            for name, value in chosen.items()
         )
-        function(**values, common=common)
+        asked = {
+            name: ",".join(chosen.get(name, [])) if kind.formats else name in chosen
+            for name, kind in ASSET_KINDS.items()
+        }
+        return Layer({"export": asked}, typed, flag=True)
 
-    command.__signature__ = inspect.Signature(own + shared)
-    command.__annotations__ = {p.name: p.annotation for p in own + shared}
-    return app.command()(command)
+    @staticmethod
+    def _option(kind: AssetKind) -> Any:
+        """--NAME: true or false, or for a kind with several formats, one format (repeatable)."""
+        if kind.formats:
+            help = f"{kind.help}: {either(kind.formats)} (repeatable)."
+            return Annotated[list[str] | None, typer.Option(f"--{kind.name}", help=help)]
+        return Annotated[bool, typer.Option(f"--{kind.name}", help=f"{kind.help}.")]
 
 
-@stage_command
-def generate(
-    project: ProjectArg,
-    image: Annotated[Path | None, typer.Option("--image", help="Reference image (PNG or JPEG).")] = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Text prompt, for models that take one.")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V, "
-            "Wan 2.1/2.2 I2V); default: the embedded orbit model.",
-        ),
-    ] = None,
-    frames: Annotated[int | None, typer.Option("--frames", help="Frames to generate.")] = None,
-    loop: Annotated[bool | None, typer.Option("--loop/--no-loop", help="Circular windows (closed orbit).")] = None,
-    cameras: Annotated[
-        Path | None,
-        typer.Option(
-            "--cameras", help="The frames' cameras (cameras.json) for the feedback loop of a model without its own."
-        ),
-    ] = None,
-    *,
-    common: Common,
-) -> None:
+INPUT = SettingFlag(
+    ("--input", "-i"),
+    "frames.input",
+    "Video file, folder of images, or dataset (nerfstudio/instant-ngp transforms.json, or a "
+    "COLMAP project: sparse/0 and images/).",
+    path=True,
+)
+IMAGE = SettingFlag(("--image",), "generate.image", "Reference image (PNG or JPEG).", path=True)
+POSES = SettingFlag(
+    ("--poses",), "poses.cameras", "Known cameras (vid3d generate's cameras.json) instead of COLMAP.", path=True
+)
+
+
+def stage_command(*flags: SettingFlag | AssetFlags, help: str | None = None):
+    """Register `function(project, ..., common: Common, layers: list[Layer])` as a command that takes
+    the Common options and `flags` besides its own parameters; `layers` are the flags' layers."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p
+            for p in inspect.signature(function, eval_str=True).parameters.values()
+            if p.name not in ("common", "layers")
+        ]
+        hints = typing.get_type_hints(Common, include_extras=True)
+        shared = [
+            inspect.Parameter(f.name, KEYWORD, annotation=hints[f.name], default=f.default)
+            for f in dataclasses.fields(Common)
+        ]
+        flag_parameters = [p for flag in flags for p in flag.parameters()]
+
+        @functools.wraps(function)
+        def command(**values):
+            common = Common(**{f.name: values.pop(f.name) for f in dataclasses.fields(Common)})
+            layers = [layer for flag in flags if (layer := flag.layer(values)) is not None]
+            for p in flag_parameters:
+                values.pop(p.name)
+            function(**values, common=common, layers=layers)
+
+        parameters = own[:1] + flag_parameters + [p.replace(kind=KEYWORD) for p in own[1:]] + shared
+        assert len({p.name for p in parameters}) == len(parameters), f"{function.__name__}: two flags, one name"
+        command.__signature__ = inspect.Signature(parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return app.command(help=help)(command)
+
+    return register
+
+
+@stage_command(
+    IMAGE,
+    SettingFlag(("--prompt",), "generate.prompt", "Text prompt, for models that take one."),
+    SettingFlag(
+        ("--model",),
+        "generate.model",
+        "Diffusers pipeline folder or cached Hugging Face id (SVD, CogVideoX I2V, "
+        "Wan 2.1/2.2 I2V); default: the embedded orbit model.",
+    ),
+    SettingFlag(("--frames",), "generate.frames", "Frames to generate."),
+    SettingFlag(("--loop/--no-loop",), "generate.loop", "Circular windows (closed orbit)."),
+    SettingFlag(
+        ("--cameras",),
+        "generate.cameras",
+        "The frames' cameras (cameras.json) for the feedback loop of a model without its own.",
+        path=True,
+    ),
+)
+def generate(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
     """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
-    named = {
-        "prompt": prompt,
-        "model": model,
-        "frames": frames,
-        "loop": None if loop is None else str(loop).lower(),
-        "cameras": None if cameras is None else cameras.resolve(),
-    }
-    sets = [f"generate.{key}={value}" for key, value in named.items() if value is not None]
-    _execute(project, common, "generate", sets=sets, image=image)
+    _execute(project, common, "generate", layers)
 
 
-@stage_command
-def frames(project: ProjectArg, input: InputOpt = None, *, common: Common) -> None:
+@stage_command(INPUT)
+def frames(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
     """Ingest a video or image folder into frames/: even sampling, sharpest frames, resized."""
-    _execute(project, common, "frames", input=input)
+    _execute(project, common, "frames", layers)
 
 
-@stage_command
-def poses(project: ProjectArg, input: InputOpt = None, poses: PosesOpt = None, *, common: Common) -> None:
+@stage_command(INPUT, POSES)
+def poses(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
     """Camera poses with pycolmap (or known cameras): ingest the input into frames/, then write poses/."""
-    _execute(project, common, "poses", sets=_poses_set(poses), input=input)
+    _execute(project, common, "poses", layers)
 
 
-@stage_command
-def reconstruct(
-    project: ProjectArg,
-    input: InputOpt = None,
-    preset: PresetOpt = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="auto, gsplat (CUDA) or torch.")] = None,
-    poses: PosesOpt = None,
-    *,
-    common: Common,
-) -> None:
+@stage_command(INPUT, SettingFlag(("--backend",), "splats.backend", "auto, gsplat (CUDA) or torch."), POSES)
+def reconstruct(project: ProjectArg, preset: PresetOpt = None, *, common: Common, layers: list[Layer]) -> None:
     """3D Gaussian Splatting: runs frames and poses when missing or stale, then trains splats/."""
-    sets = ([f"splats.backend={backend}"] if backend else []) + _poses_set(poses)
-    common.preset = preset
-    _execute(project, common, "splats", sets=sets, input=input)
+    _execute(project, common, "splats", layers, preset=preset)
 
 
-@stage_command
-def export(
-    project: ProjectArg,
-    mesh: Annotated[bool, typer.Option("--mesh", help="Write a mesh (TSDF fusion of rendered depth).")] = False,
-    format: Annotated[str | None, typer.Option("--format", help="Mesh format: ply, obj or glb.")] = None,
-    voxel_size: Annotated[float | None, typer.Option("--voxel-size", help="TSDF voxel size (world units).")] = None,
-    faces: Annotated[int | None, typer.Option("--faces", help="Decimate the mesh to about N faces.")] = None,
-    bbox: Annotated[str | None, typer.Option("--bbox", help="Crop: xmin,ymin,zmin,xmax,ymax,zmax.")] = None,
-    splat: Annotated[
-        list[str] | None,
-        typer.Option("--splat", help="Write the Gaussians: ply, splat or ply_compressed (repeatable)."),
-    ] = None,
-    pointcloud: Annotated[bool, typer.Option("--pointcloud", help="Write the Gaussian centres with colours.")] = False,
-    cameras: Annotated[
-        bool, typer.Option("--cameras", help="Write the camera path: cameras.json and nerfstudio's camera_path.json.")
-    ] = False,
-    input: InputOpt = None,
-    *,
-    common: Common,
-) -> None:
-    """Export assets from the Gaussians (runs the stages before it when missing or stale).
+@stage_command(
+    AssetFlags(),
+    *(SettingFlag((flag,), f"export.{key}") for kind in ASSET_KINDS.values() for flag, key in kind.flags.items()),
+    INPUT,
+    help=f"""Export assets from the Gaussians (runs the stages before it when missing or stale).
 
-    With any of --mesh, --splat, --pointcloud, --cameras, those are written; with none, the
+    With any of {", ".join(f"--{name}" for name in ASSET_KINDS)}, those are written; with none, the
     [export] settings decide (a mesh by default). Files from earlier exports of the same splats
     stay in export/; each is rewritten only when its own settings change, or with --force.
-    """
-    sets = []
-    if mesh or splat or pointcloud or cameras:
-        sets += [
-            f"export.mesh={str(mesh).lower()}",
-            f"export.splat={','.join(splat or [])}",
-            f"export.pointcloud={str(pointcloud).lower()}",
-            f"export.cameras={str(cameras).lower()}",
-        ]
-    named = {"mesh_format": format, "voxel_size": voxel_size, "faces": faces, "bbox": bbox}
-    sets += [f"export.{key}={value}" for key, value in named.items() if value is not None]
-    _execute(project, common, "export", sets=sets, input=input)
+    """,
+)
+def export(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
+    _execute(project, common, "export", layers)
 
 
-@stage_command
-def run(project: ProjectArg, input: InputOpt = None, preset: PresetOpt = None, *, common: Common) -> None:
+@stage_command(INPUT)
+def run(project: ProjectArg, preset: PresetOpt = None, *, common: Common, layers: list[Layer]) -> None:
     """Every stage in order (frames, poses, splats, export), each cached; --force reruns them all."""
-    common.preset = preset
-    _execute(project, common, "export", input=input, force_all=True)
+    _execute(project, common, "export", layers, preset=preset, force_all=True)
 
 
 @app.command()
@@ -249,20 +270,21 @@ def demo(
     from vid3d.demo import (
         EXAMPLE_REFERENCE,
         EXAMPLE_VIDEO,
-        GENERATED_SETTINGS,
-        VIDEO_SETTINGS,
+        GENERATED_CONFIG,
+        VIDEO_CONFIG,
         generated_summary,
         summary,
     )
     from vid3d.report import REPORT_FILE
 
-    common = Common(force=force, json=json, device=device, verbose=verbose, preset="fast")
+    common = Common(force=force, json=json, device=device, verbose=verbose)
     video = _execute(
         project,
         common,
         "export",
-        sets=VIDEO_SETTINGS,
-        input=EXAMPLE_VIDEO,
+        [INPUT.layer({"input": EXAMPLE_VIDEO})],
+        preset="fast",
+        configs=(VIDEO_CONFIG,),
         force_all=True,
         summarize=summary,
         report=False,
@@ -271,9 +293,10 @@ def demo(
         project / "generated",
         common,
         "export",
-        sets=GENERATED_SETTINGS,
+        [IMAGE.layer({"image": EXAMPLE_REFERENCE})],
+        preset="fast",
+        configs=(GENERATED_CONFIG,),
         force_all=True,
-        image=EXAMPLE_REFERENCE,
         summarize=generated_summary,
         report=False,
     )
@@ -419,14 +442,15 @@ def _execute(
     project_dir: Path,
     common: Common,
     target: str,
-    sets: list[str] = (),
-    input: Path | None = None,
+    layers: list[Layer] = (),
+    preset: str | None = None,
+    configs: tuple[str, ...] = (),
     force_all: bool = False,
-    image: Path | None = None,
     summarize: Callable[[Path], dict] | None = None,
     report: bool = True,
 ) -> dict:
-    """Run stage `target` (and the stages it reads) on the project; `sets` come before --set."""
+    """Run stage `target` (and the stages it reads) on the project; `layers` (the flags') sit
+    between --config and --set, `configs` (configs/ files) on top of `preset`."""
     _setup_logging(common.verbose)
     created = not project_dir.exists()
     new_parents = [parent for parent in project_dir.parents if not parent.exists()]  # innermost first
@@ -443,7 +467,7 @@ def _execute(
                 log_state = _attach_log_file(project_dir)
                 log.debug("vid3d %s: %s", __version__, " ".join(sys.argv))
                 forced = (STAGES if force_all else (target,)) if common.force else ()
-                settings = _load_settings(project, common, [*sets, *common.sets], input, image)
+                settings = _load_settings(project, common, layers, preset, configs)
                 ctx = pipeline.Context(project, settings, common.device, force=forced)
                 try:
                     pipeline.run(ctx, target)
@@ -480,22 +504,17 @@ def _execute(
     return outcome
 
 
-def _load_settings(project: Project, common: Common, sets: list[str], input: Path | None, image: Path | None = None):
-    """Defaults < the project's last settings (project.toml) < --preset < --config < --input/--image < --set."""
+def _load_settings(
+    project: Project, common: Common, flags: list[Layer], preset: str | None, configs: tuple[str, ...]
+) -> Settings:
+    """Defaults < the project's last settings (project.toml) < --preset < --config < flags < --set."""
     layers = [project.saved_settings()]
-    if common.preset:
-        layers.append(read_preset(common.preset))
+    if preset:
+        layers.append(read_preset(preset))
+    layers += map(read_config, configs)
     if common.config:
         layers.append(read_toml(common.config))
-    if input is not None:
-        layers.append(({"frames": {"input": str(input.resolve())}}, "--input"))
-    if image is not None:
-        layers.append(({"generate": {"image": str(image.resolve())}}, "--image"))
-    return load_settings(*layers, overrides=sets)
-
-
-def _poses_set(poses: Path | None) -> list[str]:
-    return [f"poses.cameras={poses.resolve()}"] if poses else []
+    return load_settings(*layers, *flags, *map(set_layer, common.sets or ()))
 
 
 def _check_project_folder(path: Path, must_exist: bool) -> None:
@@ -594,7 +613,7 @@ def _print_measures(title: str, measures: dict) -> None:
     console.print(table)
 
 
-def _fail(message: str, code: int, as_json: bool) -> None:
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
     if as_json:
         print(_dumps({"status": "error" if code == 2 else "failed", "error": message, "exit_code": code}))

@@ -1,4 +1,5 @@
-"""Typed per-stage settings: defaults in code, layered with project.toml, --config FILE and --set.
+"""Typed per-stage settings: defaults in code, then layers of values (project.toml, a preset, --config
+FILE, flags, --set), each named by where it came from so that an error names what the user typed.
 
 Every setting is a dataclass field made with `setting(...)`, which carries its help text and its
 allowed range; `configs/default.toml` documents them all (a test keeps the two in step).
@@ -11,7 +12,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -251,11 +252,11 @@ class ExportSettings:
     )
     splat: str = setting(
         "",
-        "also write the Gaussians in these formats, comma-separated: ply (Inria's layout), splat, "
-        "ply_compressed (through gsplat.exporter); empty: none",
+        "also write the Gaussians in these formats, comma-separated (those `vid3d export --splat` takes: "
+        "Inria's ply layout, and gsplat.exporter's); empty: none",
     )
     pointcloud: bool = setting(False, "also write the Gaussian centres with colours, outliers removed")
-    cameras: bool = setting(False, "also write the camera path: vid3d's cameras.json and nerfstudio's camera_path.json")
+    cameras: bool = setting(False, "also write the camera path: poses_cameras.json and nerfstudio's camera_path.json")
 
 
 @dataclass
@@ -270,40 +271,64 @@ class Settings:
 STAGE_SETTINGS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
 
 
-def load_settings(*layers: tuple[dict[str, Any], str], overrides: list[str] = ()) -> Settings:
-    """Defaults, then each (table, source name) layer in order, then `stage.key=value` overrides."""
-    values: dict[str, dict[str, Any]] = {stage: {} for stage in STAGE_SETTINGS}
-    for layer, source in layers:
-        for stage, table in layer.items():
-            _check_stage(stage, source)
+class Layer(NamedTuple):
+    """Settings from one place, {stage: {key: value}}, and how an error names that place: a file,
+    `--set`, or a flag as the user typed it ("--frames 1")."""
+
+    values: dict[str, Any]
+    origin: str
+    flag: bool = False  # the origin names the setting and its value itself, as a flag does
+
+
+def load_settings(*layers: Layer | tuple[dict[str, Any], str], overrides: list[str] = ()) -> Settings:
+    """Defaults, then each layer in order (a later one wins), then `stage.key=value` overrides (--set)."""
+    values: dict[str, dict[str, tuple[Any, Layer]]] = {stage: {} for stage in STAGE_SETTINGS}
+    for layer in [*(Layer(*layer) for layer in layers), *map(set_layer, overrides)]:
+        for stage, table in layer.values.items():
+            _check_stage(stage, layer.origin)
             if not isinstance(table, dict):
-                raise UserError(f"{source}: [{stage}] must be a table of settings")
-            values[stage].update({key: (value, source) for key, value in table.items()})
-    for item in overrides:
-        stage, key, value = _parse_override(item)
-        values[stage][key] = (value, "--set")
+                raise UserError(f"{layer.origin}: [{stage}] must be a table of settings")
+            values[stage].update({key: (value, layer) for key, value in table.items()})
     return Settings(**{stage: _build(stage, table) for stage, table in values.items()})
 
 
+def set_layer(item: str) -> Layer:
+    """One `--set stage.key=value` as a settings layer."""
+    stage, key, value = _parse_override(item)
+    return Layer({stage: {key: value}}, "--set")
+
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = ("fast", "default", "quality")
+PRESETS = ("fast", "default", "quality")  # --preset; configs/ also holds the demo's layers (demo*.toml)
 
 
-def read_preset(name: str) -> tuple[dict[str, Any], str]:
-    """configs/<name>.toml as a settings layer."""
+def read_preset(name: str) -> Layer:
+    """configs/<name>.toml as a settings layer, for --preset NAME."""
     if name not in PRESETS:
         raise UserError(f"--preset {name}: must be one of {', '.join(PRESETS)}")
+    return read_config(name)
+
+
+def read_config(name: str) -> Layer:
+    """configs/<name>.toml as a settings layer."""
     return read_toml(CONFIG_DIR / f"{name}.toml")
 
 
-def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+def read_toml(path: Path) -> Layer:
     """A config file as a settings layer; a missing or malformed file is a UserError."""
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass an existing TOML file to --config")
     try:
-        return tomllib.loads(path.read_text()), str(path)
+        return Layer(tomllib.loads(path.read_text()), str(path))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc}); see configs/default.toml for the format") from None
+
+
+def setting_field(stage: str, key: str) -> tuple[Any, str]:
+    """The type and help text of setting stage.key."""
+    cls = STAGE_SETTINGS[stage]
+    help = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == key)
+    return typing.get_type_hints(cls)[key], help
 
 
 def as_dict(settings: Any) -> dict[str, Any]:
@@ -334,20 +359,21 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return stage, key.strip(), value
 
 
-def _build(stage: str, table: dict[str, tuple[Any, str]]) -> Any:
+def _build(stage: str, table: dict[str, tuple[Any, Layer]]) -> Any:
     cls = STAGE_SETTINGS[stage]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for key, (value, source) in table.items():
+    for key, (value, layer) in table.items():
         if key not in fields:
-            raise UserError(f"{source}: unknown setting {stage}.{key}; {stage} has {', '.join(fields)}")
-        kwargs[key] = _coerce(f"{stage}.{key}", source, value, hints[key], fields[key].metadata)
+            raise UserError(f"{layer.origin}: unknown setting {stage}.{key}; {stage} has {', '.join(fields)}")
+        where = layer.origin if layer.flag else f"{layer.origin}: {stage}.{key} = {value!r}"
+        kwargs[key] = _coerce(where, value, hints[key], fields[key].metadata)
     return cls(**kwargs)
 
 
-def _coerce(name: str, source: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
-    where = f"{source}: {name} = {value!r}"
+def _coerce(where: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
+    """`value` as a `hint`, within the setting's bounds; a UserError that starts with `where` when it is not."""
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

@@ -55,37 +55,9 @@ def summary(project_dir: Path) -> dict:
 # The generation part: a held-out procedural scene's reference frame (examples/reference.json says
 # which), never seen in training, turned into an orbit by the embedded model, then into Gaussians and a mesh.
 EXAMPLE_REFERENCE = EXAMPLES / "reference.png"
-# 1,000 Gaussian steps: the demo in about 4 minutes on a 2-core CPU with the compiled CPU compositing
-# (docs/benchmarks.md has the figures).
-# On top of the fast preset (configs/fast.toml), with the schedules the figures in docs/benchmarks.md
-# were measured with: densifying from step 100 every 100 steps, SH degree raised every 300 steps,
-# and no opacity reset (gsplat 1.5.3 never reset; vid3d now does, so reset_every is set past the end).
-# The first 500 steps on half-size frames (coarse to fine): 19% less training time with the PyTorch
-# compositing, none with the compiled one; kept, as the figures were measured with it.
-# COLMAP's doubled first octave for SIFT (the fast preset starts at the frames' size, for phone-size
-# frames): on these 256 px frames it finds four times the points.
-VIDEO_SETTINGS = [
-    "poses.sift_first_octave=-1",
-    "splats.steps=1000",
-    "splats.coarse_steps=500",
-    "splats.refine_start=100",
-    "splats.refine_stop=800",
-    "splats.refine_every=100",
-    "splats.sh_degree_interval=300",
-    "splats.reset_every=3000",
-]
-GENERATED_SETTINGS = [
-    "frames.count=48",
-    "splats.steps=300",
-    "splats.sh_degree=1",
-    "splats.refine_start=100",
-    "splats.refine_stop=250",
-    "splats.refine_every=100",
-    "splats.sh_degree_interval=300",
-    "splats.reset_every=3000",
-    "splats.test_every=8",
-    "export.faces=20000",
-]
+# The demo's settings on top of the fast preset: configs/<name>.toml, with why each one is set.
+VIDEO_CONFIG = "demo"
+GENERATED_CONFIG = "demo-generate"
 
 
 def generated_summary(project_dir: Path) -> dict:

@@ -1,8 +1,10 @@
-"""The chain of stages as a table: each stage's name, what it reads, and its work.
+"""The chain of stages as a table: each stage's name and its plan (what it reads, and its work).
 
-`run(ctx, name)` runs the stages `name` reads first, computes its fingerprint (its settings, its
-inputs' fingerprints and the vid3d version) and runs it, or returns it cached when nothing changed.
-Each stage's package owns the folder the stage writes (see docs/architecture.md).
+`run(ctx, name)` plans stage `name` (running the stages it reads first), computes its fingerprint
+(the settings its outputs depend on, its inputs' fingerprints and the vid3d version) and runs it,
+or returns it cached when nothing changed. A stage that keeps some outputs of earlier runs (export)
+plans which to keep and which to write, and hands that plan to its work. Each stage's package owns
+the folder the stage writes (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
+from vid3d.export import export_assets, plan_export
 from vid3d.project import Project, StageOutput, StageResult, file_fingerprint, fingerprint
 
 
@@ -26,31 +29,48 @@ class Context:
     force: tuple[str, ...] = ()  # stages to rerun even when cached
     results: list[StageResult] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # of the stages run (or cached) so far
-    export_plan: Any = None  # export.ExportPlan, made with export's inputs and carried out by its work
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A stage's run, planned: what its fingerprint hashes, and the work that writes its outputs."""
+
+    inputs: dict[str, Any]  # fingerprints of what it reads
+    settings: dict[str, Any]  # the settings its outputs depend on
+    work: Callable[[Path], StageOutput]  # writes its outputs into the given (temporary) folder
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str  # also its folder in the project and its [section] of the settings
-    inputs: Callable[[Context], dict[str, str]]  # fingerprints of what it reads; runs the stages it reads
-    work: Callable[[Context, Path], StageOutput]  # writes its outputs into the given (temporary) folder
-    # Settings that name an input file: when set, the file's content is fingerprinted (in `inputs`)
-    # and its path is not, so a moved video with the same content stays cached.
-    input_paths: tuple[str, ...] = ()
-    # False when `inputs` carries the settings that matter instead (export: each asset's fingerprint)
-    settings_in_fingerprint: bool = True
+    plan: Callable[[Context], Planned]  # runs the stages it reads first
+
+
+def reads(
+    name: str,
+    inputs: Callable[[Context], dict[str, str]],
+    work: Callable[[Context, Path], StageOutput],
+    input_paths: tuple[str, ...] = (),
+) -> Stage:
+    """A stage whose outputs depend on all its settings and on `inputs` (fingerprints of what it
+    reads), written by `work`. Settings in `input_paths` name an input file: when set, the file's
+    content is fingerprinted (in `inputs`) and its path is not, so a moved video stays cached."""
+
+    def plan(ctx: Context) -> Planned:
+        read = inputs(ctx)
+        values = as_dict(getattr(ctx.settings, name))
+        hashed = {k: v for k, v in values.items() if not (k in input_paths and v)}
+        return Planned(read, hashed, lambda out: work(ctx, out))
+
+    return Stage(name, plan)
 
 
 def run(ctx: Context, name: str) -> StageResult:
     """Stage `name` and, first, every stage it reads; each one cached when unchanged."""
-    stage = STAGE_TABLE[name]
-    inputs = stage.inputs(ctx)
+    planned = STAGE_TABLE[name].plan(ctx)
+    fp = ctx.fingerprints[name] = fingerprint(name, planned.settings, planned.inputs)
     values = as_dict(getattr(ctx.settings, name))
-    hashed = {k: v for k, v in values.items() if not (k in stage.input_paths and v)}
-    if not stage.settings_in_fingerprint:
-        hashed = {}
-    fp = ctx.fingerprints[name] = fingerprint(name, hashed, inputs)
-    result = ctx.project.run_stage(name, fp, values, inputs, lambda out: stage.work(ctx, out), force=name in ctx.force)
+    result = ctx.project.run_stage(name, fp, values, planned.inputs, planned.work, force=name in ctx.force)
     ctx.results.append(result)
     return result
 
@@ -232,35 +252,27 @@ def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> N
 
 
 # -- export: meshes, splats, point clouds and cameras from the Gaussians ------------------------------
-def _export_inputs(ctx: Context) -> dict[str, Any]:
-    from vid3d.export import plan_export
-
-    splats_fp = run(ctx, "splats").fingerprint
-    ctx.export_plan = plan_export(ctx.project, ctx.settings.export, splats_fp, force="export" in ctx.force)
-    return {"splats": splats_fp, "assets": ctx.export_plan.fingerprints()}
-
-
-def _export(ctx: Context, out: Path) -> StageOutput:
-    from vid3d.export import export_assets
-
+def _export_plan(ctx: Context) -> Planned:
+    """Export keeps the assets of earlier runs: its fingerprint is theirs and the new ones' (each
+    with its own settings), and its work writes only the new ones."""
     project = ctx.project
-    return export_assets(
-        ctx.export_plan,
-        project.stage_dir("export"),
-        project.stage_dir("splats"),
-        project.stage_dir("poses"),
-        out,
-        ctx.device,
+    splats_fp = run(ctx, "splats").fingerprint
+    plan = plan_export(project, ctx.settings.export, splats_fp, force="export" in ctx.force)
+    folders = (project.stage_dir("export"), project.stage_dir("splats"), project.stage_dir("poses"))
+    return Planned(
+        inputs={"splats": splats_fp, "assets": plan.fingerprints()},
+        settings={},
+        work=lambda out: export_assets(plan, *folders, out, ctx.device),
     )
 
 
 STAGE_TABLE: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
-        Stage("frames", _frames_inputs, _frames, input_paths=("input",)),
-        Stage("poses", _poses_inputs, _poses),
-        Stage("splats", _splats_inputs, _splats),
-        Stage("export", _export_inputs, _export, settings_in_fingerprint=False),
+        reads("generate", _generate_inputs, _generate, input_paths=("image", "cameras")),
+        reads("frames", _frames_inputs, _frames, input_paths=("input",)),
+        reads("poses", _poses_inputs, _poses),
+        reads("splats", _splats_inputs, _splats),
+        Stage("export", _export_plan),
     )
 }
