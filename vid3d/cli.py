@@ -39,7 +39,7 @@ from rich.text import Text
 
 from vid3d import __version__, pipeline, ui
 from vid3d.config import load_settings, read_preset, read_toml
-from vid3d.device import resolve_device
+from vid3d.device import check_device
 from vid3d.errors import StageError, UserError
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d.ui import console, log
@@ -434,7 +434,7 @@ def _execute(
     ctx = None
     log_state: tuple[Path, int] | None = None
     try:
-        resolve_device(common.device)  # a device that is not there fails before any work
+        check_device(common.device)  # a device that is not there fails before any work
         _check_project_folder(project_dir, must_exist=False)
         with project.lock(wait=common.wait):
             # Decided under the lock: a project another process made meanwhile is not ours to remove.

@@ -24,9 +24,10 @@ import numpy as np
 
 from vid3d import __version__
 from vid3d.project import MANIFEST, STAGES, Project, atomic_write_text
-from vid3d.report_plots import camera_path_figure, curves_figure, mesh_figure, sharpness_figure, thumbnail_jpeg
 from vid3d.ui import log
 
+# The sections import report_plots (matplotlib, torch) when they draw: a cached rerun only compares the
+# page's date with the manifest's, and importing matplotlib took 1.2 s of its 3.4 s (issue 24).
 REPORT_FILE = "report.html"
 FILMSTRIP_FRAMES = 12
 INLINE_VIDEO_LIMIT = 8 * 2**20  # bytes: a larger video is linked (beside the report) instead of inlined
@@ -120,6 +121,7 @@ def _seconds(record: dict) -> str:
 # -- the stages' sections --------------------------------------------------------------------------
 def _generate(project: Project, record: dict) -> str:
     from vid3d.generate.output import VIDEO_FILE, GeneratedVideo, read_cameras
+    from vid3d.report_plots import camera_path_figure
 
     generated = GeneratedVideo.read(project.stage_dir("generate"))
     parts = [
@@ -136,6 +138,7 @@ def _generate(project: Project, record: dict) -> str:
 
 def _frames(project: Project, record: dict) -> str:
     from vid3d.ingest import FramesIndex
+    from vid3d.report_plots import sharpness_figure
 
     index = FramesIndex.read(project.stage_dir("frames"))
     parts = [_metrics(record), _filmstrip(index.paths())]
@@ -147,6 +150,7 @@ def _frames(project: Project, record: dict) -> str:
 
 def _poses(project: Project, record: dict) -> str:
     from vid3d.poses import read_dataset
+    from vid3d.report_plots import camera_path_figure
 
     poses = read_dataset(project.stage_dir("poses"))
     points = poses.points()
@@ -155,6 +159,7 @@ def _poses(project: Project, record: dict) -> str:
 
 
 def _splats(project: Project, record: dict) -> str:
+    from vid3d.report_plots import curves_figure
     from vid3d.splats.results import read_held_out_renders, read_history
 
     splats_dir = project.stage_dir("splats")
@@ -180,6 +185,7 @@ def _export(project: Project, record: dict) -> str:
 
     from vid3d.export import mesh_path
     from vid3d.poses import read_dataset
+    from vid3d.report_plots import mesh_figure
 
     parts = [_metrics(record)]
     mesh_file = mesh_path(project.stage_dir("export"))
@@ -237,6 +243,8 @@ def _figure(png: bytes, caption: str) -> str:
 
 
 def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
+    from vid3d.report_plots import thumbnail_jpeg
+
     return (
         f"<figure><img alt='{html.escape(caption)}' src='data:image/jpeg;base64,{_b64(thumbnail_jpeg(image, side))}'>"
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -245,6 +253,8 @@ def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
 
 def _filmstrip(paths: list[Path]) -> str:
     import imageio.v3 as iio
+
+    from vid3d.report_plots import thumbnail_jpeg
 
     if not paths:
         return ""

@@ -18,10 +18,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import open3d as o3d
 import torch
 import trimesh
 from gsplat.exporter import export_splats
@@ -36,6 +35,9 @@ from vid3d.splats.data import Dataset, load_dataset
 from vid3d.splats.model import PARAM_NAMES, SH_C0, read_splats, render, save_ply
 from vid3d.splats.rasterize import median_depth
 from vid3d.ui import log, progress
+
+if TYPE_CHECKING:  # open3d loads in the functions that mesh: importing it takes seconds (issue 24)
+    import open3d as o3d
 
 SPLAT_SUFFIX = {"ply": "splat.ply", "splat": "splat.splat", "ply_compressed": "splat.compressed.ply"}
 MESH_STEM = "mesh"  # mesh.ply, mesh.obj or mesh.glb
@@ -233,6 +235,8 @@ def fuse_mesh(
 ) -> trimesh.Trimesh:
     """Depth (export.depth: median or expected) and colour at every training camera, fused in
     open3d's TSDF volume."""
+    import open3d as o3d
+
     voxel = voxel_size(data, settings)
     volume = o3d.pipelines.integration.ScalableTSDFVolume(
         voxel_length=voxel,
@@ -292,6 +296,8 @@ def fuse_mesh(
 
 
 def _rgbd(colour: torch.Tensor, depth: torch.Tensor, depth_trunc: float) -> o3d.geometry.RGBDImage:
+    import open3d as o3d
+
     return o3d.geometry.RGBDImage.create_from_color_and_depth(
         o3d.geometry.Image(np.ascontiguousarray((colour * 255).round().byte().cpu().numpy())),
         o3d.geometry.Image(np.ascontiguousarray(depth.float().cpu().numpy())),
@@ -302,6 +308,8 @@ def _rgbd(colour: torch.Tensor, depth: torch.Tensor, depth_trunc: float) -> o3d.
 
 
 def _intrinsic(data: Dataset, i: int) -> o3d.camera.PinholeCameraIntrinsic:
+    import open3d as o3d
+
     K = data.Ks[i].cpu().numpy()
     return o3d.camera.PinholeCameraIntrinsic(data.width, data.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
 
@@ -319,6 +327,8 @@ def _largest_pieces(mesh: o3d.geometry.TriangleMesh, min_fraction: float) -> o3d
 
 def point_cloud(splats: torch.nn.ParameterDict) -> trimesh.PointCloud:
     """Centres of the opaque Gaussians, coloured by their view-independent colour, outliers removed."""
+    import open3d as o3d
+
     keep = torch.sigmoid(splats["opacities"]) > OPAQUE
     points = splats["means"][keep].detach().cpu().numpy().astype(np.float64)
     colours = (splats["sh0"][keep, 0] * SH_C0 + 0.5).clamp(0, 1).detach().cpu().numpy()

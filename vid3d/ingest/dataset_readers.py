@@ -28,13 +28,12 @@ from plyfile import PlyData
 
 from vid3d.errors import UserError
 from vid3d.ingest import IMAGE_SUFFIXES
+from vid3d.ingest.dataset_layout import COLMAP_IMAGES_DIR, TRANSFORMS_FILE, colmap_model_dir
 from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
 from vid3d.ui import keep_signal_handlers
 
 keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
 
-TRANSFORMS_FILE = "transforms.json"
-COLMAP_IMAGES_DIR = "images"
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 PERSPECTIVE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")  # nerfstudio's camera_model values of a lens
 FISHEYE_MODELS = ("OPENCV_FISHEYE",)
@@ -58,14 +57,6 @@ class DatasetInput:
 
 def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def colmap_model_dir(folder: Path) -> Path | None:
-    """sparse/0, or sparse/ itself when it holds the model files; None when neither does."""
-    for candidate in (folder / "sparse" / "0", folder / "sparse"):
-        if any((candidate / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
-            return candidate
-    return None
 
 
 # -- COLMAP projects ------------------------------------------------------------------------------
