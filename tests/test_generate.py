@@ -185,6 +185,7 @@ def test_sampler_runs_every_stabilizer_over_several_windows(image):
     assert model.attention.cache == {} and model.attention.anchors == {}  # cleared after sampling
 
 
+@pytest.mark.slow
 def test_generate_stage_writes_frames_video_and_metrics(tmp_path, image):
     import imageio.v3 as iio
 
