@@ -99,6 +99,7 @@ def test_two_jobs_build_it_once_into_an_empty_cache(tmp_path):
     assert job.returncode == 0 and out.startswith("True"), err
 
 
+@pytest.mark.slow
 def test_without_a_compiler_it_warns_once_and_renders_with_pytorch(tmp_path):
     tests = os.path.dirname(__file__)
     job = run_python(

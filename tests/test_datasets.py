@@ -231,6 +231,7 @@ def refused(project, dataset, *args):
     return error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
     dataset = write_nerfstudio(tmp_path / "ns", scene["cameras"][:3], scene["images"][:3])
     transforms = dataset / "transforms.json"

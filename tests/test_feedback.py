@@ -132,6 +132,7 @@ def test_weight_zero_leaves_the_sampler_bit_for_bit():
     assert torch.equal(plain, off) and loop.trainer is None
 
 
+@pytest.mark.slow
 def test_rectify_halves_the_frames_disagreement_with_the_truth():
     model = ShiftedOrbit()
     plain, _ = run(model, None)
@@ -266,6 +267,7 @@ def write_cameras(path, frames: int):
     return path
 
 
+@pytest.mark.slow
 def test_feedback_without_cameras_fails_with_one_line(tmp_path):
     result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD)
     assert result.returncode == 1

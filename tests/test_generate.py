@@ -116,6 +116,7 @@ def svd(image):
     return pipe, model, condition, latents
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd):
     pipe, model, condition, latents = svd
@@ -129,6 +130,7 @@ def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd
     assert torch.equal(ours, default)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_anchor_attention_attends_to_the_recorded_frames(svd):
     _, model, condition, latents = svd
@@ -146,6 +148,7 @@ def test_anchor_attention_attends_to_the_recorded_frames(svd):
     assert (other_anchored - plain).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_kv_cache_appends_earlier_steps_weighted_by_decay(svd):
     _, model, condition, latents = svd
@@ -220,6 +223,7 @@ def test_generate_stage_writes_frames_video_and_metrics(tmp_path, image):
     assert code == 0 and again["stages"]["generate"]["status"] == "cached"
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_input_without_touching_the_project(tmp_path):
     project = tmp_path / "p"
     missing = run_cli("generate", project, "--image", tmp_path / "nope.png", "--model", "tiny-svd")
