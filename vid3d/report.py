@@ -19,15 +19,17 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vid3d import __version__
 from vid3d.project import MANIFEST, STAGES, Project, atomic_write_text
 from vid3d.ui import log
 
-# The sections import report_plots (matplotlib, torch) when they draw: a cached rerun only compares the
-# page's date with the manifest's, and importing matplotlib took 1.2 s of its 3.4 s (issue 24).
+# The sections import numpy and report_plots (matplotlib, torch) when they draw: a cached rerun only
+# compares the page's date with the manifest's, and importing matplotlib took 1.2 s of its 3.4 s (issue 24).
+if TYPE_CHECKING:
+    import numpy as np
+
 REPORT_FILE = "report.html"
 FILMSTRIP_FRAMES = 12
 INLINE_VIDEO_LIMIT = 8 * 2**20  # bytes: a larger video is linked (beside the report) instead of inlined
@@ -120,6 +122,8 @@ def _seconds(record: dict) -> str:
 
 # -- the stages' sections --------------------------------------------------------------------------
 def _generate(project: Project, record: dict) -> str:
+    import numpy as np
+
     from vid3d.generate.output import VIDEO_FILE, GeneratedVideo, read_cameras
     from vid3d.report_plots import camera_path_figure
 
@@ -159,6 +163,8 @@ def _poses(project: Project, record: dict) -> str:
 
 
 def _splats(project: Project, record: dict) -> str:
+    import numpy as np
+
     from vid3d.report_plots import curves_figure
     from vid3d.splats.results import read_held_out_renders, read_history
 
@@ -253,6 +259,7 @@ def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
 
 def _filmstrip(paths: list[Path]) -> str:
     import imageio.v3 as iio
+    import numpy as np
 
     from vid3d.report_plots import thumbnail_jpeg
 

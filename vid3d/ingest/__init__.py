@@ -15,15 +15,15 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import cv2
-import imageio.v3 as iio
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vid3d.config import FramesSettings
 from vid3d.errors import UserError
 from vid3d.project import StageOutput, file_fingerprint
 from vid3d.ui import progress
+
+if TYPE_CHECKING:  # numpy, OpenCV and imageio load where frames are read: a cached rerun only fingerprints
+    import numpy as np
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
@@ -98,6 +98,8 @@ def check_input(path: Path) -> str:
         return "images"
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"{path}: is a single image; pass a folder of images or a video to --input")
+    import imageio.v3 as iio
+
     try:
         iio.immeta(path, plugin="FFMPEG")
     except Exception as exc:
@@ -128,6 +130,8 @@ def image_files(folder: Path) -> list[Path]:
 
 def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
     """Write the selected frames to out_dir as 00000.jpg or .png ... (frame_name) and index.json (FramesIndex)."""
+    import imageio.v3 as iio
+
     kind = check_input(path)
     sources, total, fps = _video_sources(path) if kind == "video" else _image_sources(path)
     if total == 0:
@@ -208,6 +212,8 @@ def select_sharpest(
 
 def sharpness(image: np.ndarray) -> float | None:
     """Variance of the Laplacian at a fixed size; None for a blank frame."""
+    import cv2
+
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = SHARPNESS_SIDE / max(grey.shape)
     if scale < 1:
@@ -218,6 +224,8 @@ def sharpness(image: np.ndarray) -> float | None:
 
 
 def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2
+
     height, width = image.shape[:2]
     if max_side <= 0 or max(height, width) <= max_side:
         return image
@@ -227,6 +235,7 @@ def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _video_sources(path: Path) -> tuple[Iterator[Source], int, float]:
+    import imageio.v3 as iio
     import imageio_ffmpeg
 
     meta = iio.immeta(path, plugin="FFMPEG")
@@ -254,6 +263,8 @@ def _image_sources(folder: Path) -> tuple[Iterator[Source], int, None]:
 
 def read_image(path: Path, fix: str) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB; one that cannot be read is a UserError naming it and `fix`."""
+    import imageio.v3 as iio
+
     try:
         image = iio.imread(path)
     except Exception:
@@ -265,6 +276,8 @@ def read_image(path: Path, fix: str) -> np.ndarray:
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     """Any decoded image as HxWx3 uint8 RGB."""
+    import numpy as np
+
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     image = image[..., :3]
