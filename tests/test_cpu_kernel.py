@@ -76,6 +76,7 @@ print(cpu_kernel.available(), float(alpha.max()))
 """
 
 
+@pytest.mark.slow
 def test_two_jobs_build_it_once_into_an_empty_cache(tmp_path):
     """Two jobs start at once with nothing built: both render with it, one library is left, no scratch."""
     tests = os.path.dirname(__file__)
@@ -98,6 +99,7 @@ def test_two_jobs_build_it_once_into_an_empty_cache(tmp_path):
     assert job.returncode == 0 and out.startswith("True"), err
 
 
+@pytest.mark.slow
 def test_without_a_compiler_it_warns_once_and_renders_with_pytorch(tmp_path):
     tests = os.path.dirname(__file__)
     job = run_python(

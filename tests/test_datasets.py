@@ -7,6 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pycolmap
 import pytest
+from conftest import TINY_TRAINING as FAST
 from conftest import error_line, run_cli, run_json, tree
 from plyfile import PlyData
 
@@ -19,7 +20,6 @@ from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.scenes.cameras import Cameras, intrinsics
 
 SIZE, VIEWS = 64, 10
-FAST = ["--set", "splats.steps=20", "--set", "splats.checkpoint_every=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,7 @@ def reconstruct(dataset, project):
     return given_cameras(project / "poses")
 
 
+@pytest.mark.slow
 def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
     dataset = write_nerfstudio(tmp_path / "ns", scene["cameras"], scene["images"])
     project = tmp_path / "p"
@@ -120,10 +121,11 @@ def test_nerfstudio_dataset_reconstructs_with_its_cameras(scene, tmp_path):
     ]
     assert np.array_equal(iio.imread(project / "poses" / "images" / "00003.png"), scene["images"][3])
 
-    code, again = run_json("poses", project)  # the project remembers the dataset; nothing reruns
+    _code, again = run_json("poses", project)  # the project remembers the dataset; nothing reruns
     assert {s["status"] for s in again["stages"].values()} == {"cached"}
 
 
+@pytest.mark.slow
 def test_colmap_project_reconstructs_with_its_cameras(scene, tmp_path):
     dataset = write_colmap(tmp_path / "colmap", scene["cameras"], scene["images"])
     project = tmp_path / "p"
@@ -159,6 +161,7 @@ def test_no_colmap_step_runs(scene, tmp_path, monkeypatch, kind):
     assert given_cameras(tmp_path / "p" / "poses")["cameras_given"] == VIEWS
 
 
+@pytest.mark.slow
 def test_instant_ngp_camera_angle(scene, tmp_path):
     """instant-ngp / NeRF-synthetic style: camera_angle_x only (no fl_x, w, h), file paths without suffix."""
     dataset = write_nerfstudio(tmp_path / "ngp", scene["cameras"], scene["images"])
@@ -176,6 +179,7 @@ def test_instant_ngp_camera_angle(scene, tmp_path):
     assert rotation_errors_deg(poses.cam_to_world, scene["cameras"].cam_to_world).max() < 0.1
 
 
+@pytest.mark.slow
 def test_per_frame_intrinsics_and_dataset_points(scene, tmp_path):
     """Each frame with its own focal length (a zoom), and nerfstudio's ply_file_path as the points."""
     true = scene["cameras"]
@@ -194,6 +198,7 @@ def test_per_frame_intrinsics_and_dataset_points(scene, tmp_path):
     assert np.allclose(np.sort(xyz, axis=0), np.sort(source_xyz, axis=0), atol=1e-5)  # in any order
 
 
+@pytest.mark.slow
 def test_distorted_cameras_are_undistorted(scene, tmp_path):
     dataset = write_nerfstudio(tmp_path / "lens", scene["cameras"], scene["images"])
     meta = json.loads((dataset / "transforms.json").read_text())
@@ -209,6 +214,7 @@ def test_distorted_cameras_are_undistorted(scene, tmp_path):
     assert rotation_errors_deg(poses.cam_to_world, scene["cameras"].cam_to_world).max() < 0.1
 
 
+@pytest.mark.slow
 def test_colmap_text_model_in_sparse(scene, tmp_path):
     dataset = write_colmap(tmp_path / "colmap", scene["cameras"], scene["images"], model_dir="sparse", text=True)
     code, result = run_json("poses", tmp_path / "p", "--input", dataset)
@@ -225,6 +231,7 @@ def refused(project, dataset, *args):
     return error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
     dataset = write_nerfstudio(tmp_path / "ns", scene["cameras"][:3], scene["images"][:3])
     transforms = dataset / "transforms.json"
@@ -260,6 +267,7 @@ def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
     assert "poses.cameras" in refused(project, dataset, "--poses", transforms)
 
 
+@pytest.mark.slow
 def test_cameras_of_different_lenses_are_cropped_to_one_size(scene, tmp_path):
     """A COLMAP project with a camera per image (COLMAP's default), distortions differing: the
     undistorted images differ in size and are cropped about their centres to the smallest."""

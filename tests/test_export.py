@@ -8,6 +8,8 @@ import shutil
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import EXPORT_STEPS as STEPS
+from conftest import EXPORT_TRAINING as QUICK
 from conftest import error_line, run_cli, run_json, tree
 
 from vid3d.config import ExportSettings
@@ -15,17 +17,8 @@ from vid3d.errors import UserError
 from vid3d.export import ASSET_KINDS, requested_assets
 from vid3d.scenes import make_scene, orbit_cameras, render
 
-STEPS = 60
-QUICK = [
-    "--set",
-    "frames.count=12",
-    "--set",
-    "frames.min_frames=8",
-    "--set",
-    f"splats.steps={STEPS}",
-    "--set",
-    "splats.checkpoint_every=20",
-]
+pytestmark = pytest.mark.slow  # every test exports from a module fixture trained through the command line
+
 COARSE = ["--voxel-size", "0.1"]  # a TSDF of 2-3% of the cameras' extent: thousands of faces, not 750,000
 
 

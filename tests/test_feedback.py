@@ -131,6 +131,7 @@ def test_weight_zero_leaves_the_sampler_bit_for_bit():
     assert torch.equal(plain, off) and loop.trainer is None
 
 
+@pytest.mark.slow
 def test_rectify_halves_the_frames_disagreement_with_the_truth():
     model = ShiftedOrbit()
     plain, _ = run(model, None)
@@ -147,6 +148,7 @@ def relative_rotation_degrees(cam_to_world: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
 
+@pytest.mark.slow
 def test_cameras_are_estimated_with_colmap_when_the_model_gives_none():
     model = UncalibratedOrbit()
     _, loop = run(model, Feedback(mode="rectify", start=STEPS - 2, weight=0.5, iterations=10))
@@ -165,6 +167,7 @@ def test_the_gradient_step_lowers_the_loss_it_differentiates():
     assert loss(stepped) < loss(x0) - 0.1 * loss(x0)
 
 
+@pytest.mark.slow
 def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(tmp_path):
     """The whole stage with the embedded model (few steps): generate/splats.ply, the loop's history
     and the epipolar error in metrics.json."""
@@ -210,6 +213,7 @@ def test_generate_with_feedback_keeps_the_gaussians_and_measures_epipolar_error(
     assert trained["shN"].shape[1] == 15  # raised to the default SH degree 3
 
 
+@pytest.mark.slow
 def test_splats_init_generate_without_generated_gaussians_exits_2(tmp_path):
     project = tmp_path / "project"
     code, _ = run_json(
@@ -262,12 +266,14 @@ def write_cameras(path, frames: int):
     return path
 
 
+@pytest.mark.slow
 def test_feedback_without_cameras_fails_with_one_line(tmp_path):
     result = run_cli("generate", tmp_path / "project", "--image", EXAMPLES / "reference.png", *SVD)
     assert result.returncode == 1
     assert "--cameras" in error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_given_cameras_drive_the_feedback_of_a_model_without_its_own(tmp_path):
     cameras = write_cameras(tmp_path / "cameras.json", 4)
     code, out = run_json(
@@ -278,6 +284,7 @@ def test_given_cameras_drive_the_feedback_of_a_model_without_its_own(tmp_path):
     assert (tmp_path / "project" / "generate" / "splats.ply").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["frame count", "broken"])
 def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
     project = tmp_path / "project"
@@ -309,6 +316,7 @@ def test_bad_cameras_exit_2_and_leave_the_project_as_it_was(tmp_path, problem):
     assert tree(project) == before
 
 
+@pytest.mark.slow
 def test_cogvideox_takes_the_gradient_feedback_through_its_3d_autoencoder(tmp_path):
     cameras = write_cameras(tmp_path / "cameras.json", 9)
     code, out = run_json(

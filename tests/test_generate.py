@@ -115,6 +115,7 @@ def svd(image):
     return pipe, model, condition, latents
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd):
     pipe, model, condition, latents = svd
@@ -128,6 +129,7 @@ def test_stabilizing_processors_without_anchors_equal_the_default_processors(svd
     assert torch.equal(ours, default)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_anchor_attention_attends_to_the_recorded_frames(svd):
     _, model, condition, latents = svd
@@ -163,6 +165,7 @@ def test_sampler_runs_every_stabilizer_over_several_windows(image):
     assert model.attention.cache == {} and model.attention.anchors == {}  # cleared after sampling
 
 
+@pytest.mark.slow
 def test_generate_stage_writes_frames_video_and_metrics(tmp_path, image):
     import imageio.v3 as iio
 
@@ -197,6 +200,7 @@ def test_generate_stage_writes_frames_video_and_metrics(tmp_path, image):
     assert code == 0 and again["stages"]["generate"]["status"] == "cached"
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_input_without_touching_the_project(tmp_path):
     project = tmp_path / "p"
     missing = run_cli("generate", project, "--image", tmp_path / "nope.png", "--model", "tiny-svd")

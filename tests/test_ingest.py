@@ -125,7 +125,16 @@ def bad_inputs(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "not a video", "audio only", "empty folder", "too few usable frames"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        *(
+            pytest.param(c, marks=pytest.mark.slow)
+            for c in ("not a video", "audio only", "empty folder", "too few usable frames")
+        ),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, bad_inputs, case):
     path, words = bad_inputs[case]
     new_project = tmp_path / "new"

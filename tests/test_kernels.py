@@ -200,6 +200,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_triton_kernel_matches_reference(kernel_errors, case):
     err, tol = kernel_errors[case]

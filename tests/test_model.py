@@ -65,6 +65,7 @@ def chance_threshold(pairs: int, p_value: float = 0.01) -> float:
     return 1.0
 
 
+@pytest.mark.slow
 def test_first_frame_is_the_reference(orbit_video):
     truth, _, videos = orbit_video
     other_scene = render_orbit(SEED + 1, frames=1)[0]
@@ -73,6 +74,7 @@ def test_first_frame_is_the_reference(orbit_video):
         assert mae(generated[0], truth[0]) < 0.06
 
 
+@pytest.mark.slow
 def test_frames_move_the_way_the_camera_turns(orbit_video):
     truth, objects, videos = orbit_video
     # Objects nearer than the orbit's pivot move one way, farther ones the other: the direction is

@@ -32,6 +32,7 @@ def weights(run_dir):
     return load_file(run_dir / "weights" / "transformer" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
     data = tmp_path / "data"
     train.run(TINY, tmp_path / "straight", data)

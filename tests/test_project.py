@@ -171,6 +171,7 @@ def test_a_binary_project_toml_is_a_usage_error_naming_it(tmp_path):
     assert result.returncode == 2 and "project.toml: not valid TOML" in error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_a_waiter_survives_the_holder_removing_a_new_project(tmp_path):
     """The holder of a new project's lock fails and removes the folder, then releases the lock;
     the process waiting with --wait must start again on a fresh folder, not crash on the removed one."""
@@ -201,7 +202,7 @@ def test_a_waiter_survives_the_holder_removing_a_new_project(tmp_path):
         )
         time.sleep(3)  # the waiter is blocked on the lock
         shutil.rmtree(project)  # what a failed first run does, still holding the lock
-    out, err = waiter.communicate(timeout=120)
+    _out, err = waiter.communicate(timeout=120)
     assert waiter.returncode == 0, err
     assert (project / "frames" / "index.json").is_file()
 

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import INTERRUPTED_TRAINING as SHORT
+from conftest import QUALITY_TRAINING as QUICK
 from conftest import error_line, run_cli, run_json
 from plyfile import PlyData
 
@@ -24,39 +26,7 @@ from vid3d.splats.model import PARAM_NAMES, load_ply
 from vid3d.splats.model import render as render_splats
 from vid3d.splats.results import read_history
 
-QUICK = [
-    "--set",
-    "splats.steps=500",
-    "--set",
-    "splats.sh_degree_interval=100",
-    "--set",
-    "splats.refine_start=50",
-    "--set",
-    "splats.refine_stop=400",
-    "--set",
-    "splats.refine_every=50",
-    "--set",
-    "splats.checkpoint_every=50",
-    "--set",
-    "splats.reset_every=1000",
-]
-# the interruption tests: a checkpoint at step 50 of 150
-SHORT = [
-    "--set",
-    "splats.steps=150",
-    "--set",
-    "splats.sh_degree_interval=50",
-    "--set",
-    "splats.refine_start=50",
-    "--set",
-    "splats.refine_stop=120",
-    "--set",
-    "splats.refine_every=50",
-    "--set",
-    "splats.checkpoint_every=50",
-    "--set",
-    "splats.reset_every=1000",
-]
+pytestmark = pytest.mark.slow  # every test reads a module fixture trained through the command line (500 steps)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,16 @@ import pytest
 import torch
 import trimesh
 from browser import Browser, chromium_or_skip
+from conftest import VIEW_STEPS as STEPS
+from conftest import VIEW_TRAINING as QUICK
 from conftest import error_line, run_cli, run_json
 
 from vid3d.poses.dataset import OPENCV_TO_OPENGL, write_ply
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.viewing import covariances, rotation_to_wxyz, up_direction
 
-SIZE, FRAMES, STEPS = 96, 16, 60
+SIZE, FRAMES = 96, 16
 # a nerfstudio dataset whose points lie on the true surface, so a few steps give a recognisable object
-QUICK = ["--set", f"splats.steps={STEPS}", "--set", "splats.densify=false", "--set", "splats.sh_degree=0"]
 
 
 def write_dataset(folder):
@@ -106,6 +107,7 @@ def test_up_is_the_cameras_up():
     assert np.allclose(up_direction(turn @ cams.cam_to_world), [0, -1, 0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_frustums_are_the_cameras_of_transforms_json(project):
     import viser
 
@@ -127,6 +129,7 @@ def test_frustums_are_the_cameras_of_transforms_json(project):
     assert set(layers) == {"Gaussians", "Sparse points", "Mesh", "Cameras"}
 
 
+@pytest.mark.slow
 def test_report_opens_offline_without_errors(project, tmp_path):
     page = (project / "report.html").read_text()
     for section in ("frames", "poses", "splats", "export", "settings"):
@@ -148,6 +151,7 @@ def test_report_opens_offline_without_errors(project, tmp_path):
     assert shot.shape[0] > 2000 and shot.std() > 20  # a long page with pictures, not a blank one
 
 
+@pytest.mark.slow
 def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
     port = free_port()
     # Ctrl-C's SIGINT as a terminal delivers it; a test run started in the background (`pytest &`)
@@ -191,6 +195,7 @@ def test_view_without_results_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2 and "not a vid3d project" in error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_a_refresh_redraws_only_the_stages_that_changed(project, tmp_path):
     from vid3d.project import Project
     from vid3d.report import SECTION, build_page

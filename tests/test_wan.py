@@ -148,6 +148,7 @@ def test_feedback_with_given_cameras_pulls_wan_latents_through_its_autoencoder(i
     assert len(loop.history) == 1 and loop.history[0]["moved_rms"] > 0
 
 
+@pytest.mark.slow
 def test_generate_with_tiny_wan_end_to_end_and_cached(tmp_path, image):
     import imageio.v3 as iio
 

@@ -41,7 +41,7 @@ from rich.text import Text
 
 from vid3d import __version__, pipeline, ui
 from vid3d.config import Layer, Settings, load_settings, read_config, read_preset, read_toml, set_layer, setting_field
-from vid3d.device import resolve_device
+from vid3d.device import check_device
 from vid3d.errors import StageError, UserError
 from vid3d.export import ASSET_KINDS, AssetKind, either
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
@@ -343,7 +343,7 @@ def report(
         path = write_report(project)
     except UserError as exc:
         _fail(str(exc), exc.exit_code, False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # any failure: one line, the traceback in the log
         log.debug("report failed", exc_info=True)
         _fail(
             f"{project / REPORT_FILE}: not written ({type(exc).__name__}: {exc}); rerun with -v for details", 1, False
@@ -458,7 +458,7 @@ def _execute(
     ctx = None
     log_state: tuple[Path, int] | None = None
     try:
-        resolve_device(common.device)  # a device that is not there fails before any work
+        check_device(common.device)  # a device that is not there fails before any work
         _check_project_folder(project_dir, must_exist=False)
         with project.lock(wait=common.wait):
             # Decided under the lock: a project another process made meanwhile is not ours to remove.
@@ -481,7 +481,7 @@ def _execute(
                 raise
     except UserError as exc:
         _fail(str(exc), 2, common.json)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # a stage's failure: one line, the traceback in the log
         log.debug("failed", exc_info=True)
         if common.verbose:
             traceback.print_exc()

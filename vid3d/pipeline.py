@@ -125,7 +125,7 @@ def _frames_inputs(ctx: Context) -> dict[str, str]:
 
 def _dataset_input(ctx: Context) -> bool:
     """Whether --input is a nerfstudio, instant-ngp or COLMAP dataset, whose cameras are used as given."""
-    from vid3d.ingest.datasets import dataset_format
+    from vid3d.ingest.dataset_layout import dataset_format  # no pycolmap: cached reruns call this
 
     return bool(ctx.settings.frames.input) and dataset_format(Path(ctx.settings.frames.input)) is not None
 
@@ -149,8 +149,6 @@ def _frames(ctx: Context, out: Path) -> StageOutput:
 # -- poses: cameras of the frames with pycolmap, or known cameras -------------------------------------
 def _known_cameras(ctx: Context) -> Path | None:
     """poses.cameras, else the generated video's cameras when the frames come from it."""
-    from vid3d.generate.output import GeneratedVideo
-
     if ctx.settings.poses.cameras:
         path = Path(ctx.settings.poses.cameras)
         if not path.is_file():
@@ -159,13 +157,13 @@ def _known_cameras(ctx: Context) -> Path | None:
             )
         return path
     if _from_generated(ctx):
+        from vid3d.generate.output import GeneratedVideo  # imageio: only when there is a generated video
+
         return GeneratedVideo.read(ctx.project.stage_dir("generate")).cameras_file
     return None
 
 
 def _poses_inputs(ctx: Context) -> dict[str, str]:
-    from vid3d.generate.output import read_cameras
-
     if ctx.settings.poses.cameras and _dataset_input(ctx):
         raise UserError(
             f"poses.cameras (--poses): {ctx.settings.frames.input} is a dataset with its own cameras; "
@@ -174,6 +172,8 @@ def _poses_inputs(ctx: Context) -> dict[str, str]:
     inputs = {"frames": run(ctx, "frames").fingerprint}
     cameras = _known_cameras(ctx)
     if cameras is not None:
+        from vid3d.generate.output import read_cameras
+
         read_cameras(cameras)  # a malformed file fails before any work
         inputs["cameras"] = file_fingerprint(cameras)
     return inputs

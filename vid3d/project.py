@@ -204,7 +204,7 @@ class Project:
         while True:
             self.root.mkdir(parents=True, exist_ok=True)
             path = self.root / LOCK_FILE
-            handle = open(path, "a+")
+            handle = open(path, "a+")  # noqa: SIM115  # kept open past the loop: `with handle` below closes it
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:

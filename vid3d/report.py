@@ -19,13 +19,16 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vid3d import __version__
 from vid3d.project import MANIFEST, STAGES, Project, atomic_write_text
-from vid3d.report_plots import camera_path_figure, curves_figure, mesh_figure, sharpness_figure, thumbnail_jpeg
 from vid3d.ui import log
+
+# The sections import numpy and report_plots (matplotlib, torch) when they draw: a cached rerun only
+# compares the page's date with the manifest's, and importing matplotlib took 1.2 s of its 3.4 s (issue 24).
+if TYPE_CHECKING:
+    import numpy as np
 
 REPORT_FILE = "report.html"
 FILMSTRIP_FRAMES = 12
@@ -121,7 +124,10 @@ def _seconds(record: dict) -> str:
 
 # -- the stages' sections --------------------------------------------------------------------------
 def _generate(project: Project, record: dict) -> str:
+    import numpy as np
+
     from vid3d.generate.output import VIDEO_FILE, GeneratedVideo
+    from vid3d.report_plots import camera_path_figure
 
     generated = GeneratedVideo.read(project.stage_dir("generate"))
     parts = [
@@ -137,6 +143,7 @@ def _generate(project: Project, record: dict) -> str:
 
 def _frames(project: Project, record: dict) -> str:
     from vid3d.ingest import FramesIndex
+    from vid3d.report_plots import sharpness_figure
 
     index = FramesIndex.read(project.stage_dir("frames"))
     parts = [_metrics(record), _filmstrip(index.paths())]
@@ -148,6 +155,7 @@ def _frames(project: Project, record: dict) -> str:
 
 def _poses(project: Project, record: dict) -> str:
     from vid3d.poses import read_dataset
+    from vid3d.report_plots import camera_path_figure
 
     poses = read_dataset(project.stage_dir("poses"))
     points = poses.points()
@@ -156,6 +164,9 @@ def _poses(project: Project, record: dict) -> str:
 
 
 def _splats(project: Project, record: dict) -> str:
+    import numpy as np
+
+    from vid3d.report_plots import curves_figure
     from vid3d.splats.results import read_held_out_renders, read_history
 
     splats_dir = project.stage_dir("splats")
@@ -181,6 +192,7 @@ def _export(project: Project, record: dict) -> str:
 
     from vid3d.export import mesh_path
     from vid3d.poses import read_dataset
+    from vid3d.report_plots import mesh_figure
 
     parts = [_metrics(record)]
     mesh_file = mesh_path(project.stage_dir("export"))
@@ -238,6 +250,8 @@ def _figure(png: bytes, caption: str) -> str:
 
 
 def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
+    from vid3d.report_plots import thumbnail_jpeg
+
     return (
         f"<figure><img alt='{html.escape(caption)}' src='data:image/jpeg;base64,{_b64(thumbnail_jpeg(image, side))}'>"
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -246,6 +260,9 @@ def _picture(image: np.ndarray, caption: str, side: int = 384) -> str:
 
 def _filmstrip(paths: list[Path]) -> str:
     import imageio.v3 as iio
+    import numpy as np
+
+    from vid3d.report_plots import thumbnail_jpeg
 
     if not paths:
         return ""

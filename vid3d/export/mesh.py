@@ -50,7 +50,7 @@ def fuse_mesh(
         sdf_trunc=SDF_TRUNCATION_VOXELS * voxel,
         color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8,
     )
-    sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1
+    sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1  # noqa: RUF046  # numpy 1.x rounds to a float
     depth_trunc = DEPTH_LIMIT_SCENE_SCALES * data.scene_scale()
     render_mode = "RGB+ED" if settings.depth == "expected" else "RGB"
     with progress("export: fusing depth", len(data.names)) as advance:

@@ -16,15 +16,15 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import cv2
-import imageio.v3 as iio
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vid3d.config import FramesSettings
 from vid3d.errors import UserError
 from vid3d.project import StageOutput, file_fingerprint
 from vid3d.ui import progress
+
+if TYPE_CHECKING:  # numpy, OpenCV and imageio load where frames are read: a cached rerun only fingerprints
+    import numpy as np
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
@@ -99,9 +99,11 @@ def check_input(path: Path) -> str:
         return "images"
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"{path}: is a single image; pass a folder of images or a video to --input")
+    import imageio.v3 as iio
+
     try:
         iio.immeta(path, plugin="FFMPEG")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # imageio raises many kinds: each is an unreadable video
         if "matches no streams" in str(exc) or "does not contain any stream" in str(exc):
             raise UserError(f"{path}: has no video stream (audio only?); pass a video or a folder of images") from None
         raise UserError(
@@ -135,16 +137,18 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
         raise UserError(f"{path}: has no frames; pass a video with at least {settings.min_frames} frames")
 
     entries = []
+    first = first_name = None  # the first kept frame and its file: every frame must have its size
     with progress("frames", total) as advance:
         for n, (source, image, sharpness) in enumerate(select_sharpest(sources, total, settings.count, advance)):
             image = resize_max_side(image, settings.max_side)
-            if entries and image.shape != first.shape:
+            if first is None:
+                first, first_name = image, source.name
+            elif image.shape != first.shape:
                 raise UserError(
                     f"{path}: {source.name} is {image.shape[1]}x{image.shape[0]} and {first_name} "
                     f"{first.shape[1]}x{first.shape[0]} (after resizing); the Gaussians train on frames "
                     "of one size: crop or rotate the images to one size, or ingest each size separately"
                 )
-            first, first_name = (image, source.name) if not entries else (first, first_name)
             name = write_frame(out_dir, n, kind, source.name, image)
             entries.append(
                 FrameEntry(name, round(sharpness, 2), source=source.name)
@@ -159,7 +163,7 @@ def ingest(path: Path, settings: FramesSettings, out_dir: Path) -> StageOutput:
             f"{path}: only {len(entries)} usable frames (need frames.min_frames="
             f"{settings.min_frames}); use a longer video or more images"
         )
-    height, width = iio.imread(out_dir / entries[0].file).shape[:2]
+    height, width = first.shape[:2]  # every frame was written at this size
     FramesIndex(
         source=str(path), kind=kind, source_frames=total, fps=fps, width=width, height=height, frames=entries
     ).write(out_dir)
@@ -183,6 +187,8 @@ def frame_name(number: int, kind: str, source_name: str | None) -> str:
 
 def write_frame(out_dir: Path, number: int, kind: str, source_name: str | None, image: np.ndarray) -> str:
     """Frame `number` (uint8 [H, W, 3]) into frames/ as `frame_name` names it; returns its file name."""
+    import imageio.v3 as iio
+
     name = frame_name(number, kind, source_name)
     iio.imwrite(out_dir / name, image, **FRAME_FORMATS[Path(name).suffix])
     return name
@@ -230,6 +236,8 @@ def select_sharpest(
 
 def sharpness(image: np.ndarray) -> float | None:
     """Variance of the Laplacian at a fixed size; None for a blank frame."""
+    import cv2
+
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = SHARPNESS_SIDE / max(grey.shape)
     if scale < 1:
@@ -240,6 +248,8 @@ def sharpness(image: np.ndarray) -> float | None:
 
 
 def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2
+
     height, width = image.shape[:2]
     if max_side <= 0 or max(height, width) <= max_side:
         return image
@@ -249,6 +259,7 @@ def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _video_sources(path: Path) -> tuple[Iterator[Source], int, float]:
+    import imageio.v3 as iio
     import imageio_ffmpeg
 
     meta = iio.immeta(path, plugin="FFMPEG")
@@ -276,9 +287,11 @@ def _image_sources(folder: Path) -> tuple[Iterator[Source], int, None]:
 
 def read_image(path: Path, fix: str) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB; one that cannot be read is a UserError naming it and `fix`."""
+    import imageio.v3 as iio
+
     try:
         image = iio.imread(path)
-    except Exception:
+    except Exception:  # noqa: BLE001  # each reader raises its own kind: all mean unreadable
         raise UserError(f"{path}: not a readable image; {fix}") from None
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
         raise UserError(f"{path}: expected an RGB image, got shape {image.shape}; {fix}")
@@ -287,6 +300,8 @@ def read_image(path: Path, fix: str) -> np.ndarray:
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     """Any decoded image as HxWx3 uint8 RGB."""
+    import numpy as np
+
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     image = image[..., :3]

@@ -28,13 +28,12 @@ from plyfile import PlyData
 
 from vid3d.errors import UserError
 from vid3d.ingest import IMAGE_SUFFIXES
+from vid3d.ingest.dataset_layout import COLMAP_IMAGES_DIR, TRANSFORMS_FILE, colmap_model_dir
 from vid3d.poses.dataset import APPLIED_TRANSFORM, nerfstudio_to_colmap
 from vid3d.ui import keep_signal_handlers
 
 keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
 
-TRANSFORMS_FILE = "transforms.json"
-COLMAP_IMAGES_DIR = "images"
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 PERSPECTIVE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")  # nerfstudio's camera_model values of a lens
 FISHEYE_MODELS = ("OPENCV_FISHEYE",)
@@ -58,14 +57,6 @@ class DatasetInput:
 
 def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def colmap_model_dir(folder: Path) -> Path | None:
-    """sparse/0, or sparse/ itself when it holds the model files; None when neither does."""
-    for candidate in (folder / "sparse" / "0", folder / "sparse"):
-        if any((candidate / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
-            return candidate
-    return None
 
 
 # -- COLMAP projects ------------------------------------------------------------------------------
@@ -229,7 +220,7 @@ def _number(keys: dict, key: str, where: str, default: float | None = None) -> f
 def _image_size(image_file: Path) -> tuple[int, int]:
     try:
         shape = iio.improps(image_file).shape
-    except Exception:
+    except Exception:  # noqa: BLE001  # each reader raises its own kind: all mean unreadable
         raise UserError(f"{image_file}: not a readable image; replace it or remove its frame") from None
     return int(shape[0]), int(shape[1])
 
@@ -239,7 +230,7 @@ def _read_points(ply: Path, transforms_file: Path) -> tuple[np.ndarray, np.ndarr
     try:
         vertex = PlyData.read(str(ply))["vertex"]
         xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
-    except Exception:
+    except Exception:  # noqa: BLE001  # plyfile raises many kinds: all mean not a point cloud
         raise UserError(
             f"{transforms_file}: ply_file_path {ply.name} is missing or not a point cloud (x y z); "
             "fix the path or remove the key"

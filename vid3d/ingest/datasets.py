@@ -21,30 +21,13 @@ import pycolmap
 
 from vid3d.errors import UserError
 from vid3d.ingest import INDEX_FILE, FrameEntry, FramesIndex, read_image, write_frame
-from vid3d.ingest.dataset_readers import (
-    COLMAP_IMAGES_DIR,
-    TRANSFORMS_FILE,
-    DatasetInput,
-    colmap_model_dir,
-    read_colmap_project,
-    read_transforms,
-)
+from vid3d.ingest.dataset_layout import dataset_format
+from vid3d.ingest.dataset_readers import DatasetInput, read_colmap_project, read_transforms
 from vid3d.project import StageOutput, content_hash, file_fingerprint
 from vid3d.ui import progress
 
 DATASET_KIND = "dataset"  # FramesIndex.kind of frames from a dataset
 CAMERAS_DIR = "cameras"  # frames/cameras/: the dataset's cameras (a COLMAP model)
-
-
-def dataset_format(path: Path) -> str | None:
-    """'nerfstudio' (transforms.json), 'colmap' (a sparse model and images/), or None: not a dataset."""
-    if not path.is_dir():
-        return None
-    if (path / TRANSFORMS_FILE).is_file():
-        return "nerfstudio"
-    if colmap_model_dir(path) is not None and (path / COLMAP_IMAGES_DIR).is_dir():
-        return "colmap"
-    return None
 
 
 def read_dataset_input(path: Path) -> DatasetInput:

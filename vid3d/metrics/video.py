@@ -5,6 +5,8 @@ Frames are HxWx3 uint8 arrays; errors are in [0, 1] colour units.
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 
@@ -65,7 +67,7 @@ def warping_error(frames: list[np.ndarray]) -> float:
     over the pixels visible in both; NaN when no pixel of any pair could be compared (not 0, the
     best value: nothing was measured)."""
     errors = []
-    for a, b in zip(frames[:-1], frames[1:]):
+    for a, b in itertools.pairwise(frames):
         forward, backward = optical_flow(a, b), optical_flow(b, a)
         mask = visible_mask(forward, backward)
         if mask.any():
@@ -79,7 +81,7 @@ def difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def adjacent_differences(frames: list[np.ndarray]) -> np.ndarray:
-    return np.array([difference(a, b) for a, b in zip(frames[:-1], frames[1:])])
+    return np.array([difference(a, b) for a, b in itertools.pairwise(frames)])
 
 
 def flicker(frames: list[np.ndarray]) -> float:

@@ -195,7 +195,7 @@ def numbered_series(names: list[str]) -> bool:
     if len({(p.group(1), p.group(3).lower()) for p in parts}) != 1:
         return False
     numbers = [int(p.group(2)) for p in parts]
-    return all(b > a for a, b in zip(numbers, numbers[1:]))
+    return all(b > a for a, b in itertools.pairwise(numbers))
 
 
 def _match(

@@ -138,7 +138,12 @@ class OrbitVideoModel(VideoModel):
 
     def cameras(self, request: Request) -> list[Camera]:
         cfg = self.transformer.config
-        rig = dict(radius=cfg.radius, elevation_deg=cfg.elevation_deg, fov_deg=cfg.fov_deg, look_at=tuple(cfg.look_at))
+        rig = {
+            "radius": cfg.radius,
+            "elevation_deg": cfg.elevation_deg,
+            "fov_deg": cfg.fov_deg,
+            "look_at": tuple(cfg.look_at),
+        }
         cams = orbit_cameras(
             request.num_frames, width=SIZE, height=SIZE, start_deg=0.0, arc_deg=request.orbit_degrees, **rig
         )
