@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vid3d.export import camera_path, nerfstudio_camera_path
+from vid3d.export.cameras import camera_path, nerfstudio_camera_path
 from vid3d.poses import PosesDataset
 from vid3d.poses.dataset import OPENCV_TO_OPENGL
 
