@@ -172,7 +172,7 @@ def _poses_inputs(ctx: Context) -> dict[str, str]:
     inputs = {"frames": run(ctx, "frames").fingerprint}
     cameras = _known_cameras(ctx)
     if cameras is not None:
-        from vid3d.generate.output import read_cameras
+        from vid3d.cameras import read_cameras
 
         read_cameras(cameras)  # a malformed file fails before any work
         inputs["cameras"] = file_fingerprint(cameras)

@@ -21,14 +21,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
 from vid3d.project import Project, StageOutput, fingerprint
 from vid3d.ui import log
+
+if TYPE_CHECKING:  # numpy loads in parse_bbox: a cached rerun plans the assets without it
+    import numpy as np
 
 MESH_STEM = "mesh"  # mesh.ply, mesh.obj or mesh.glb
 
@@ -220,6 +221,8 @@ def _link(source: Path, target: Path) -> None:
 def parse_bbox(text: str) -> np.ndarray | None:
     if not text:
         return None
+    import numpy as np
+
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
