@@ -241,12 +241,10 @@ def reconstruct(project: ProjectArg, preset: PresetOpt = None, *, common: Common
     AssetFlags(),
     *(SettingFlag((flag,), f"export.{key}") for kind in ASSET_KINDS.values() for flag, key in kind.flags.items()),
     INPUT,
-    help=f"""Export assets from the Gaussians (runs the stages before it when missing or stale).
-
-    With any of {", ".join(f"--{name}" for name in ASSET_KINDS)}, those are written; with none, the
-    [export] settings decide (a mesh by default). Files from earlier exports of the same splats
-    stay in export/; each is rewritten only when its own settings change, or with --force.
-    """,
+    help="Export assets from the Gaussians (runs the stages before it when missing or stale).\n\n"
+    f"With any of {', '.join(f'--{name}' for name in ASSET_KINDS)}, those are written; with none, the "
+    "export.* settings decide (a mesh by default). Files from earlier exports of the same splats "
+    "stay in export/; each is rewritten only when its own settings change, or with --force.",
 )
 def export(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
     _execute(project, common, "export", layers)
