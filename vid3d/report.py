@@ -205,8 +205,25 @@ def _export(project: Project, record: dict) -> str:
                 f"{mesh_file.name}: {len(mesh.faces):,} faces, {len(mesh.vertices):,} vertices",
             )
         )
-    files = [[name, _size(project.root / name)] for name in record.get("outputs", [])]
-    return "".join(parts) + _table(["file", "size"], files)
+    return "".join(parts) + _asset_table(project, record)
+
+
+def _asset_table(project: Project, record: dict) -> str:
+    """One row per exported asset: its files, their total size and what its writer measured."""
+    assets = record.get("assets") or {}
+    if not assets:  # a record from before assets were kept apart
+        return _table(["file", "size"], [[name, _size(project.root / name)] for name in record.get("outputs", [])])
+    export_dir = project.stage_dir("export")
+    rows = [
+        [
+            html.escape(name),
+            "<br>".join(html.escape(file) for file in entry["files"]),
+            _size(*(export_dir / file for file in entry["files"])),
+            html.escape(_measures(entry["metrics"])),
+        ]
+        for name, entry in assets.items()
+    ]
+    return _table(["asset", "files", "size", "measures"], rows)
 
 
 SECTIONS: dict[str, Callable[[Project, dict], str]] = {
@@ -285,13 +302,14 @@ def _video(project: Project, video: Path) -> str:
     return f"<video controls loop muted src='{source}'></video>"
 
 
-def _size(path: Path) -> str:
-    if path.is_dir():
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    elif path.is_file():
-        size = path.stat().st_size
-    else:
+def _size(*paths: Path) -> str:
+    """The size of files and folders together; "missing" when one is."""
+    if not all(path.exists() for path in paths):
         return "missing"
+    size = sum(
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        for path in paths
+    )
     return f"{size / 2**20:.2f} MB" if size >= 2**20 else f"{size / 2**10:.1f} KB"
 
 
@@ -313,3 +331,11 @@ figcaption, .small {{ font-size: 0.85em; color: #555; }} .warn {{ color: #a40; }
 {body}
 </body></html>
 """
+
+
+def _measures(metrics: dict) -> str:
+    """{"mesh_faces": 200000} -> "mesh faces 200,000"."""
+    return ", ".join(
+        f"{key.replace('_', ' ')} {value:,}" if isinstance(value, int | float) else f"{key.replace('_', ' ')} {value}"
+        for key, value in metrics.items()
+    )

@@ -123,7 +123,7 @@ def mesh_figure(mesh, cam_to_world: np.ndarray) -> bytes:
     light = np.abs(normals @ view) * 0.75 + 0.25
     colours = _face_colours(mesh) * light[:, None]
 
-    figure = Figure(figsize=(7, 5.5))
+    figure = Figure(figsize=(10, 8))
     axes = figure.add_axes((0, 0, 1, 1), projection="3d")
     axes.add_collection3d(Poly3DCollection(triangles, facecolors=colours.clip(0, 1), linewidths=0))
     low, high = np.percentile(vertices, [5, 95], axis=0)  # floaters and stray sky pieces left outside
@@ -137,7 +137,22 @@ def mesh_figure(mesh, cam_to_world: np.ndarray) -> bytes:
     elevation = np.degrees(np.arcsin(np.clip(view[2], -1, 1)))
     axes.view_init(elev=max(elevation, 15.0), azim=np.degrees(np.arctan2(view[1], view[0])))
     axes.set_axis_off()
-    return figure_png(figure)
+    return trimmed_png(figure_png(figure))
+
+
+def trimmed_png(png: bytes, margin: int = 8) -> bytes:
+    """The picture cut to what is drawn in it, plus a margin: a 3D axes' cube leaves wide empty
+    bands around a flat scene."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    drawn = np.argwhere((image[..., :3] < 250).any(axis=-1))
+    if len(drawn) == 0:
+        return png
+    (top, left), (bottom, right) = drawn.min(axis=0), drawn.max(axis=0)
+    top, left = max(top - margin, 0), max(left - margin, 0)
+    _ok, data = cv2.imencode(".png", image[top : bottom + margin + 1, left : right + margin + 1])
+    return data.tobytes()
 
 
 def _view_direction(cam_to_world: np.ndarray, basis: np.ndarray, vertices: np.ndarray) -> np.ndarray:

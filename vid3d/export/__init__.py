@@ -109,9 +109,12 @@ def either(choices) -> str:
     return f"{', '.join(most)} or {last}" if most else last
 
 
+MESH_FORMATS = ("glb", "obj", "ply")  # mesh_path's order of preference: glb carries its texture in the file
+
+
 def mesh_path(export_dir: Path) -> Path | None:
-    """The exported mesh in an export/ folder, if there is one."""
-    return next(iter(sorted(export_dir.glob(f"{MESH_STEM}.*"))), None)
+    """The exported mesh in an export/ folder, if there is one (not its .mtl or texture)."""
+    return next((path for f in MESH_FORMATS if (path := export_dir / f"{MESH_STEM}.{f}").is_file()), None)
 
 
 @dataclass(frozen=True)
