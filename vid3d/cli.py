@@ -43,7 +43,7 @@ from vid3d import __version__, pipeline, ui
 from vid3d.config import Layer, Settings, load_settings, read_config, read_preset, read_toml, set_layer, setting_field
 from vid3d.device import check_device
 from vid3d.errors import StageError, UserError
-from vid3d.export import ASSET_KINDS, AssetKind, either
+from vid3d.export import FLAG_KINDS, AssetKind, either
 from vid3d.project import LOCK_FILE, MANIFEST, SETTINGS_FILE, STAGES, Project, StageResult
 from vid3d.ui import console, log
 
@@ -123,11 +123,11 @@ class AssetFlags:
             inspect.Parameter(
                 kind.name, KEYWORD, annotation=self._option(kind), default=None if kind.formats else False
             )
-            for kind in ASSET_KINDS.values()
+            for kind in FLAG_KINDS
         ]
 
     def layer(self, values: dict) -> Layer | None:
-        chosen = {name: values[name] for name in ASSET_KINDS if values[name]}
+        chosen = {kind.name: values[kind.name] for kind in FLAG_KINDS if values[kind.name]}
         if not chosen:
             return None
         typed = " ".join(
@@ -135,8 +135,8 @@ class AssetFlags:
             for name, value in chosen.items()
         )
         asked = {
-            name: ",".join(chosen.get(name, [])) if kind.formats else name in chosen
-            for name, kind in ASSET_KINDS.items()
+            kind.name: ",".join(chosen.get(kind.name, [])) if kind.formats else kind.name in chosen
+            for kind in FLAG_KINDS
         }
         return Layer({"export": asked}, typed, flag=True)
 
@@ -239,10 +239,10 @@ def reconstruct(project: ProjectArg, preset: PresetOpt = None, *, common: Common
 
 @stage_command(
     AssetFlags(),
-    *(SettingFlag((flag,), f"export.{key}") for kind in ASSET_KINDS.values() for flag, key in kind.flags.items()),
+    *(SettingFlag((flag,), f"export.{key}") for kind in FLAG_KINDS for flag, key in kind.flags.items()),
     INPUT,
     help="Export assets from the Gaussians (runs the stages before it when missing or stale).\n\n"
-    f"With any of {', '.join(f'--{name}' for name in ASSET_KINDS)}, those are written; with none, the "
+    f"With any of {', '.join(f'--{kind.name}' for kind in FLAG_KINDS)}, those are written; with none, the "
     "export.* settings decide (a mesh by default). Files from earlier exports of the same splats "
     "stay in export/; each is rewritten only when its own settings change, or with --force.",
 )

@@ -256,7 +256,14 @@ class ExportSettings:
         "Inria's ply layout, and gsplat.exporter's); empty: none",
     )
     pointcloud: bool = setting(False, "also write the Gaussian centres with colours, outliers removed")
-    cameras: bool = setting(False, "also write the camera path: poses_cameras.json and nerfstudio's camera_path.json")
+    cameras: bool = setting(
+        False, "also write the camera path: poses_cameras.json, nerfstudio's camera_path.json and Nuke's camera.chan"
+    )
+    usd: bool = setting(
+        False,
+        "also write one USD scene, scene.usda (and its layers in usd/): the mesh, the Gaussians, the sparse "
+        "points and the cameras (each source frame a time sample)",
+    )
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 ASSET_KINDS is the table of what export writes: mesh (mesh.py: TSDF fusion of rendered depth),
 splat (splat.py: the Gaussians, through gsplat.exporter), point cloud (pointcloud.py: Gaussian
-centres, outliers removed) and the camera path (cameras.py: poses_cameras.json and nerfstudio's
-camera_path.json). `vid3d export`'s flags are made from it. A new kind of asset is a row here (its
+centres, outliers removed), the camera path (cameras.py: poses_cameras.json, nerfstudio's
+camera_path.json and Nuke's camera.chan) and one USD scene (usd.py: scene.usda referencing a layer
+per part, each part a row of its own). `vid3d export`'s flags are made from it. A new kind of asset is a row here (its
 [export] settings in config.ExportSettings) and a module with its write().
 
 Exports accumulate in export/: each asset has its own fingerprint (its own settings and the
@@ -32,34 +33,47 @@ if TYPE_CHECKING:  # numpy loads in parse_bbox: a cached rerun plans the assets 
     import numpy as np
 
 MESH_STEM = "mesh"  # mesh.ply, mesh.obj or mesh.glb
+USD_DIR = "usd"  # the USD scene's layers; scene.usda beside it references them
 
 
 @dataclass(frozen=True)
 class AssetKind:
     """A row of ASSET_KINDS. The [export] setting named `name` asks for it (true, or a comma-separated
     list of its `formats`), as does the flag --NAME made from this row; the module `writer` of
-    vid3d.export makes its files with write(asset, splats, poses_dir, out_dir, device) -> metrics."""
+    vid3d.export makes its files with write(asset, splats, poses_dir, out_dir, device) -> metrics
+    ("module:function" names another function than write).
+
+    A part of another kind (`part_of`) has no setting or flag: that kind's setting asks for it. A kind
+    that `needs` others reads their files from out_dir: they are built along with it (earlier rows
+    of the table) and their settings enter its fingerprint."""
 
     name: str
     help: str  # of the flag --NAME
     writer: str
-    files: tuple[str, ...] = ()  # formatted with its settings: "mesh.{mesh_format}"
+    files: tuple[str, ...] = ()  # formatted with its settings: "mesh.{mesh_format}"; the first always written
     settings: tuple[str, ...] = ()  # the [export] settings it is made with: a change rewrites it
     flags: dict[str, str] = field(default_factory=dict)  # `vid3d export` flags for those settings: flag -> setting
     # Kinds written in several formats at once (format -> file): each format is an asset of its own,
     # NAME.FORMAT, and the flag takes one format (repeatable).
     formats: dict[str, str] = field(default_factory=dict)
+    part_of: str = ""  # the kind whose setting asks for this one
+    needs: tuple[str, ...] = ()  # kinds (without formats) whose files this one reads
 
     def assets(self, settings: ExportSettings) -> list[Asset]:
         """What the settings ask for of this kind."""
-        asked = getattr(settings, self.name)
+        asked = getattr(settings, self.part_of or self.name)
         if self.formats:
             return [
                 Asset(f"{self.name}.{f}", (self.formats[f],), {"format": f}, self.writer)
                 for f in self.chosen_formats(asked)
             ]
+        return [self.asset(settings)] if asked else []
+
+    def asset(self, settings: ExportSettings) -> Asset:
+        """This kind's one asset, made with the settings (asked for or not)."""
         values = {key: getattr(settings, key) for key in self.settings}
-        return [Asset(self.name, tuple(f.format(**values) for f in self.files), values, self.writer)] if asked else []
+        needs = tuple(ASSET_KINDS[name].asset(settings) for name in self.needs)
+        return Asset(self.name, tuple(f.format(**values) for f in self.files), values, self.writer, needs)
 
     def chosen_formats(self, text: str) -> list[str]:
         formats = [part.strip() for part in text.split(",") if part.strip()]
@@ -97,10 +111,34 @@ ASSET_KINDS: dict[str, AssetKind] = {
             "cameras",
             "Write the camera path: poses_cameras.json and nerfstudio's camera_path.json",
             writer="cameras",
-            files=("poses_cameras.json", "camera_path.json"),  # not cameras.json: generate's format,
+            files=("poses_cameras.json", "camera_path.json", "camera.chan"),  # not cameras.json: generate's format,
+        ),
+        # The USD scene: a layer per part in usd/ (.usdc for large arrays, .usda for the small
+        # and readable), and scene.usda referencing them.
+        AssetKind(
+            "usd_mesh",
+            "",
+            writer="usd:write_mesh",
+            files=(f"{USD_DIR}/mesh.usdc", f"{USD_DIR}/mesh_texture.png"),  # the texture if the mesh has one
+            part_of="usd",
+            needs=("mesh",),
+        ),
+        AssetKind(
+            "usd_gaussians", "", writer="usd:write_gaussians", files=(f"{USD_DIR}/gaussians.usdc",), part_of="usd"
+        ),
+        AssetKind("usd_points", "", writer="usd:write_points", files=(f"{USD_DIR}/points.usda",), part_of="usd"),
+        AssetKind("usd_cameras", "", writer="usd:write_cameras", files=(f"{USD_DIR}/cameras.usda",), part_of="usd"),
+        AssetKind(
+            "usd",
+            "Write one USD scene, scene.usda: the mesh, the Gaussians, the sparse points and the cameras",
+            writer="usd",
+            files=("scene.usda",),
+            needs=("usd_mesh", "usd_gaussians", "usd_points", "usd_cameras"),
         ),
     )
 }
+
+FLAG_KINDS = [kind for kind in ASSET_KINDS.values() if not kind.part_of]  # those with a setting and a flag
 
 
 def either(choices) -> str:
@@ -126,9 +164,15 @@ class Asset:
     files: tuple[str, ...]
     settings: dict[str, Any]
     writer: str = field(compare=False)
+    needs: tuple[Asset, ...] = ()  # assets whose files it reads
 
     def fingerprint(self, splats_fp: str) -> str:
-        return fingerprint(f"export:{self.name}", self.settings, {"splats": splats_fp})
+        needs = {asset.name: asset.fingerprint(splats_fp) for asset in self.needs}
+        return fingerprint(f"export:{self.name}", self.settings, {"splats": splats_fp, **needs})
+
+    def with_needs(self) -> list[Asset]:
+        """The assets it needs (and theirs), then itself."""
+        return [*(need for asset in self.needs for need in asset.with_needs()), self]
 
 
 @dataclass
@@ -150,10 +194,12 @@ class ExportPlan:
 def requested_assets(settings: ExportSettings) -> list[Asset]:
     """The assets the settings ask for; a UserError when none, or when a setting is malformed."""
     parse_bbox(settings.bbox)
-    assets = [asset for kind in ASSET_KINDS.values() for asset in kind.assets(settings)]
-    if not assets:
-        raise UserError(f"export: nothing to write; pass {either([f'--{name}' for name in ASSET_KINDS])}")
-    return assets
+    asked = [asset for kind in ASSET_KINDS.values() for asset in kind.assets(settings)]
+    if not asked:
+        raise UserError(f"export: nothing to write; pass {either([f'--{kind.name}' for kind in FLAG_KINDS])}")
+    assets = {need.name: need for asset in asked for need in asset.with_needs()}
+    order = list(ASSET_KINDS)  # a kind needs earlier rows: they are written first
+    return sorted(assets.values(), key=lambda asset: order.index(asset.name.split(".")[0]))
 
 
 def plan_export(project: Project, settings: ExportSettings, splats_fp: str, force: bool) -> ExportPlan:
@@ -183,6 +229,7 @@ def export_assets(
     """Write the plan's new assets into out_dir beside links to the files it keeps from export_dir."""
     for entry in plan.keep.values():
         for name in entry["files"]:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             _link(export_dir / name, out_dir / name)
     entries, timings = dict(plan.keep), {}
     if plan.build:
@@ -193,11 +240,14 @@ def export_assets(
         splats = read_splats(splats_dir, torch_device)
         for asset in plan.build:
             start = time.perf_counter()
-            writer = importlib.import_module(f"vid3d.export.{asset.writer}")
-            metrics = writer.write(asset, splats, poses_dir, out_dir, torch_device)
+            module, _, function = asset.writer.partition(":")
+            write = getattr(importlib.import_module(f"vid3d.export.{module}"), function or "write")
+            for name in asset.files:
+                (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            metrics = write(asset, splats, poses_dir, out_dir, torch_device)
             timings[asset.name] = time.perf_counter() - start
             entries[asset.name] = {
-                "files": list(asset.files),
+                "files": [name for name in asset.files if (out_dir / name).is_file()],
                 "fingerprint": asset.fingerprint(plan.splats_fp),
                 "settings": asset.settings,
                 "splats": plan.splats_fp,
