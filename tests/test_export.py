@@ -38,9 +38,9 @@ def test_settings_ask_for_assets_by_the_names_files_and_settings_earlier_exports
         ("splat.ply", ("splat.ply",), {"format": "ply"}),
         ("splat.splat", ("splat.splat",), {"format": "splat"}),
         ("pointcloud", ("pointcloud.ply",), {}),
-        ("cameras", ("poses_cameras.json", "camera_path.json"), {}),
+        ("cameras", ("poses_cameras.json", "camera_path.json", "camera.chan"), {}),
     ]
-    with pytest.raises(UserError, match=r"nothing to write; pass --mesh, --splat, --pointcloud or --cameras$"):
+    with pytest.raises(UserError, match=r"nothing to write; pass --mesh, --splat, --pointcloud, --cameras or --usd$"):
         requested_assets(ExportSettings(mesh=False))
     with pytest.raises(UserError, match=r"unknown format gltf; use ply, splat or ply_compressed"):
         requested_assets(ExportSettings(splat="ply,gltf"))
@@ -53,9 +53,13 @@ def test_every_asset_kind_is_a_flag_of_export_a_setting_and_a_writer():
 
     helps = {opt: param.help for param in typer.main.get_command(app).commands["export"].params for opt in param.opts}
     for kind in ASSET_KINDS.values():
+        module, _, function = kind.writer.partition(":")
+        assert callable(getattr(importlib.import_module(f"vid3d.export.{module}"), function or "write"))
+        if kind.part_of:  # asked for by its whole's flag
+            assert f"--{kind.name}" not in helps and kind.part_of in ASSET_KINDS
+            continue
         assert helps[f"--{kind.name}"].startswith(kind.help)
         assert hasattr(ExportSettings, kind.name)
-        assert callable(importlib.import_module(f"vid3d.export.{kind.writer}").write)
         for flag in kind.flags:
             assert flag in helps
 
@@ -173,7 +177,7 @@ def test_camera_path_reads_as_nerfstudio_reads_it(project):
     """ns-render camera-path: get_path_from_json reshapes camera_to_world to 4x4 and takes the
     focal length from the vertical fov and render_height (three.js), the principal point at the centre."""
     export(project, "--cameras")
-    assert sorted(files(project)) == ["camera_path.json", "poses_cameras.json"]
+    assert sorted(files(project)) == ["camera.chan", "camera_path.json", "poses_cameras.json"]
     path = json.loads((project / "export" / "camera_path.json").read_text())
     transforms = json.loads((project / "poses" / "transforms.json").read_text())
     frames = sorted(transforms["frames"], key=lambda f: f["file_path"])

@@ -158,6 +158,7 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
     assert report["stages"]["splats"]["status"] == "cached"
     export = project / "export"
     assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
+        "camera.chan",
         "camera_path.json",
         "mesh.glb",
         "pointcloud.ply",

@@ -203,9 +203,15 @@ def clipping_range(poses: PosesDataset, xyz: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(depths, 1) / 2), float(depths.max() * 2)
 
 
-def usd_matrix(cam_to_world_opencv: np.ndarray) -> Gf.Matrix4d:
-    """USD's camera (looking along -z, y up: OpenGL's axes) as a row-vector Gf matrix."""
-    return Gf.Matrix4d(flip_camera_axes(cam_to_world_opencv).T.tolist())
+def set_pose(camera: UsdGeom.Camera, cam_to_world_opencv: np.ndarray, time=DEFAULT_TIME) -> None:
+    """USD's camera looks along -z with y up (OpenGL's axes): a translate and an orient op, which
+    USD interpolates between time samples as a rigid motion (slerp), unlike a matrix."""
+    matrix = flip_camera_axes(cam_to_world_opencv)
+    ops = {op.GetOpType(): op for op in camera.GetOrderedXformOps()}
+    translate = ops.get(UsdGeom.XformOp.TypeTranslate) or camera.AddTranslateOp(UsdGeom.XformOp.PrecisionDouble)
+    orient = ops.get(UsdGeom.XformOp.TypeOrient) or camera.AddOrientOp(UsdGeom.XformOp.PrecisionDouble)
+    translate.Set(Gf.Vec3d(*matrix[:3, 3]), time)
+    orient.Set(Gf.Matrix3d(matrix[:3, :3].T.tolist()).ExtractRotation().GetQuat(), time)
 
 
 def set_intrinsics(camera: UsdGeom.Camera, K: np.ndarray, width: int, height: int, time=DEFAULT_TIME):
@@ -245,7 +251,7 @@ def usd_intrinsics(camera: UsdGeom.Camera, width: int, height: int, time=DEFAULT
 def write_cameras_layer(
     poses: PosesDataset, times: list[float], fps: float, clipping: tuple[float, float], path: Path
 ) -> None:
-    """/Cameras/Solved: a time sample per camera of poses/ at its frame's time; /Cameras/Frames/NAME:
+    """/Cameras/Solved: a time sample per camera of poses/ at its frame's time; /Cameras/Frames/frame_STEM:
     each camera of poses/ on its own."""
     stage, root = new_stage(path, PART_PRIMS["usd_cameras"])
     stage.SetTimeCodesPerSecond(fps)
@@ -253,14 +259,15 @@ def write_cameras_layer(
     stage.SetStartTimeCode(min(times))
     stage.SetEndTimeCode(max(times))
     solved = UsdGeom.Camera.Define(stage, root.GetPath().AppendChild("Solved"))
-    transform = solved.AddTransformOp()
     for time, K, cam_to_world in sorted(zip(times, poses.Ks, poses.cam_to_world), key=lambda item: item[0]):
-        transform.Set(usd_matrix(cam_to_world), time)
+        set_pose(solved, cam_to_world, time)
         set_intrinsics(solved, K, poses.width, poses.height, time)
     frames = UsdGeom.Scope.Define(stage, root.GetPath().AppendChild("Frames"))
     for name, K, cam_to_world in zip(poses.names, poses.Ks, poses.cam_to_world):
-        camera = UsdGeom.Camera.Define(stage, frames.GetPath().AppendChild(Tf.MakeValidIdentifier(Path(name).stem)))
-        camera.AddTransformOp().Set(usd_matrix(cam_to_world))
+        camera = UsdGeom.Camera.Define(
+            stage, frames.GetPath().AppendChild(Tf.MakeValidIdentifier(f"frame_{Path(name).stem}"))
+        )
+        set_pose(camera, cam_to_world)
         set_intrinsics(camera, K, poses.width, poses.height)
         camera.GetPrim().SetDocumentation(f"poses/images/{name}")
     for camera in (solved, *(UsdGeom.Camera(prim) for prim in frames.GetPrim().GetChildren())):
