@@ -53,13 +53,16 @@ def textured_cube() -> trimesh.Trimesh:
     )
 
 
-def make_project(root: Path, mesh: trimesh.Trimesh | None = None, mesh_format: str = "glb") -> Path:
+def make_project(
+    root: Path, mesh: trimesh.Trimesh | None = None, mesh_format: str = "glb", square_pixels: bool = False
+) -> Path:
     cams = orbit_cameras(6, radius=4.0, width=WIDTH, height=HEIGHT, look_at=(0, 0, 0))
     poses = root / "poses"
     (poses / IMAGES_DIR).mkdir(parents=True)
     frames = []
     for i, cam_to_world in enumerate(cams.cam_to_world):
-        K = np.array([[150.0 + 10 * i, 0, 76 + i], [0, 140.0 + 5 * i, 62 - i], [0, 0, 1]])
+        fx = 150.0 + 10 * i
+        K = np.array([[fx, 0, 76 + i], [0, fx if square_pixels else 140.0 + 5 * i, 62 - i], [0, 0, 1]])
         pose = {"file_path": f"{IMAGES_DIR}/{i:05d}.jpg", "transform_matrix": flip_camera_axes(cam_to_world).tolist()}
         frames.append({**pose, **pinhole_intrinsics(K, WIDTH, HEIGHT)})
     write_transforms(poses, frames[::-1], {})  # transforms.json's order is not time order
@@ -99,3 +102,32 @@ def export_usd(root: Path, mesh_format: str = "glb") -> Path:
     out.mkdir()
     export_assets(plan, root / "export", root / "splats", root / "poses", out, "cpu")
     return out
+
+
+def raycast_colours(mesh: trimesh.Trimesh, K: np.ndarray, cam_to_world: np.ndarray, width: int, height: int):
+    """vid3d's view of a mesh through an OpenCV camera: each pixel centre's ray hits a face, its colour
+    is the texture at the hit's uv (nearest texel) or the vertex colours blended by the barycentrics.
+    Returns uint8 [H, W, 3] and the covered pixels [H, W]."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
+    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    directions = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    directions = directions @ cam_to_world[:3, :3].T
+    origins = np.broadcast_to(cam_to_world[:3, 3], directions.shape)
+    hits = scene.cast_rays(np.concatenate([origins, directions], -1).astype(np.float32))
+    covered = np.isfinite(hits["t_hit"].numpy())
+    face = np.where(covered, hits["primitive_ids"].numpy(), 0).astype(np.int64)
+    b1, b2 = np.moveaxis(hits["primitive_uvs"].numpy(), -1, 0)
+    weights = np.stack([1 - b1 - b2, b1, b2], -1)[..., None]  # open3d's uvs weigh the 2nd and 3rd vertex
+    corners = mesh.faces[face]  # [H, W, 3]
+    if isinstance(mesh.visual, trimesh.visual.TextureVisuals):
+        uv = (mesh.visual.uv[corners] * weights).sum(-2)
+        texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+        rows = np.clip(((1 - uv[..., 1]) * texture.shape[0]).astype(int), 0, texture.shape[0] - 1)
+        cols = np.clip((uv[..., 0] * texture.shape[1]).astype(int), 0, texture.shape[1] - 1)
+        colours = texture[rows, cols]
+    else:
+        colours = (np.asarray(mesh.visual.vertex_colors)[:, :3][corners] * weights).sum(-2).round().astype(np.uint8)
+    return np.where(covered[..., None], colours, 0), covered
