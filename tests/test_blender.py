@@ -18,6 +18,7 @@ from conftest import run_json
 from scipy.ndimage import binary_erosion, maximum_filter, minimum_filter
 from usd_scene import HEIGHT, STEP, WIDTH, export_usd, make_project, raycast_colours
 
+from vid3d.export import mesh_path
 from vid3d.poses import read_dataset
 
 pytestmark = [
@@ -101,7 +102,7 @@ def test_blender_renders_the_demo_exports_usd_mesh_like_the_source_frames(tmp_pa
     code, report = run_json("export", project, "--usd")
     assert code == 0, report
     poses = read_dataset(project / "poses")
-    mesh = trimesh.load(project / "export" / "mesh.ply", process=False)
+    mesh = trimesh.load(mesh_path(project / "export"), force="mesh", process=False)
     times = [7, 27, 47]  # a video's frames: the time codes are its frame numbers
     renders = blender_render(
         project / "export" / "scene.usda", "usd", times, (poses.width, poses.height), tmp_path / "blender"

@@ -109,7 +109,7 @@ ASSET_KINDS: dict[str, AssetKind] = {
         ),
         AssetKind(
             "cameras",
-            "Write the camera path: poses_cameras.json and nerfstudio's camera_path.json",
+            "Write the camera path: poses_cameras.json, nerfstudio's camera_path.json and Nuke's camera.chan",
             writer="cameras",
             files=("poses_cameras.json", "camera_path.json", "camera.chan"),  # not cameras.json: generate's format,
         ),
