@@ -1,6 +1,7 @@
 """The USD scene and Nuke's camera.chan from a project made by hand (tests/usd_scene.py): usd-core
 reads back the Gaussians, the textured mesh, the points and the cameras that went in (issue 25)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,14 @@ def test_a_vertex_coloured_mesh_becomes_display_colours(tmp_path):
     colours = np.array(mesh.GetDisplayColorAttr().Get())
     assert colours.shape == (8, 3) and np.allclose(colours, [200 / 255, 100 / 255, 50 / 255])
     assert not (out / "usd" / "mesh_texture.png").exists()
+    assets = json.loads((out / "assets.json").read_text())
+    assert assets["usd_mesh"]["files"] == ["usd/mesh.usdc"]  # the texture only when there is one
+
+
+def test_a_textured_mesh_records_its_texture_as_a_file_of_the_usd_mesh(project):
+    assets = json.loads((project / "out" / "assets.json").read_text())
+    assert assets["usd_mesh"]["files"] == ["usd/mesh.usdc", "usd/mesh_texture.png"]
+    assert assets["usd"]["files"] == ["scene.usda"] and assets["usd_gaussians"]["metrics"] == {"usd_gaussians": 50}
 
 
 def test_the_sparse_points_keep_their_colours(project, stage):

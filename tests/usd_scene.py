@@ -4,6 +4,7 @@ Gaussians of SH degree 2 in splats/ and a textured cube (a known texture and UVs
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,8 @@ def export_usd(root: Path, mesh_format: str = "glb") -> Path:
     plan = ExportPlan("splats", [asset for asset in assets if asset.name != "mesh"], keep)
     out = root / "out"
     out.mkdir()
-    export_assets(plan, root / "export", root / "splats", root / "poses", out, "cpu")
+    written = export_assets(plan, root / "export", root / "splats", root / "poses", out, "cpu")
+    (out / "assets.json").write_text(json.dumps(written.assets))  # what the manifest would record
     return out
 
 
