@@ -126,7 +126,7 @@ ASSET_KINDS: dict[str, AssetKind] = {
         AssetKind(
             "usd_gaussians", "", writer="usd:write_gaussians", files=(f"{USD_DIR}/gaussians.usdc",), part_of="usd"
         ),
-        AssetKind("usd_points", "", writer="usd:write_points", files=(f"{USD_DIR}/points.usda",), part_of="usd"),
+        AssetKind("usd_points", "", writer="usd:write_points", files=(f"{USD_DIR}/points.usdc",), part_of="usd"),
         AssetKind("usd_cameras", "", writer="usd:write_cameras", files=(f"{USD_DIR}/cameras.usda",), part_of="usd"),
         AssetKind(
             "usd",
