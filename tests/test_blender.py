@@ -1,7 +1,9 @@
 """A real client renders export's USD camera (issue 25): Blender (Debian's 3.4, Cycles on the CPU)
 loads the mesh, through its glTF importer or from the USD scene's mesh prim, puts a camera where
-the scene's animated camera is at some frames (tests/blender_render.py) and renders; the pictures
-match vid3d's own view of the mesh through the same cameras (usd_scene.raycast_colours)."""
+the scene's animated camera is at some frames (tests/blender_render.py) and renders; and Blender 5
+(PyPI's bpy, built with USD) imports scene.usda with its own USD importer, mesh, material and
+animated camera, and renders (tests/blender_usd_import.py). The pictures match vid3d's own view of
+the mesh through the same cameras (usd_scene.raycast_colours)."""
 
 import json
 import os
@@ -21,12 +23,14 @@ from usd_scene import HEIGHT, STEP, WIDTH, export_usd, make_project, raycast_col
 from vid3d.export import mesh_path
 from vid3d.poses import read_dataset
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("blender") is None, reason="Blender is not installed (.ci/run installs it)"),
-]
+pytestmark = pytest.mark.slow
+needs_blender = pytest.mark.skipif(
+    shutil.which("blender") is None, reason="Blender is not installed (.ci/run installs it)"
+)
 
 SCRIPT = Path(__file__).with_name("blender_render.py")
+USD_IMPORT_SCRIPT = Path(__file__).with_name("blender_usd_import.py")
+BPY_PYTHON = Path(__file__).parents[1] / ".venv-blender" / "bin" / "python"  # scripts/setup_blender.sh
 
 
 def blender_render(scene: Path, mesh: str, times: list[int], size: tuple[int, int], out: Path) -> dict[int, np.ndarray]:
@@ -62,6 +66,7 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask).mean(0)
 
 
+@needs_blender
 @pytest.mark.parametrize("mesh", ["glb", "usd"])
 def test_blender_renders_the_textured_cube_through_the_usd_camera_as_vid3d_sees_it(tmp_path, mesh):
     root = make_project(tmp_path, square_pixels=True)  # Blender's camera has one pixel aspect per scene
@@ -82,19 +87,61 @@ def test_blender_renders_the_textured_cube_through_the_usd_camera_as_vid3d_sees_
         seen = renders[time][..., 3] > 127
         assert (seen & covered).sum() / (seen | covered).sum() > 0.97
         assert np.abs(centroid(seen) - centroid(covered)).max() < 0.3  # pixels: the principal point's shift is 1-4
-        # where vid3d's view is one colour over 3x3 pixels: away from the silhouette's anti-aliasing
-        # and the texture's colour edges, which Blender filters and vid3d's nearest texel does not
-        flat = binary_erosion(seen & covered) & (
-            maximum_filter(reference, (3, 3, 1)) == minimum_filter(reference, (3, 3, 1))
-        ).all(-1)
+        flat = flat_colour(reference, seen, covered)
         assert flat.sum() > 0.5 * covered.sum()
-
         assert psnr(renders[time], reference, flat) > 40
+
+
+def flat_colour(reference: np.ndarray, seen: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Where vid3d's view is one colour over 3x3 pixels: away from the silhouette's anti-aliasing
+    and the texture's colour edges, which Blender filters and vid3d's nearest texel does not."""
+    return binary_erosion(seen & covered) & (
+        maximum_filter(reference, (3, 3, 1)) == minimum_filter(reference, (3, 3, 1))
+    ).all(-1)
+
+
+@pytest.mark.skipif(not BPY_PYTHON.exists(), reason="no .venv-blender (scripts/setup_blender.sh; .ci/run makes it)")
+def test_blenders_usd_importer_renders_the_scene_through_its_animated_camera_as_vid3d_sees_it(tmp_path):
+    root = make_project(tmp_path, square_pixels=True)
+    out = export_usd(root)
+    poses = read_dataset(root / "poses")
+    cube = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    frames = {0: "00000.jpg", 3 * STEP: "00003.jpg"}  # frame number (time code) -> poses/ image
+    job = {
+        "scene": str(out / "scene.usda"),
+        "camera": "Solved",
+        "frames": list(frames),
+        "width": WIDTH,
+        "height": HEIGHT,
+        "samples": 8,
+        "out": str(tmp_path / "blender"),
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    result = subprocess.run(
+        [str(BPY_PYTHON), str(USD_IMPORT_SCRIPT), str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert '"MESH": 1' in result.stdout  # the mesh prim; and the animated camera plus one per poses/ camera
+    for frame, name in frames.items():
+        i = poses.names.index(name)
+        render = iio.imread(tmp_path / "blender" / f"frame_{frame}.png")
+        reference, covered = raycast_colours(cube, poses.Ks[i], poses.cam_to_world[i], WIDTH, HEIGHT)
+        seen = render[..., 3] > 127
+        assert (seen & covered).sum() / (seen | covered).sum() > 0.97
+        assert np.abs(centroid(seen) - centroid(covered)).max() < 0.5
+        flat = flat_colour(reference, seen, covered)
+        assert flat.sum() > 0.5 * covered.sum()
+        assert psnr(render, reference, flat) > 40
 
 
 DEMO = os.environ.get("VID3D_DEMO_PROJECT")  # a trained demo project (vid3d demo), copied before export
 
 
+@needs_blender
 @pytest.mark.skipif(not DEMO, reason="set VID3D_DEMO_PROJECT to a trained demo project")
 def test_blender_renders_the_demo_exports_usd_mesh_like_the_source_frames(tmp_path):
     project = tmp_path / "demo"
