@@ -62,8 +62,12 @@ class Region:
         return cls(equations[:, :3], equations[:, 3] - margin * diagonal, diagonal * (1 + 2 * margin))
 
     def contains(self, points: np.ndarray) -> np.ndarray:
-        """Which of points (N, 3) lie inside: bool (N,)."""
-        return np.all(points @ self.normals.T + self.offsets <= 0, axis=1)
+        """Which of points (N, 3) lie inside: bool (N,). A face at a time: an (N, F) array of a
+        frame's pixels against the hull's faces was 20x slower (measured on the phone project)."""
+        inside = np.ones(len(points), dtype=bool)
+        for normal, offset in zip(self.normals, self.offsets):
+            inside &= points @ normal + offset <= 0
+        return inside
 
 
 def write(
