@@ -241,9 +241,15 @@ class ExportSettings:
     depth: Literal["median", "expected"] = setting(
         "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)"
     )
-    voxel_size: float = setting(0.0, "TSDF voxel size in world units; 0: the cameras' extent / 256", min=0.0)
-    faces: int = setting(0, "decimate the mesh to about this many faces; 0 keeps all", min=0)
-    bbox: str = setting("", "crop the mesh to xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame); empty: no crop")
+    voxel_size: float = setting(
+        0.0, "TSDF voxel size in world units; 0: the diagonal of the region fused (export.bbox) / 640", min=0.0
+    )
+    faces: int = setting(200_000, "decimate the mesh to about this many faces (quadric decimation); 0 keeps all", min=0)
+    bbox: str = setting(
+        "auto",
+        "the region fused into the mesh: auto (the sparse points' hull, outliers removed, with a margin: what "
+        "the cameras observe, no sky), none (everything), or xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame)",
+    )
     min_component: float = setting(
         0.05, "drop connected pieces with fewer faces than this fraction of the largest", min=0.0, max=1.0
     )

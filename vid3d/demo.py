@@ -23,7 +23,8 @@ EXAMPLE_VIDEO = EXAMPLES / "orbit.mp4"
 
 
 def summary(project_dir: Path) -> dict:
-    """Frames, registered cameras, held-out PSNR, Gaussians, mesh faces, Chamfer and F-score."""
+    """Frames, registered cameras, held-out PSNR, Gaussians, mesh faces and size, Chamfer, F-score and
+    the precision of all the mesh's surface (background included)."""
     from vid3d.metrics.mesh import compare_to_truth
     from vid3d.scenes import make_scene, orbit_cameras
 
@@ -35,7 +36,8 @@ def summary(project_dir: Path) -> dict:
     poses = read_dataset(project.stage_dir("poses"))
     source_index = {e.file: e.source_index for e in FramesIndex.read(project.stage_dir("frames")).frames}
     true = true_cameras.cam_to_world[[source_index[name] for name in poses.names]]
-    mesh = trimesh.load(mesh_path(project.stage_dir("export")), force="mesh")
+    mesh_file = mesh_path(project.stage_dir("export"))
+    mesh = trimesh.load(mesh_file, force="mesh")
     low, high = scene.object_bounds
     margin = 0.5 * scene.extent
     region = np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
@@ -46,8 +48,10 @@ def summary(project_dir: Path) -> dict:
         "held_out_psnr": stages["splats"]["metrics"]["psnr"],
         "gaussians": stages["splats"]["metrics"]["gaussians"],
         "mesh_faces": len(mesh.faces),
+        "mesh_mb": round(mesh_file.stat().st_size / 1e6, 1),
         "chamfer_pct_of_diagonal": round(100 * accuracy["chamfer_fraction"], 3),
         "fscore_at_1pct": round(accuracy["fscore_1pct"], 4),
+        "precision_at_1pct": round(accuracy["precision_all"], 4),
         "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1),
     }
 

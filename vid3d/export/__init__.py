@@ -271,8 +271,13 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+AUTO_BBOX, NO_BBOX = "auto", "none"
+
+
 def parse_bbox(text: str) -> np.ndarray | None:
-    if not text:
+    """export.bbox: a box (2, 3) from six numbers; None for "auto" (the mesh module finds the region
+    the cameras observe) and for "none" or empty (no crop). A UserError when malformed."""
+    if text.strip().lower() in (AUTO_BBOX, NO_BBOX, ""):
         return None
     import numpy as np
 
@@ -282,5 +287,7 @@ def parse_bbox(text: str) -> np.ndarray | None:
         values = []
     box = np.array(values).reshape(2, 3) if len(values) == 6 else None
     if box is None or (box[0] >= box[1]).any():
-        raise UserError(f"export.bbox = {text!r}: expected xmin,ymin,zmin,xmax,ymax,zmax with each min below its max")
+        raise UserError(
+            f"export.bbox = {text!r}: expected auto, none or xmin,ymin,zmin,xmax,ymax,zmax with each min below its max"
+        )
     return box
