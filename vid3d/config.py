@@ -243,6 +243,12 @@ class ExportSettings:
     )
     voxel_size: float = setting(0.0, "TSDF voxel size in world units; 0: the cameras' extent / 256", min=0.0)
     faces: int = setting(0, "decimate the mesh to about this many faces; 0 keeps all", min=0)
+    texture_size: int = setting(
+        2048,
+        "glb and obj meshes: a uv atlas and a texture this many texels square, baked from the training images "
+        "(ply keeps vertex colours); 0: vertex colours only",
+        min=0,
+    )
     bbox: str = setting("", "crop the mesh to xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame); empty: no crop")
     min_component: float = setting(
         0.05, "drop connected pieces with fewer faces than this fraction of the largest", min=0.0, max=1.0

@@ -13,7 +13,7 @@ import trimesh
 
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
-from vid3d.export import Asset, parse_bbox
+from vid3d.export import Asset, parse_bbox, texture
 from vid3d.splats.data import Dataset, load_dataset
 from vid3d.splats.model import render
 from vid3d.splats.rasterize import median_depth
@@ -29,9 +29,14 @@ def write(
     asset: Asset, splats: torch.nn.ParameterDict, poses_dir: Path, out_dir: Path, device: torch.device
 ) -> dict[str, Any]:
     settings = ExportSettings(**asset.settings)
-    mesh = fuse_mesh(splats, load_dataset(poses_dir, test_every=0, device=device), settings, parse_bbox(settings.bbox))
-    mesh.export(out_dir / asset.files[0])
-    return {"mesh_faces": len(mesh.faces), "mesh_vertices": len(mesh.vertices)}
+    data = load_dataset(poses_dir, test_every=0, device=device)
+    mesh = fuse_mesh(splats, data, settings, parse_bbox(settings.bbox))
+    metrics = {"mesh_faces": len(mesh.faces), "mesh_vertices": len(mesh.vertices)}
+    if settings.mesh_format != "ply" and settings.texture_size:
+        mesh, baked = texture.bake_texture(mesh, texture.dataset_views(data), settings.texture_size)
+        metrics.update(baked)
+    texture.export_mesh(mesh, out_dir / asset.files[0])
+    return metrics
 
 
 def voxel_size(data: Dataset, settings: ExportSettings) -> float:
