@@ -20,7 +20,7 @@ import xatlas
 from PIL import Image
 from scipy import ndimage
 
-from vid3d.metrics.mesh_render import camera_rays, cast, raycasting_scene
+from vid3d.metrics.mesh_render import bilinear, camera_rays, cast, raycasting_scene
 from vid3d.splats.data import Dataset
 from vid3d.splats.model import render
 from vid3d.ui import log
@@ -93,7 +93,7 @@ def bake(mesh: trimesh.Trimesh, surface: TexelSurface, views: Iterable[View]) ->
     for view in views:
         pixels, weights = _visible(scene, surface, view)
         seen = weights > 0
-        total[seen] += weights[seen, None] * _sample(view.image, pixels[seen])
+        total[seen] += weights[seen, None] * bilinear(view.image, *(pixels[seen] - 0.5).T)
         weight_sum += weights
     seen = weight_sum > 0
     return total / np.maximum(weight_sum, 1e-12)[:, None], seen
@@ -121,15 +121,6 @@ def _visible(scene: o3d.t.geometry.RaycastingScene, surface: TexelSurface, view:
     cos = np.abs((surface.normals * to_camera).sum(1)) / np.maximum(distance, 1e-12)
     weights = np.where(seen, (cos / np.maximum(depth, 1e-9)) ** 2, 0.0)
     return pixels, weights
-
-
-def _sample(image: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """Bilinear samples [N, 3] of an image at pixel coordinates (pixel centres at i + 0.5)."""
-    x, y = (pixels - 0.5).astype(np.float32).T
-    sampled = cv2.remap(
-        image.astype(np.float32), x[:, None], y[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return sampled[:, 0].astype(np.float64)
 
 
 def texture_image(mesh: trimesh.Trimesh, surface: TexelSurface, colours: np.ndarray, seen: np.ndarray) -> np.ndarray:

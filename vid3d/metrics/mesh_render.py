@@ -65,16 +65,20 @@ def texture_image(mesh: trimesh.Trimesh) -> np.ndarray:
 
 
 def sample_bilinear(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """texture [h, w, C] at trimesh uvs [N, 2] (v up: row 0 is v = 1; texel centres at (i + 0.5) / size),
-    edges clamped."""
+    """texture [h, w, C] at trimesh uvs [N, 2] (v up: row 0 is v = 1; texel centres at (i + 0.5) / size)."""
     height, width = texture.shape[:2]
-    x = np.clip(uv[:, 0] * width - 0.5, 0, width - 1)
-    y = np.clip((1 - uv[:, 1]) * height - 0.5, 0, height - 1)
+    return bilinear(texture, uv[:, 0] * width - 0.5, (1 - uv[:, 1]) * height - 0.5)
+
+
+def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """image [h, w, C] at [N] columns x and rows y (pixel centres at integers), edges clamped."""
+    height, width = image.shape[:2]
+    x, y = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
-    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
     return top * (1 - fy) + bottom * fy
 
 
