@@ -7,6 +7,7 @@ import pytest
 import trimesh
 from PIL import Image
 
+from vid3d.export import texture
 from vid3d.export.texture import View, bake_texture, export_mesh
 from vid3d.metrics.mesh_render import render_mesh, texture_image
 from vid3d.scenes.cameras import orbit_cameras
@@ -79,14 +80,16 @@ def test_vertex_colours_are_blended_by_the_barycentrics_of_each_pixel_centre():
     assert (image[~hit] == 0).all()
 
 
-def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse_cube():
+@pytest.mark.parametrize("xatlas_max_faces", [50_000, 0], ids=["xatlas", "grid"])
+def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse_cube(monkeypatch, xatlas_max_faces):
+    monkeypatch.setattr(texture, "XATLAS_MAX_FACES", xatlas_max_faces)
     fine, coarse = box(subdivisions=4), box(subdivisions=0)  # 3072 faces; 12 whose vertex colours blur the detail
     cameras = around(count=6, size=96)
     views = [View(render_mesh(fine, K, pose, 96, 96)[0], K, pose) for K, pose in cameras]
     textured, metrics = bake_texture(coarse, views, size=384)  # a view sees more texels than cv2.remap takes
 
-    texture = texture_image(textured)
-    assert metrics["texture_seen"] > 0.99 and texture.min() > 0.05  # seen all over; no black between charts
+    baked = texture_image(textured)
+    assert metrics["texture_seen"] > 0.99 and baked.min() > 0.05  # seen all over; no black between charts
     held_out = around(count=5, size=96)  # other azimuths: the views the bake never saw
     for K, pose in held_out[:3]:
         reference, mask = render_mesh(fine, K, pose, 96, 96)
@@ -94,6 +97,14 @@ def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse
         np.testing.assert_array_equal(hit, mask)
         assert psnr(image, reference, mask) > 30
         assert psnr(render_mesh(coarse, K, pose, 96, 96)[0], reference, mask) < 20
+
+
+def test_a_texture_too_small_for_a_grid_of_the_faces_leaves_the_vertex_colours(monkeypatch):
+    monkeypatch.setattr(texture, "XATLAS_MAX_FACES", 0)
+    mesh = box(subdivisions=3)  # 768 faces: a grid of 20 x 20 cells, 1.6 texels each in a 32 texture
+    K, pose = around(count=1, size=32)[0]
+    kept, metrics = bake_texture(mesh, [View(render_mesh(mesh, K, pose, 32, 32)[0], K, pose)], size=32)
+    assert kept is mesh and metrics == {}
 
 
 @pytest.mark.parametrize("suffix", [".glb", ".obj"])

@@ -34,9 +34,15 @@ DEPTH_EDGE = 0.1
 # on the demo's 200k faces the defaults made 32k charts and took 400 s (mostly packing them).
 CHART_ITERATIONS = 1
 CHART_MAX_COST = 16.0
-ATLAS_MAX_FACES = 500_000  # xatlas' time grows faster than the faces: more is not worth waiting for
+# xatlas' time grows faster than the faces: on the demo's TSDF mesh (2 busy cores) 50k faces took
+# 30-47 s, 200k more than 300 s. Larger meshes get grid_atlas.
+XATLAS_MAX_FACES = 50_000
+# A grid cell smaller than this leaves faces no texel centre (the demo's 200k faces at 1024: cells of
+# 3.2 texels, 16.8 dB against 21.6 at 2048 with 6.5).
+GRID_MIN_CELL = 6
 GUTTER = 2  # texels between charts, so bilinear filtering at a seam reads its own chart
-MATERIAL = "mesh"  # glb's material name
+MATERIAL = "mesh"
+FAR = 1e30  # the depth of pixels that see no mesh  # glb's material name
 
 
 class View(NamedTuple):
@@ -57,7 +63,9 @@ class TexelSurface(NamedTuple):
 
 def uv_atlas(mesh: trimesh.Trimesh, size: int) -> tuple[trimesh.Trimesh, np.ndarray]:
     """The mesh with its vertices split along the atlas' seams (vertex colours carried over) and their
-    uv [V, 2], charts packed for a `size` texture with a gutter of GUTTER texels."""
+    uv [V, 2], laid out for a `size` texture: xatlas' charts, or a grid of faces for a large mesh."""
+    if len(mesh.faces) > XATLAS_MAX_FACES:
+        return grid_atlas(mesh, size)
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
     charts = xatlas.ChartOptions()
@@ -70,6 +78,30 @@ def uv_atlas(mesh: trimesh.Trimesh, size: int) -> tuple[trimesh.Trimesh, np.ndar
     colours = np.asarray(mesh.visual.vertex_colors)[vmapping]
     split = trimesh.Trimesh(mesh.vertices[vmapping], indices, vertex_colors=colours, process=False)
     return split, uv.astype(np.float64)
+
+
+def grid_atlas(mesh: trimesh.Trimesh, size: int) -> tuple[trimesh.Trimesh, np.ndarray]:
+    """Each pair of faces in a square cell of the texture, one below its diagonal and one above, a
+    texel's gap between them and around the cell. Instant; and on a TSDF mesh xatlas' charts are
+    a few faces each anyway (the demo's decimated mesh: about 3)."""
+    per_row = int(np.ceil(np.sqrt((len(mesh.faces) + 1) // 2)))
+    side = grid_cell(mesh, size)
+    cell = np.arange(len(mesh.faces)) // 2
+    origin = np.stack([cell % per_row, cell // per_row], -1) * side
+    below = np.array([[0.5, 0.5], [side - 1.5, 0.5], [0.5, side - 1.5]])
+    above = np.array([[side - 0.5, side - 0.5], [1.5, side - 0.5], [side - 0.5, 1.5]])
+    corners = np.where((np.arange(len(mesh.faces)) % 2 == 0)[:, None, None], below, above) + origin[:, None]
+    uv = corners.reshape(-1, 2) / size
+    uv[:, 1] = 1 - uv[:, 1]  # the grid's rows run down the image
+    colours = np.asarray(mesh.visual.vertex_colors)[mesh.faces].reshape(-1, 4)
+    faces = np.arange(3 * len(mesh.faces)).reshape(-1, 3)
+    split = trimesh.Trimesh(mesh.vertices[mesh.faces].reshape(-1, 3), faces, vertex_colors=colours, process=False)
+    return split, uv
+
+
+def grid_cell(mesh: trimesh.Trimesh, size: int) -> float:
+    """The side in texels of grid_atlas' cells."""
+    return size / np.ceil(np.sqrt((len(mesh.faces) + 1) // 2))
 
 
 def texel_surface(mesh: trimesh.Trimesh, uv: np.ndarray, size: int) -> TexelSurface:
@@ -109,7 +141,8 @@ def _visible(scene: o3d.t.geometry.RaycastingScene, surface: TexelSurface, view:
     pixels = in_camera[:, :2] / np.maximum(depth, 1e-9)[:, None] * np.diag(view.K)[:2] + view.K[:2, 2]
     col, row = np.floor(pixels).astype(np.int64).T
     in_frame = (depth > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    mesh_depth = cast(scene, camera_rays(view.K, view.cam_to_world, width, height))[2].astype(np.float32)
+    mesh_depth = cast(scene, camera_rays(view.K, view.cam_to_world, width, height))[2]
+    mesh_depth = np.minimum(mesh_depth, FAR).astype(np.float32)  # finite, so that edges have no inf - inf
     near, far = cv2.erode(mesh_depth, np.ones((3, 3))), cv2.dilate(mesh_depth, np.ones((3, 3)))
     col, row = col.clip(0, width - 1), row.clip(0, height - 1)
     at_pixel = mesh_depth[row, col]
@@ -143,12 +176,14 @@ def bake_texture(
 ) -> tuple[trimesh.Trimesh, dict[str, float]]:
     """The vertex-coloured `mesh` with a uv atlas and a `size` x `size` texture baked from `views`;
     and metrics: the fraction of the texture's surface a view saw, the seconds it took."""
-    if atlas is None and len(mesh.faces) > ATLAS_MAX_FACES:
+    if atlas is None and len(mesh.faces) > XATLAS_MAX_FACES and grid_cell(mesh, size) < GRID_MIN_CELL:
         log.warning(
-            "export: %d faces are too many for a uv atlas (at most %d); the mesh keeps vertex colours: set "
-            "export.faces to decimate it (or export.texture_size = 0 to skip this)",
+            "export: a %d texture is too small for %d faces (each pair needs %d x %d texels); the mesh keeps "
+            "vertex colours: raise export.texture_size or lower export.faces",
+            size,
             len(mesh.faces),
-            ATLAS_MAX_FACES,
+            GRID_MIN_CELL,
+            GRID_MIN_CELL,
         )
         return mesh, {}
     start = time.perf_counter()
