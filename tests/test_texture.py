@@ -80,7 +80,7 @@ def test_vertex_colours_are_blended_by_the_barycentrics_of_each_pixel_centre():
     assert (image[~hit] == 0).all()
 
 
-@pytest.mark.parametrize("xatlas_max_faces", [50_000, 0], ids=["xatlas", "grid"])
+@pytest.mark.parametrize("xatlas_max_faces", [250_000, 0], ids=["xatlas", "grid"])
 def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse_cube(monkeypatch, xatlas_max_faces):
     monkeypatch.setattr(texture, "XATLAS_MAX_FACES", xatlas_max_faces)
     fine, coarse = box(subdivisions=4), box(subdivisions=0)  # 3072 faces; 12 whose vertex colours blur the detail

@@ -30,19 +30,20 @@ from vid3d.ui import log
 # image mixes the surface with what is behind it) see nothing.
 DEPTH_TOLERANCE = 0.02
 DEPTH_EDGE = 0.1
-# xatlas: one growing pass and a laxer chart cost than its defaults (4, 2) give fewer, larger charts;
-# on the demo's 200k faces the defaults made 32k charts and took 400 s (mostly packing them).
+# xatlas: one growing pass and a laxer chart cost than its defaults (4, 2) give fewer, larger charts
+# sooner: on the demo's mesh decimated to 50k faces, 31 s with max_cost 8 against 47 s with 2.
 CHART_ITERATIONS = 1
 CHART_MAX_COST = 16.0
-# xatlas' time grows faster than the faces: on the demo's TSDF mesh (2 busy cores) 50k faces took
-# 30-47 s, 200k more than 300 s. Larger meshes get grid_atlas.
-XATLAS_MAX_FACES = 50_000
+# xatlas' time grows faster than the faces. The demo's TSDF mesh decimated to 200k faces (2 cores
+# under load ~13): atlas 459 s, and held-out PSNR 23.47 dB from a 2048 texture; grid_atlas: 0.3 s,
+# 21.64 dB (the dense vertex-coloured mesh: 22.34). Larger meshes get grid_atlas.
+XATLAS_MAX_FACES = 250_000
 # A grid cell smaller than this leaves faces no texel centre (the demo's 200k faces at 1024: cells of
 # 3.2 texels, 16.8 dB against 21.6 at 2048 with 6.5).
 GRID_MIN_CELL = 6
 GUTTER = 2  # texels between charts, so bilinear filtering at a seam reads its own chart
-MATERIAL = "mesh"
-FAR = 1e30  # the depth of pixels that see no mesh  # glb's material name
+MATERIAL = "mesh"  # glb's material name
+FAR = 1e30  # the depth of pixels that see no mesh
 
 
 class View(NamedTuple):
