@@ -124,7 +124,7 @@ def test_the_textured_mesh_loads_back_with_its_uvs_and_texture(tmp_path, suffix)
     if suffix == ".obj":  # what Blender's OBJ importer reads: the material library and its map_Kd, white Kd
         assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh.mtl", "mesh.obj", "mesh.png"]
         mtl = (tmp_path / "mesh.mtl").read_text()
-        assert "map_Kd mesh.png" in mtl and "Kd 1.0" in mtl
+        assert "map_Kd mesh.png" in mtl and "Kd 1.0" in mtl and "Ks 0.0" in mtl
         assert "mtllib mesh.mtl" in (tmp_path / "mesh.obj").read_text()
     else:  # glTF's base colour texture, embedded; a dielectric, so viewers show the texture as it is
         material = loaded.visual.material

@@ -210,9 +210,12 @@ def export_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
     if path.suffix != ".obj" or not isinstance(mesh.visual, trimesh.visual.TextureVisuals):
         mesh.export(path)
         return
-    # A white diffuse: OBJ importers multiply map_Kd by Kd, and trimesh's default Kd is 0.4.
+    # A white diffuse (OBJ importers multiply map_Kd by Kd; trimesh's default is 0.4) and no specular.
     material = trimesh.visual.material.SimpleMaterial(
-        name=path.stem, image=mesh.visual.material.baseColorTexture, diffuse=(255, 255, 255, 255)
+        name=path.stem,
+        image=mesh.visual.material.baseColorTexture,
+        diffuse=(255, 255, 255, 255),
+        specular=(0, 0, 0, 255),
     )
     obj = trimesh.Trimesh(
         mesh.vertices,
