@@ -1,9 +1,10 @@
-"""A texture for the mesh: a UV atlas (xatlas; a grid of faces above 250k faces), then each texel's colour baked from views of the
-scene (images with their cameras): the views that see the texel's surface point (its depth matches
-the mesh's depth at that camera, open3d's RaycastingScene) are averaged, weighted by how squarely
-and closely they see it (views of the Gaussians instead of the images: 0.3-0.5 dB worse on the demo,
-benchmarks/mesh_texture.py). Texels no view sees keep the mesh's vertex colours; texels between the
-atlas' charts take their nearest chart texel, so bilinear filtering at seams finds no black."""
+"""A texture for the mesh: a UV atlas (xatlas; a grid of faces above 250k faces), then each
+texel's colour baked from views of the scene (images with their cameras): the views that see the
+texel's surface point (its depth matches the mesh's depth at that camera, open3d's
+RaycastingScene) are averaged, weighted by how squarely and closely they see it (views of the
+Gaussians instead of the images: 0.3-0.5 dB worse on the demo, benchmarks/mesh_texture.py). Texels
+no view sees keep the mesh's vertex colours; texels between the atlas' charts take their nearest
+chart texel, so bilinear filtering at seams finds no black."""
 
 from __future__ import annotations
 
