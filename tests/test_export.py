@@ -32,9 +32,10 @@ def test_settings_ask_for_assets_by_the_names_files_and_settings_earlier_exports
         "bbox": "auto",
         "min_component": 0.05,
         "alpha_threshold": 0.5,
+        "texture_size": 2048,
     }
     assert [(a.name, a.files, a.settings) for a in requested_assets(settings)] == [
-        ("mesh", ("mesh.ply",), mesh),
+        ("mesh", ("mesh.ply", "mesh.mtl", "mesh.png"), mesh),
         ("splat.ply", ("splat.ply",), {"format": "ply"}),
         ("splat.splat", ("splat.splat",), {"format": "splat"}),
         ("pointcloud", ("pointcloud.ply",), {}),

@@ -97,7 +97,8 @@ def export_usd(root: Path, mesh_format: str = "glb") -> Path:
     settings = ExportSettings(mesh=False, usd=True, cameras=True, mesh_format=mesh_format)
     assets = requested_assets(settings)
     mesh = next(asset for asset in assets if asset.name == "mesh")
-    keep = {"mesh": {"files": list(mesh.files), "fingerprint": mesh.fingerprint("splats"), "metrics": {}}}
+    made = [name for name in mesh.files if (root / "export" / name).is_file()]  # as export records them
+    keep = {"mesh": {"files": made, "fingerprint": mesh.fingerprint("splats"), "metrics": {}}}
     plan = ExportPlan("splats", [asset for asset in assets if asset.name != "mesh"], keep)
     out = root / "out"
     out.mkdir()

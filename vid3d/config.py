@@ -250,6 +250,12 @@ class ExportSettings:
         "the region fused into the mesh: auto (the sparse points' hull, outliers removed, with a margin: what "
         "the cameras observe, no sky), none (everything), or xmin,ymin,zmin,xmax,ymax,zmax (transforms.json frame)",
     )
+    texture_size: int = setting(
+        2048,
+        "glb and obj meshes: a uv atlas and a texture this many texels square, baked from the training images "
+        "(ply keeps vertex colours); 0: vertex colours only",
+        min=0,
+    )
     min_component: float = setting(
         0.05, "drop connected pieces with fewer faces than this fraction of the largest", min=0.0, max=1.0
     )

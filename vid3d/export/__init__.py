@@ -94,9 +94,25 @@ ASSET_KINDS: dict[str, AssetKind] = {
             "mesh",
             "Write a mesh (TSDF fusion of rendered depth)",
             writer="mesh",
-            files=(f"{MESH_STEM}.{{mesh_format}}",),
-            settings=("mesh_format", "depth", "voxel_size", "faces", "bbox", "min_component", "alpha_threshold"),
-            flags={"--format": "mesh_format", "--voxel-size": "voxel_size", "--faces": "faces", "--bbox": "bbox"},
+            # obj's material and texture beside it (glb embeds its texture; ply has vertex colours only)
+            files=(f"{MESH_STEM}.{{mesh_format}}", f"{MESH_STEM}.mtl", f"{MESH_STEM}.png"),
+            settings=(
+                "mesh_format",
+                "depth",
+                "voxel_size",
+                "faces",
+                "bbox",
+                "min_component",
+                "alpha_threshold",
+                "texture_size",
+            ),
+            flags={
+                "--format": "mesh_format",
+                "--voxel-size": "voxel_size",
+                "--faces": "faces",
+                "--bbox": "bbox",
+                "--texture-size": "texture_size",
+            },
         ),
         AssetKind(
             "splat",

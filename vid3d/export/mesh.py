@@ -19,7 +19,7 @@ import trimesh
 
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
-from vid3d.export import AUTO_BBOX, Asset, parse_bbox
+from vid3d.export import AUTO_BBOX, Asset, parse_bbox, texture
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import render
 from vid3d.splats.rasterize import median_depth
@@ -76,8 +76,12 @@ def write(
     settings = ExportSettings(**asset.settings)
     data = load_dataset(poses_dir, test_every=0, device=device)
     mesh = fuse_mesh(splats, data, settings, fused_region(settings.bbox, poses_dir))
-    mesh.export(out_dir / asset.files[0])
-    return {"mesh_faces": len(mesh.faces), "mesh_vertices": len(mesh.vertices)}
+    metrics = {"mesh_faces": len(mesh.faces), "mesh_vertices": len(mesh.vertices)}
+    if settings.mesh_format != "ply" and settings.texture_size:
+        mesh, baked = texture.bake_texture(mesh, texture.dataset_views(data), settings.texture_size)
+        metrics.update(baked)
+    texture.export_mesh(mesh, out_dir / asset.files[0])
+    return metrics
 
 
 def fused_region(bbox: str, poses_dir: Path) -> Region | None:
