@@ -80,9 +80,14 @@ def test_vertex_colours_are_blended_by_the_barycentrics_of_each_pixel_centre():
     assert (image[~hit] == 0).all()
 
 
-@pytest.mark.parametrize("xatlas_max_faces", [250_000, 0], ids=["xatlas", "grid"])
-def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse_cube(monkeypatch, xatlas_max_faces):
+@pytest.mark.parametrize(
+    ("xatlas_max_faces", "chunk_faces"), [(250_000, 12_500), (250_000, 5), (0, 0)], ids=["xatlas", "tiles", "grid"]
+)
+def test_a_texture_baked_from_views_of_a_fine_cube_brings_its_detail_to_a_coarse_cube(
+    monkeypatch, xatlas_max_faces, chunk_faces
+):
     monkeypatch.setattr(texture, "XATLAS_MAX_FACES", xatlas_max_faces)
+    monkeypatch.setattr(texture, "XATLAS_CHUNK_FACES", chunk_faces)  # 5: the 12 faces in 4 chunks, 4 tiles
     fine, coarse = box(subdivisions=4), box(subdivisions=0)  # 3072 faces; 12 whose vertex colours blur the detail
     cameras = around(count=6, size=96)
     views = [View(render_mesh(fine, K, pose, 96, 96)[0], K, pose) for K, pose in cameras]
@@ -137,3 +142,16 @@ def test_a_ply_mesh_keeps_its_vertex_colours(tmp_path):
     export_mesh(mesh, tmp_path / "mesh.ply")
     loaded = trimesh.load(tmp_path / "mesh.ply", process=False)
     np.testing.assert_array_equal(loaded.visual.vertex_colors, mesh.visual.vertex_colors)
+
+
+def test_chunks_are_spatial_halves_and_each_has_its_own_tile(monkeypatch):
+    monkeypatch.setattr(texture, "XATLAS_CHUNK_FACES", 200)
+    mesh = box(subdivisions=3)  # 768 faces: 4 chunks of 192, tiles of a 2x2 grid
+    chunks = texture.spatial_chunks(mesh.triangles_center, np.arange(len(mesh.faces)), 200)
+    assert sorted(len(c) for c in chunks) == [192] * 4 and len(np.unique(np.concatenate(chunks))) == 768
+    split, uv = texture.uv_atlas(mesh, 256)
+    tiles = np.floor(uv[split.faces].mean(1) * 2).astype(int)  # each face's tile (column, row)
+    assert len({tuple(t) for t in tiles}) == 4
+    inside = (uv[split.faces] * 2 - tiles[:, None]).clip(0, 1) == uv[split.faces] * 2 - tiles[:, None]
+    assert inside.all()  # no face reaches into another tile
+    np.testing.assert_allclose(split.area, mesh.area)  # the same surface, its vertices split at seams

@@ -237,7 +237,9 @@ class SplatsSettings:
 @dataclass
 class ExportSettings:
     mesh: bool = setting(True, "fuse depth rendered from the Gaussians into a mesh (TSDF, marching cubes)")
-    mesh_format: Literal["ply", "obj", "glb"] = setting("ply", "mesh file format")
+    mesh_format: Literal["ply", "obj", "glb"] = setting(
+        "glb", "mesh file format: glb (textured, one file), obj (with mesh.mtl and mesh.png) or ply (vertex colours)"
+    )
     depth: Literal["median", "expected"] = setting(
         "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)"
     )

@@ -34,9 +34,13 @@ DEPTH_EDGE = 0.1
 # sooner: on the demo's mesh decimated to 50k faces, 31 s with max_cost 8 against 47 s with 2.
 CHART_ITERATIONS = 1
 CHART_MAX_COST = 16.0
-# xatlas' time grows faster than the faces. The demo's TSDF mesh decimated to 200k faces (2 cores
-# under load ~13): atlas 459 s, and held-out PSNR 23.47 dB from a 2048 texture; grid_atlas: 0.3 s,
-# 21.64 dB (the dense vertex-coloured mesh: 22.34). Larger meshes get grid_atlas.
+# xatlas' time grows faster than the faces: it charts at most this many at once (uv_atlas). The
+# demo's mesh decimated to 200k faces, 2048 texture, 2 idle cores: chunks of 12.5k, atlas 17 s and
+# held-out PSNR 23.47 dB; chunks of 50k, 65 s and 23.46 dB; one atlas of all, 23.47 dB in minutes.
+XATLAS_CHUNK_FACES = 12_500
+# The demo's TSDF mesh decimated to 200k faces, held-out PSNR from a 2048 texture: one xatlas atlas
+# 23.47 dB (459 s on 2 loaded cores); grid_atlas 21.64 dB in 0.3 s (the dense vertex-coloured
+# mesh: 22.34). Meshes larger than this get grid_atlas.
 XATLAS_MAX_FACES = 250_000
 # A grid cell smaller than this leaves faces no texel centre (the demo's 200k faces at 1024: cells of
 # 3.2 texels, 16.8 dB against 21.6 at 2048 with 6.5).
@@ -64,21 +68,54 @@ class TexelSurface(NamedTuple):
 
 def uv_atlas(mesh: trimesh.Trimesh, size: int) -> tuple[trimesh.Trimesh, np.ndarray]:
     """The mesh with its vertices split along the atlas' seams (vertex colours carried over) and their
-    uv [V, 2], laid out for a `size` texture: xatlas' charts, or a grid of faces for a large mesh."""
+    uv [V, 2], laid out for a `size` texture: xatlas' charts, or a grid of faces for a large mesh.
+
+    xatlas' time grows much faster than the faces (the demo's mesh on 2 idle cores: 50k faces 10 s,
+    100k 59 s, 200k several minutes), so a mesh of more than XATLAS_CHUNK_FACES is cut into spatial
+    chunks of at most that many faces, each packed by xatlas into its own square tile of the texture
+    (the tiles are glue written here: xatlas packs one atlas at a time)."""
     if len(mesh.faces) > XATLAS_MAX_FACES:
         return grid_atlas(mesh, size)
+    chunks = spatial_chunks(mesh.triangles_center, np.arange(len(mesh.faces)), XATLAS_CHUNK_FACES)
+    per_row = int(np.ceil(np.sqrt(len(chunks))))
+    tile = size // per_row
+    vertices, faces, uvs, offset = [], [], [], 0
+    for k, chunk in enumerate(chunks):
+        used, local_faces = np.unique(mesh.faces[chunk], return_inverse=True)
+        vmapping, indices, uv = xatlas_charts(mesh.vertices[used], local_faces.reshape(-1, 3), tile - 2 * GUTTER)
+        corner = np.array([k % per_row, k // per_row]) * tile + GUTTER  # texels; a gutter between tiles
+        uvs.append((uv * (tile - 2 * GUTTER) + corner) / size)
+        vertices.append(used[vmapping])
+        faces.append(indices + offset)
+        offset += len(vmapping)
+    original = np.concatenate(vertices)
+    colours = np.asarray(mesh.visual.vertex_colors)[original]
+    split = trimesh.Trimesh(mesh.vertices[original], np.concatenate(faces), vertex_colors=colours, process=False)
+    return split, np.concatenate(uvs).astype(np.float64)
+
+
+def xatlas_charts(vertices: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas' atlas of one mesh packed for a `size` texture: vmapping, faces, uv in [0, 1]."""
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
+    atlas.add_mesh(np.asarray(vertices, np.float32), np.asarray(faces, np.uint32))
     charts = xatlas.ChartOptions()
     charts.max_iterations = CHART_ITERATIONS
     charts.max_cost = CHART_MAX_COST
     pack = xatlas.PackOptions()
     pack.resolution, pack.padding, pack.blockAlign = size, GUTTER, True
     atlas.generate(charts, pack)
-    vmapping, indices, uv = atlas[0]
-    colours = np.asarray(mesh.visual.vertex_colors)[vmapping]
-    split = trimesh.Trimesh(mesh.vertices[vmapping], indices, vertex_colors=colours, process=False)
-    return split, uv.astype(np.float64)
+    return atlas[0]
+
+
+def spatial_chunks(centres: np.ndarray, faces: np.ndarray, most: int) -> list[np.ndarray]:
+    """Faces split at the median of their centres along the longest side, until no part has more than `most`."""
+    if len(faces) <= most:
+        return [faces]
+    points = centres[faces]
+    axis = int(np.argmax(np.ptp(points, axis=0)))
+    order = faces[np.argsort(points[:, axis], kind="stable")]
+    half = len(order) // 2
+    return spatial_chunks(centres, order[:half], most) + spatial_chunks(centres, order[half:], most)
 
 
 def grid_atlas(mesh: trimesh.Trimesh, size: int) -> tuple[trimesh.Trimesh, np.ndarray]:
