@@ -25,17 +25,18 @@ COARSE = ["--voxel-size", "0.1"]  # a TSDF of 2-3% of the cameras' extent: thous
 def test_settings_ask_for_assets_by_the_names_files_and_settings_earlier_exports_recorded():
     settings = ExportSettings(splat="ply, splat,ply", pointcloud=True, cameras=True, faces=200)
     mesh = {
-        "mesh_format": "ply",
+        "mesh_format": "glb",
         "depth": "median",
         "voxel_size": 0.0,
         "faces": 200,
         "bbox": "auto",
         "min_component": 0.05,
         "alpha_threshold": 0.5,
+        "min_facing": 0.15,
         "texture_size": 2048,
     }
     assert [(a.name, a.files, a.settings) for a in requested_assets(settings)] == [
-        ("mesh", ("mesh.ply", "mesh.mtl", "mesh.png"), mesh),
+        ("mesh", ("mesh.glb", "mesh.mtl", "mesh.png"), mesh),
         ("splat.ply", ("splat.ply",), {"format": "ply"}),
         ("splat.splat", ("splat.splat",), {"format": "splat"}),
         ("pointcloud", ("pointcloud.ply",), {}),
@@ -112,13 +113,13 @@ def test_three_exports_in_a_row_leave_three_files(project):
     export(project, "--mesh")
     export(project, "--splat", "ply")
     report = export(project, "--pointcloud")
-    assert sorted(files(project)) == ["mesh.ply", "pointcloud.ply", "splat.ply"]
+    assert sorted(files(project)) == ["mesh.glb", "pointcloud.ply", "splat.ply"]
     assert sorted(report["outputs"]) == sorted(str(project / "export" / n) for n in files(project))
     record = json.loads((project / "manifest.json").read_text())["stages"]["export"]
-    assert sorted(record["outputs"]) == ["export/mesh.ply", "export/pointcloud.ply", "export/splat.ply"]
+    assert sorted(record["outputs"]) == ["export/mesh.glb", "export/pointcloud.ply", "export/splat.ply"]
     made = {name: asset for asset in record["assets"].values() for name in asset["files"]}
     assert sorted(made) == sorted(files(project))
-    assert made["mesh.ply"]["settings"]["mesh_format"] == "ply" and made["splat.ply"]["settings"] == {"format": "ply"}
+    assert made["mesh.glb"]["settings"]["mesh_format"] == "glb" and made["splat.ply"]["settings"] == {"format": "ply"}
     code, status = run_json("status", project)
     assert code == 0 and status["stages"]["export"]["status"] == "complete"
 
@@ -129,7 +130,7 @@ def test_a_changed_setting_replaces_only_its_own_file(project):
     report = export(project, "--mesh", "--faces", "200")
     after = files(project)
     assert sorted(after) == sorted(before)
-    assert after["mesh.ply"] != before["mesh.ply"]
+    assert after["mesh.glb"] != before["mesh.glb"]
     assert after["splat.ply"] == before["splat.ply"] and after["pointcloud.ply"] == before["pointcloud.ply"]
     assert report["metrics"]["mesh_faces"] < first["metrics"]["mesh_faces"]
     assert report["metrics"]["points"] == first["metrics"]["points"]
@@ -138,8 +139,8 @@ def test_a_changed_setting_replaces_only_its_own_file(project):
 
     report = export(project, "--pointcloud")  # already there with these settings
     assert report["stages"]["export"]["status"] == "cached"
-    export(project, "--mesh", "--format", "glb")  # one mesh: the new format replaces the old one
-    assert sorted(files(project)) == ["mesh.glb", "pointcloud.ply", "splat.ply"]
+    export(project, "--mesh", "--format", "ply")  # one mesh: the new format replaces the old one
+    assert sorted(files(project)) == ["mesh.ply", "pointcloud.ply", "splat.ply"]
 
 
 def test_several_splat_formats_at_once_and_force_rewrites_only_what_was_asked(project):
@@ -192,7 +193,7 @@ def test_the_default_mesh_keeps_to_its_face_budget_and_to_the_region_the_cameras
     crop = np.array([[low[0] - 0.5, low[1] - 0.5, -0.05], [high[0] + 0.5, high[1] + 0.5, high[2] + 0.1]])
     accuracy, face_counts = {}, []
     for faces in (default.faces, 3000):
-        code, report = run_json("export", project, "--mesh", "--faces", faces)
+        code, report = run_json("export", project, "--mesh", "--faces", faces, "--format", "ply")
         assert code == 0, report
         mesh = trimesh.load(project / "export" / "mesh.ply", force="mesh")
         assert len(mesh.faces) == report["metrics"]["mesh_faces"]

@@ -63,3 +63,31 @@ def test_only_depth_that_lands_inside_the_region_is_fused_and_the_voxel_follows_
     assert not _inside(region, torch.full((8, 8), 4.0), data, 0).any()  # z = -2: below the box
     assert voxel_size(data, ExportSettings(), region) == pytest.approx(region.diagonal / 640)
     assert voxel_size(data, ExportSettings(voxel_size=0.1), region) == 0.1
+
+
+def test_depth_seen_at_a_grazing_angle_carries_none():
+    """A floor seen by a camera tilted 80 degrees from straight down: its pixels meet the floor at a
+    cosine of about cos(80) = 0.17, except those looking more steeply down."""
+    import torch
+
+    from vid3d.export.mesh import _facing
+    from vid3d.splats.data import Dataset
+
+    size, f, tilt = 64, 64.0, np.radians(80)
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float32)
+    # camera 1 m above z = 0, looking down and tilted towards +y: OpenCV axes, y down the image
+    down = np.array([0, np.sin(tilt), -np.cos(tilt)])
+    right = np.array([1.0, 0, 0])
+    cam_to_world = np.eye(4)
+    cam_to_world[:3, :3] = np.stack([right, np.cross(down, right), down], 1)
+    cam_to_world[:3, 3] = [0, 0, 1]
+    viewmat = torch.from_numpy(np.linalg.inv(cam_to_world)).float()
+    v, u = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    rays = np.stack([(u - size / 2) / f, (v - size / 2) / f, np.ones_like(u)], -1) @ cam_to_world[:3, :3].T
+    depth = np.where(rays[..., 2] < 0, -1 / np.minimum(rays[..., 2], -1e-9), 0.0)  # camera z of the floor hit
+    cosine = np.abs(rays[..., 2]) / np.linalg.norm(rays, axis=-1)
+    data = Dataset(["floor.png"], torch.zeros(1, size, size, 3), viewmat[None], K[None], [0], [])
+    facing = _facing(torch.from_numpy(depth).float(), data, 0, 0.2).numpy()
+    inner = (slice(2, -2), slice(2, -2))  # the depth map's own border has no neighbours either side
+    np.testing.assert_array_equal(facing[inner], (cosine >= 0.2)[inner] & (depth > 0)[inner])
+    assert 0.1 < facing[inner].mean() < 0.9

@@ -261,6 +261,13 @@ class ExportSettings:
     min_component: float = setting(
         0.05, "drop connected pieces with fewer faces than this fraction of the largest", min=0.0, max=1.0
     )
+    min_facing: float = setting(
+        0.15,
+        "pixels whose surface the camera sees at a cosine below this carry no depth (grazing views are the noisiest; "
+        "higher: fewer stray surfaces, more holes)",
+        min=0.0,
+        max=1.0,
+    )
     alpha_threshold: float = setting(
         0.5, "pixels whose rendered opacity is below this carry no depth", min=0.0, max=1.0
     )

@@ -104,6 +104,7 @@ ASSET_KINDS: dict[str, AssetKind] = {
                 "bbox",
                 "min_component",
                 "alpha_threshold",
+                "min_facing",
                 "texture_size",
             ),
             flags={
