@@ -187,8 +187,9 @@ def _simplified(mesh):
 
 
 def _vertex_colours(mesh) -> np.ndarray:
-    """[V, 3] in [0, 1]; grey when the mesh has none."""
-    colours = getattr(mesh.visual, "vertex_colors", None)
+    """[V, 3] in [0, 1] (a textured mesh's texture at its vertices); grey when the mesh has none."""
+    visual = mesh.visual.to_color() if mesh.visual.kind == "texture" else mesh.visual
+    colours = getattr(visual, "vertex_colors", None)
     if colours is None or len(colours) != len(mesh.vertices):
         return np.full((len(mesh.vertices), 3), 0.7)
     return np.asarray(colours)[:, :3] / 255.0
