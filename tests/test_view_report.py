@@ -115,9 +115,11 @@ def test_frustums_are_the_cameras_of_transforms_json(project):
 
     server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
     try:
-        layers = show(server, read_results(project))
+        results = read_results(project)
+        layers = show(server, results)
     finally:
         server.stop()
+    assert results.mesh.visual.kind == "texture"  # the exported glb, sent to the browser with its texture
     transforms = json.loads((project / "poses" / "transforms.json").read_text())
     frustums = layers["Cameras"]
     assert len(frustums) == len(transforms["frames"]) == FRAMES
