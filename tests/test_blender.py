@@ -18,7 +18,7 @@ import pytest
 import trimesh
 from conftest import run_json
 from scipy.ndimage import binary_erosion, maximum_filter, minimum_filter
-from usd_scene import HEIGHT, STEP, WIDTH, export_usd, make_project, raycast_colours
+from usd_scene import BPY_PYTHON, HEIGHT, STEP, WIDTH, blender_usd_render, export_usd, make_project, raycast_colours
 
 from vid3d.export import mesh_path
 from vid3d.poses import read_dataset
@@ -29,8 +29,6 @@ needs_blender = pytest.mark.skipif(
 )
 
 SCRIPT = Path(__file__).with_name("blender_render.py")
-USD_IMPORT_SCRIPT = Path(__file__).with_name("blender_usd_import.py")
-BPY_PYTHON = Path(__file__).parents[1] / ".venv-blender" / "bin" / "python"  # scripts/setup_blender.sh
 
 
 def blender_render(scene: Path, mesh: str, times: list[int], size: tuple[int, int], out: Path) -> dict[int, np.ndarray]:
@@ -107,24 +105,7 @@ def test_blenders_usd_importer_renders_the_scene_through_its_animated_camera_as_
     poses = read_dataset(root / "poses")
     cube = trimesh.load(out / "mesh.glb", force="mesh", process=False)
     frames = {0: "00000.jpg", 3 * STEP: "00003.jpg"}  # frame number (time code) -> poses/ image
-    job = {
-        "scene": str(out / "scene.usda"),
-        "camera": "Solved",
-        "frames": list(frames),
-        "width": WIDTH,
-        "height": HEIGHT,
-        "samples": 8,
-        "out": str(tmp_path / "blender"),
-    }
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    result = subprocess.run(
-        [str(BPY_PYTHON), str(USD_IMPORT_SCRIPT), str(tmp_path / "job.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = blender_usd_render(out / "scene.usda", "Solved", list(frames), (WIDTH, HEIGHT), tmp_path / "blender")
     assert '"MESH": 1' in result.stdout  # the mesh prim; and the animated camera plus one per poses/ camera
     for frame, name in frames.items():
         i = poses.names.index(name)

@@ -4,13 +4,16 @@ and rebuilt from its checkpoint (issue 16 items 3, 8 and 15)."""
 import importlib
 import json
 import shutil
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import trimesh
 from conftest import EXPORT_STEPS as STEPS
 from conftest import EXPORT_TRAINING as QUICK
 from conftest import error_line, run_cli, run_json, tree
+from usd_scene import BPY_PYTHON, blender_usd_render
 
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
@@ -264,3 +267,28 @@ def test_force_retrains_although_the_checkpoint_is_intact(project):
     result = run_cli("reconstruct", project, "--force", "--json")
     assert result.returncode == 0, result.stderr
     assert "resuming from the checkpoint" not in result.stderr
+
+
+@pytest.mark.skipif(not BPY_PYTHON.exists(), reason="no .venv-blender (scripts/setup_blender.sh; .ci/run makes it)")
+def test_blender_imports_the_exported_usd_scene_and_renders_the_textured_mesh_as_vid3d_does(project, tmp_path):
+    """A real client on a real export: Blender 5's USD importer reads scene.usda (the textured mesh,
+    its material, the cameras) and renders through a camera of poses/ as vid3d's ray caster does."""
+    from vid3d.metrics.mesh_render import psnr, render_mesh
+    from vid3d.poses import read_dataset
+
+    export(project, "--usd")
+    out = project / "export"
+    mesh = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    assert mesh.visual.kind == "texture" and (out / "usd" / "mesh_texture.png").is_file()
+    poses = read_dataset(project / "poses")
+    name = poses.names[5]
+    blender_usd_render(out / "scene.usda", f"frame_{Path(name).stem}", [0], (poses.width, poses.height), tmp_path)
+    blender = iio.imread(tmp_path / "frame_0.png").astype(np.float32) / 255
+    i = poses.names.index(name)
+    mine, covered = render_mesh(mesh, poses.Ks[i], poses.cam_to_world[i], poses.width, poses.height)
+    seen = blender[..., 3] > 0.99
+    assert (seen & covered).sum() / (seen | covered).sum() > 0.9
+    both = seen & covered
+    assert psnr(blender[..., :3], mine, both) > 25  # the same texture through the same camera
+    source = iio.imread(poses.paths[i])[..., :3].astype(np.float32) / 255
+    assert psnr(blender[..., :3], source, both) > psnr(mine, source, both) - 1

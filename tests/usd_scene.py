@@ -5,6 +5,7 @@ Gaussians of SH degree 2 in splats/ and a textured cube (a known texture and UVs
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,24 @@ def raycast_colours(mesh: trimesh.Trimesh, K: np.ndarray, cam_to_world: np.ndarr
     else:
         colours = (np.asarray(mesh.visual.vertex_colors)[:, :3][corners] * weights).sum(-2).round().astype(np.uint8)
     return np.where(covered[..., None], colours, 0), covered
+
+
+USD_IMPORT_SCRIPT = Path(__file__).with_name("blender_usd_import.py")
+BPY_PYTHON = Path(__file__).parents[1] / ".venv-blender" / "bin" / "python"  # scripts/setup_blender.sh
+
+
+def blender_usd_render(scene: Path, camera: str, frames: list[int], size: tuple[int, int], out: Path):
+    """Blender 5 imports `scene` with its USD importer and renders the camera prim named `camera` at
+    `frames` into out/frame_N.png (tests/blender_usd_import.py); the finished process."""
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"scene": str(scene), "camera": camera, "frames": frames, "width": size[0], "height": size[1]}
+    (out / "job.json").write_text(json.dumps({**job, "samples": 8, "out": str(out)}))
+    result = subprocess.run(
+        [str(BPY_PYTHON), str(USD_IMPORT_SCRIPT), str(out / "job.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
