@@ -168,8 +168,9 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
 
     mesh = trimesh.load(export / "mesh.glb", force="mesh")
     assert len(mesh.faces) == report["metrics"]["mesh_faces"] > 1000
-    colours = mesh.visual.vertex_colors[:, :3].astype(int)
-    assert colours.std() > 10  # real vertex colours, not one flat default
+    assert mesh.visual.kind == "texture"  # glb: a uv atlas and its baked texture
+    texture = np.asarray(mesh.visual.material.baseColorTexture)[..., :3].astype(int)
+    assert texture.std() > 10  # real colours, not one flat default
     names = PlyData.read(str(export / "splat.ply"))["vertex"].data.dtype.names
     assert {"x", "f_dc_0", "f_rest_44", "opacity", "scale_2", "rot_3"} <= set(names)
     cameras = json.loads((export / "poses_cameras.json").read_text())
