@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
-import trimesh
 
 from vid3d.config import read_toml
-from vid3d.export import mesh_path
+from vid3d.export import mesh_path, read_mesh
 from vid3d.ingest import FramesIndex
 from vid3d.metrics.mesh import compare_to_truth
 from vid3d.poses import read_dataset
@@ -120,7 +119,7 @@ def export(project: Project, sets: list[str]) -> float:
 def measure(project: Project, scene: Scene, true_cam_to_world: np.ndarray) -> dict:
     path = mesh_path(project.stage_dir("export"))
     timings = project.manifest()["stages"]["export"]["timings"]
-    mesh = trimesh.load(path, force="mesh")
+    mesh = read_mesh(path)
     accuracy = compare_to_truth(
         mesh,
         read_dataset(project.stage_dir("poses")).cam_to_world,

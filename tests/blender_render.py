@@ -24,10 +24,6 @@ sys.path.append(job["site_packages"])
 import numpy as np
 from pxr import Usd, UsdGeom, UsdShade
 
-# Blender's glTF importer turns glTF's y-up into Blender's z-up: (x, y, z) -> (x, -z, y). vid3d
-# writes its meshes' vertices in transforms.json's world as they are, so this undoes it.
-GLTF_TO_BLENDER = Matrix(((1, 0, 0, 0), (0, 0, -1, 0), (0, 1, 0, 0), (0, 0, 0, 1)))
-
 
 def emission_material(name: str, colour_node: str, **settings) -> bpy.types.Material:
     """A material emitting its colour node's colour (an image texture or a colour attribute)."""
@@ -47,10 +43,8 @@ def emission_material(name: str, colour_node: str, **settings) -> bpy.types.Mate
 
 def import_glb(path: str) -> None:
     """The glTF importer's mesh, its base-colour texture (or vertex colours) as emission."""
-    bpy.ops.import_scene.gltf(filepath=path)
+    bpy.ops.import_scene.gltf(filepath=path)  # glTF's y up becomes Blender's z up: transforms.json's world
     for obj in bpy.context.scene.objects:
-        if obj.parent is None:
-            obj.matrix_world = GLTF_TO_BLENDER.inverted() @ obj.matrix_world
         for slot in getattr(obj, "material_slots", []):
             images = [node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE"]
             if images:

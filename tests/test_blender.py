@@ -15,12 +15,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import trimesh
 from conftest import run_json
 from scipy.ndimage import binary_erosion, maximum_filter, minimum_filter
 from usd_scene import BPY_PYTHON, HEIGHT, STEP, WIDTH, blender_usd_render, export_usd, make_project, raycast_colours
 
-from vid3d.export import mesh_path
+from vid3d.export import mesh_path, read_mesh
 from vid3d.poses import read_dataset
 
 pytestmark = pytest.mark.slow
@@ -70,7 +69,7 @@ def test_blender_renders_the_textured_cube_through_the_usd_camera_as_vid3d_sees_
     root = make_project(tmp_path, square_pixels=True)  # Blender's camera has one pixel aspect per scene
     out = export_usd(root)
     poses = read_dataset(root / "poses")
-    cube = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    cube = read_mesh(out / "mesh.glb")
     frames = {0: "00000.jpg", 3 * STEP: "00003.jpg"}  # time code -> poses/ image
     renders = blender_render(
         out / "scene.usda",
@@ -103,7 +102,7 @@ def test_blenders_usd_importer_renders_the_scene_through_its_animated_camera_as_
     root = make_project(tmp_path, square_pixels=True)
     out = export_usd(root)
     poses = read_dataset(root / "poses")
-    cube = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    cube = read_mesh(out / "mesh.glb")
     frames = {0: "00000.jpg", 3 * STEP: "00003.jpg"}  # frame number (time code) -> poses/ image
     result = blender_usd_render(out / "scene.usda", "Solved", list(frames), (WIDTH, HEIGHT), tmp_path / "blender")
     assert '"MESH": 1' in result.stdout  # the mesh prim; and the animated camera plus one per poses/ camera
@@ -130,7 +129,7 @@ def test_blender_renders_the_demo_exports_usd_mesh_like_the_source_frames(tmp_pa
     code, report = run_json("export", project, "--usd")
     assert code == 0, report
     poses = read_dataset(project / "poses")
-    mesh = trimesh.load(mesh_path(project / "export"), force="mesh", process=False)
+    mesh = read_mesh(mesh_path(project / "export"))
     times = [7, 27, 47]  # a video's frames: the time codes are its frame numbers
     renders = blender_render(
         project / "export" / "scene.usda", "usd", times, (poses.width, poses.height), tmp_path / "blender"

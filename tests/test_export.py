@@ -17,7 +17,7 @@ from usd_scene import BPY_PYTHON, blender_usd_render
 
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
-from vid3d.export import ASSET_KINDS, requested_assets
+from vid3d.export import ASSET_KINDS, read_mesh, requested_assets
 from vid3d.scenes import make_scene, orbit_cameras, render
 
 pytestmark = pytest.mark.slow  # every test exports from a module fixture trained through the command line
@@ -181,7 +181,6 @@ def test_exports_made_from_older_splats_are_not_kept(project):
 def test_the_default_mesh_keeps_to_its_face_budget_and_to_the_region_the_cameras_observe(project):
     """No sky sheets, no ground past the true ground's edge: every vertex inside the auto region, the
     mesh on the true surface; a smaller budget decimates to it and keeps the shape."""
-    import trimesh
 
     from vid3d.export.mesh import observed_region
     from vid3d.metrics.mesh import compare_to_truth
@@ -278,7 +277,7 @@ def test_blender_imports_the_exported_usd_scene_and_renders_the_textured_mesh_as
 
     export(project, "--usd")
     out = project / "export"
-    mesh = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    mesh = read_mesh(out / "mesh.glb")
     assert mesh.visual.kind == "texture" and (out / "usd" / "mesh_texture.png").is_file()
     poses = read_dataset(project / "poses")
     name = poses.names[5]

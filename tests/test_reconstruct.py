@@ -20,6 +20,7 @@ from conftest import QUALITY_TRAINING as QUICK
 from conftest import error_line, run_cli, run_json
 from plyfile import PlyData
 
+from vid3d.export import read_mesh
 from vid3d.scenes import make_scene, orbit_cameras, render
 from vid3d.splats.data import load_dataset
 from vid3d.splats.model import PARAM_NAMES, load_ply
@@ -166,7 +167,7 @@ def test_export_writes_every_asset_in_the_cameras_frame(trained, tmp_path):
         "splat.ply",
     ]
 
-    mesh = trimesh.load(export / "mesh.glb", force="mesh")
+    mesh = read_mesh(export / "mesh.glb")
     assert len(mesh.faces) == report["metrics"]["mesh_faces"] > 1000
     assert mesh.visual.kind == "texture"  # glb: a uv atlas and its baked texture
     texture = np.asarray(mesh.visual.material.baseColorTexture)[..., :3].astype(int)

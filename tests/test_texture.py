@@ -7,7 +7,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from vid3d.export import texture
+from vid3d.export import read_mesh, texture
 from vid3d.export.texture import View, bake_texture, export_mesh
 from vid3d.metrics.mesh_render import render_mesh, texture_image
 from vid3d.scenes.cameras import orbit_cameras
@@ -119,7 +119,7 @@ def test_the_textured_mesh_loads_back_with_its_uvs_and_texture(tmp_path, suffix)
     textured, _ = bake_texture(mesh, views, size=64)
     export_mesh(textured, tmp_path / f"mesh{suffix}")
 
-    loaded = trimesh.load(tmp_path / f"mesh{suffix}", force="mesh", process=False)
+    loaded = read_mesh(tmp_path / f"mesh{suffix}")
     assert isinstance(loaded.visual, trimesh.visual.TextureVisuals)
     np.testing.assert_array_equal(texture_image(loaded), texture_image(textured))
     K, pose = around(count=3, size=48)[0]
@@ -155,3 +155,15 @@ def test_chunks_are_spatial_halves_and_each_has_its_own_tile(monkeypatch):
     inside = (uv[split.faces] * 2 - tiles[:, None]).clip(0, 1) == uv[split.faces] * 2 - tiles[:, None]
     assert inside.all()  # no face reaches into another tile
     np.testing.assert_allclose(split.area, mesh.area)  # the same surface, its vertices split at seams
+
+
+def test_a_glb_stands_upright_in_gltf_clients_and_reads_back_in_the_world(tmp_path):
+    """glTF is y up, transforms.json's world z up: the file holds the world's up along +y."""
+    tall = trimesh.creation.box(
+        extents=(0.1, 0.2, 1.0), transform=trimesh.transformations.translation_matrix([0, 0, 2])
+    )
+    export_mesh(tall, tmp_path / "mesh.glb")
+    as_stored = trimesh.load(tmp_path / "mesh.glb", force="mesh", process=False)
+    np.testing.assert_allclose(as_stored.extents, [0.1, 1.0, 0.2], atol=1e-6)  # tall along glTF's y
+    np.testing.assert_allclose(as_stored.centroid, [0, 2, 0], atol=1e-6)
+    np.testing.assert_allclose(read_mesh(tmp_path / "mesh.glb").vertices, tall.vertices, atol=1e-6)

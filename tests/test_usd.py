@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from usd_scene import FPS, GAUSSIANS, HEIGHT, SH_DEGREE, STEP, WIDTH, export_usd, make_project, textured_cube
 
 from vid3d.config import ExportSettings
-from vid3d.export import ASSET_KINDS, FLAG_KINDS, requested_assets
+from vid3d.export import ASSET_KINDS, FLAG_KINDS, read_mesh, requested_assets
 from vid3d.export.usd import usd_intrinsics
 from vid3d.poses import read_dataset
 from vid3d.poses.dataset import flip_camera_axes
@@ -96,7 +96,7 @@ def test_the_mesh_keeps_its_uvs_and_texture_through_a_preview_surface(project, s
     assert len(mesh.GetFaceVertexCountsAttr().Get()) == len(cube.faces)
     st = np.array(UsdGeom.PrimvarsAPI(mesh).GetPrimvar("st").Get())
     points = np.array(mesh.GetPointsAttr().Get())
-    glb = trimesh.load(project / "export" / "mesh.glb", force="mesh", process=False)
+    glb = read_mesh(project / "export" / "mesh.glb")
     assert np.allclose(points, glb.vertices) and np.allclose(st, glb.visual.uv, atol=1e-6)
     material, _ = UsdShade.MaterialBindingAPI(mesh.GetPrim()).ComputeBoundMaterial()
     texture = UsdShade.Shader(material.GetPrim().GetChild("Texture"))

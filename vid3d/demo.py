@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
-from vid3d.export import mesh_path
+from vid3d.export import mesh_path, read_mesh
 from vid3d.generate.output import GeneratedVideo
 from vid3d.ingest import FramesIndex
 from vid3d.poses import read_dataset
@@ -37,7 +36,7 @@ def summary(project_dir: Path) -> dict:
     source_index = {e.file: e.source_index for e in FramesIndex.read(project.stage_dir("frames")).frames}
     true = true_cameras.cam_to_world[[source_index[name] for name in poses.names]]
     mesh_file = mesh_path(project.stage_dir("export"))
-    mesh = trimesh.load(mesh_file, force="mesh")
+    mesh = read_mesh(mesh_file)
     low, high = scene.object_bounds
     margin = 0.5 * scene.extent
     region = np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
@@ -76,7 +75,7 @@ def generated_summary(project_dir: Path) -> dict:
     truth = render_orbit(seed, frames=len(generated)).astype(np.float32) / 255
     degrees = np.arange(len(generated)) * 360.0 / len(generated)
     far = np.minimum(degrees, 360 - degrees) >= 45
-    mesh = trimesh.load(mesh_path(project.stage_dir("export")), force="mesh")
+    mesh = read_mesh(mesh_path(project.stage_dir("export")))
     return {
         "generated_frames": len(generated),
         "generate_seconds": stages["generate"]["timings"]["total"],

@@ -188,16 +188,15 @@ def _splats(project: Project, record: dict) -> str:
 
 
 def _export(project: Project, record: dict) -> str:
-    import trimesh
 
-    from vid3d.export import mesh_path
+    from vid3d.export import mesh_path, read_mesh
     from vid3d.poses import read_dataset
     from vid3d.report_plots import mesh_figure
 
     parts = [_metrics(record)]
     mesh_file = mesh_path(project.stage_dir("export"))
     if mesh_file is not None:
-        mesh = trimesh.load(mesh_file, force="mesh")
+        mesh = read_mesh(mesh_file)
         cameras = read_dataset(project.stage_dir("poses")).cam_to_world
         parts.append(
             _figure(

@@ -20,7 +20,7 @@ import trimesh
 
 from vid3d.cameras import Camera
 from vid3d.errors import UserError
-from vid3d.export import mesh_path
+from vid3d.export import mesh_path, read_mesh
 from vid3d.generate.output import GeneratedVideo
 from vid3d.poses import PosesDataset, read_dataset
 from vid3d.project import MANIFEST, Project
@@ -62,7 +62,7 @@ def read_results(project_dir: Path) -> Results:
         results.cameras = read_dataset(project.stage_dir("poses"))
         results.points = results.cameras.points()
     if "export" in ran and (mesh_file := mesh_path(project.stage_dir("export"))) is not None:
-        results.mesh = trimesh.load(mesh_file, force="mesh")
+        results.mesh = read_mesh(mesh_file)
     generated = GeneratedVideo.read(project.stage_dir("generate"))
     if "generate" in ran and generated.cameras_file is not None:
         results.generated = generated.cameras()

@@ -164,7 +164,21 @@ def either(choices) -> str:
     return f"{', '.join(most)} or {last}" if most else last
 
 
+# glTF is y up; transforms.json's world z up: a glb holds the mesh turned by WORLD_TO_GLTF, so that
+# glTF clients (Blender, three.js, game engines) stand it upright. read_mesh turns it back.
+WORLD_TO_GLTF = [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]  # (x, y, z) -> (x, z, -y)
+GLTF_TO_WORLD = [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
 MESH_FORMATS = ("glb", "obj", "ply")  # mesh_path's order of preference: glb carries its texture in the file
+
+
+def read_mesh(path: Path):
+    """An exported mesh file as a trimesh.Trimesh in transforms.json's world (its texture kept)."""
+    import trimesh
+
+    mesh = trimesh.load(path, force="mesh", process=False)
+    if path.suffix == ".glb":
+        mesh.apply_transform(GLTF_TO_WORLD)
+    return mesh
 
 
 def mesh_path(export_dir: Path) -> Path | None:

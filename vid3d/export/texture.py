@@ -21,6 +21,7 @@ import xatlas
 from PIL import Image
 from scipy import ndimage
 
+from vid3d.export import WORLD_TO_GLTF
 from vid3d.metrics.mesh_render import bilinear, camera_rays, cast, raycasting_scene
 from vid3d.splats.data import Dataset
 from vid3d.ui import log
@@ -244,6 +245,9 @@ def bake_texture(
 def export_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
     """mesh.ply (vertex colours), mesh.glb (its texture embedded as baseColorTexture) or mesh.obj
     with mesh.mtl (map_Kd) and the texture mesh.png beside it."""
+    if path.suffix == ".glb":
+        mesh.copy().apply_transform(WORLD_TO_GLTF).export(path)  # glTF's y up
+        return
     if path.suffix != ".obj" or not isinstance(mesh.visual, trimesh.visual.TextureVisuals):
         mesh.export(path)
         return

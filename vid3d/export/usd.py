@@ -23,7 +23,7 @@ import torch
 import trimesh
 from pxr import Gf, Sdf, Tf, Usd, UsdGeom, UsdShade, UsdVol, Vt
 
-from vid3d.export import Asset
+from vid3d.export import Asset, read_mesh
 from vid3d.export.cameras import frame_times
 from vid3d.poses import PosesDataset, read_dataset
 from vid3d.poses.dataset import flip_camera_axes
@@ -69,7 +69,7 @@ def write_mesh(
     asset: Asset, splats: torch.nn.ParameterDict, poses_dir: Path, out_dir: Path, device: torch.device
 ) -> dict[str, Any]:
     (mesh_asset,) = asset.needs
-    mesh = trimesh.load(out_dir / mesh_asset.files[0], force="mesh", process=False)
+    mesh = read_mesh(out_dir / mesh_asset.files[0])
     write_mesh_layer(mesh, out_dir / asset.files[0])
     return {}
 
