@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 import bpy
+
+sys.path.append(str(Path(__file__).parent))  # Blender runs this file as a script
+from blender_scene import render_settings
 from mathutils import Matrix
 
 job = json.loads(Path(sys.argv[sys.argv.index("--") + 1]).read_text())
@@ -112,21 +115,6 @@ def solved_camera(stage: Usd.Stage, time: float) -> bpy.types.Object:
     return camera
 
 
-def render_settings() -> None:
-    scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = job["samples"]
-    scene.cycles.use_denoising = False
-    scene.render.resolution_x, scene.render.resolution_y = job["width"], job["height"]
-    scene.render.resolution_percentage = 100
-    scene.render.film_transparent = True
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.view_settings.view_transform = "Standard"
-    scene.world = bpy.data.worlds.new("black")
-    scene.world.color = (0, 0, 0)
-
-
 def main() -> None:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     stage = Usd.Stage.Open(job["scene"])
@@ -134,7 +122,7 @@ def main() -> None:
         build_usd_mesh(stage)
     else:
         import_glb(job["mesh"])
-    render_settings()
+    render_settings(bpy.context.scene, job["width"], job["height"], job["samples"])
     out = Path(job["out"])
     for time in job["times"]:
         bpy.context.scene.camera = solved_camera(stage, time)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import bpy
 
+sys.path.append(str(Path(__file__).parent))  # Blender runs this file as a script
+from blender_scene import render_settings
+
 job = json.loads(Path(sys.argv[1]).read_text())
 
 
@@ -37,20 +40,6 @@ def flat_materials() -> None:
         links.new(emission.outputs["Emission"], output.inputs["Surface"])
 
 
-def render_settings(scene: bpy.types.Scene) -> None:
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = job["samples"]
-    scene.cycles.use_denoising = False
-    scene.render.resolution_x, scene.render.resolution_y = job["width"], job["height"]
-    scene.render.resolution_percentage = 100
-    scene.render.film_transparent = True
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.view_settings.view_transform = "Standard"
-    scene.world = bpy.data.worlds.new("black")
-    scene.world.color = (0, 0, 0)
-
-
 def main() -> None:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     result = bpy.ops.wm.usd_import(filepath=job["scene"], set_frame_range=True)
@@ -65,7 +54,7 @@ def main() -> None:
     scene.camera = cameras[0]
     print("imported:", json.dumps({kind: sum(o.type == kind for o in scene.objects) for kind in ("MESH", "CAMERA")}))
     flat_materials()
-    render_settings(scene)
+    render_settings(scene, job["width"], job["height"], job["samples"])
     for frame in job["frames"]:
         scene.frame_set(frame)
         scene.render.filepath = str(Path(job["out"]) / f"frame_{frame}.png")
