@@ -23,11 +23,11 @@ def dense_reference(
     render_mode="RGB",
 ):
     """gsplat's compositing rules, evaluated for all Gaussians at all pixels with plain autograd."""
-    from vid3d.splats.rasterize import _view_colors
+    from vid3d.splats.rasterize import view_colors
 
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
     radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height)
-    colors = _view_colors(colors, sh_degree, means, viewmats)
+    colors = view_colors(colors, sh_degree, means, viewmats)
     if render_mode == "RGB+D":
         colors = torch.cat([colors, depths[..., None]], -1)
         if backgrounds is not None:

@@ -224,6 +224,31 @@ class SplatsSettings:
         0, "steps between opacity resets (before refine_stop); 0: gsplat's 3,000 scaled by steps / 30,000", min=0
     )
     grow_grad2d: float = setting(0.0002, "screen-space gradient above which a Gaussian is split or cloned", min=0.0)
+    flatten_weight: float = setting(
+        0.0,
+        "surface regulariser: weight of the mean smallest scale (in scene scales), which flattens each Gaussian "
+        "into a disc with a normal (PGSR); 0: off",
+        min=0.0,
+    )
+    flatten_start: int = setting(0, "first step the flattening acts on", min=0)
+    normal_weight: float = setting(
+        0.0,
+        "surface regulariser: weight of depth-normal consistency, the Gaussians' blended normals against the "
+        "normals of the depth they render (2DGS, PGSR); 0: off",
+        min=0.0,
+    )
+    normal_start: int = setting(
+        0, "first step depth-normal consistency acts on; 0: 7,000 of 30,000 (2DGS's), scaled", min=0
+    )
+    distortion_weight: float = setting(
+        0.0,
+        "surface regulariser: weight of the distortion loss, the spread of depth along each ray "
+        "(Mip-NeRF 360, 2DGS); 0: off",
+        min=0.0,
+    )
+    distortion_start: int = setting(
+        0, "first step the distortion loss acts on; 0: 3,000 of 30,000 (2DGS's), scaled", min=0
+    )
     init: Literal["points", "generate"] = setting(
         "points",
         "what the Gaussians start from: points (poses/' sparse points, or a ball around known cameras), "

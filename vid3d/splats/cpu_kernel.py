@@ -24,7 +24,7 @@ from vid3d.ui import log
 
 SOURCE = Path(__file__).with_name("cpu_rasterize.cpp")
 NAME = "vid3d_raster"
-MAX_CHANNELS, TILE_SIZES = 4, (4, 8, 16)  # what the compiled loops are instantiated for
+CHANNELS, TILE_SIZES = (1, 2, 3, 4, 8, 12), (4, 8, 16)  # what the compiled loops are instantiated for
 # -fopenmp: ATen's parallel_for is OpenMP inlined from its header (without it, one thread); the library
 # links libgomp.so.1, which resolves to the copy torch has loaded, so there is one OpenMP runtime.
 # No -march=native: a cache folder shared by a farm's nodes must run on all of them.
@@ -65,7 +65,12 @@ def available() -> bool:
 
 def usable(device: torch.device, tile_size: int, channels: int = 1) -> bool:
     """Whether the compiled compositing serves a call: CPU tensors, and tiles and channels it is built for."""
-    return device.type == "cpu" and channels <= MAX_CHANNELS and tile_size in TILE_SIZES and available()
+    return device.type == "cpu" and channels <= CHANNELS[-1] and tile_size in TILE_SIZES and available()
+
+
+def padded_channels(channels: int) -> int:
+    """The channel count the compiled loops draw `channels` with (extra channels are zeros)."""
+    return next(c for c in CHANNELS if c >= channels)
 
 
 def _build(library: Path) -> None:
@@ -122,8 +127,13 @@ class CompiledRasterize(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opacities, backgrounds, tiles, width, height, tile_size, absgrad):
         n_cameras, _, channels = colors.shape
         gaussians = pack_gaussians(means2d, conics, opacities)
-        flat_colors = colors.reshape(-1, channels).contiguous()
+        flat_colors = colors.reshape(-1, channels)
+        padding = padded_channels(channels) - channels
+        if padding:
+            flat_colors = torch.nn.functional.pad(flat_colors, (0, padding))
+        flat_colors = flat_colors.contiguous()
         color, trans, last, _ = _forward(gaussians, flat_colors, tiles, n_cameras, tile_size, width, height)
+        color = color[..., :channels]
         if backgrounds is not None:
             color = color + trans[..., None] * backgrounds[:, None, None, :]
         ctx.save_for_backward(means2d, gaussians, flat_colors, backgrounds, trans, last)
@@ -134,13 +144,14 @@ class CompiledRasterize(torch.autograd.Function):
     def backward(ctx, grad_color, grad_alpha):
         means2d, gaussians, flat_colors, backgrounds, trans, last = ctx.saved_tensors
         tiles, (tile_size, width, height) = ctx.tiles, ctx.size
-        grad_color = grad_color.contiguous()
+        channels = grad_color.shape[-1]
         grad_trans = -grad_alpha[..., 0]  # alpha = 1 - T
         v_backgrounds = None
         if backgrounds is not None:
             grad_trans = grad_trans + (grad_color * backgrounds[:, None, None, :]).sum(-1)
             if ctx.needs_input_grad[4]:
                 v_backgrounds = (trans[..., None] * grad_color).sum((1, 2))
+        grad_color = torch.nn.functional.pad(grad_color, (0, flat_colors.shape[1] - channels)).contiguous()
         v_pairs, v_pair_colors = torch.ops.vid3d_raster.backward(
             gaussians,
             flat_colors,
@@ -161,7 +172,7 @@ class CompiledRasterize(torch.autograd.Function):
         v_gaussians = torch.zeros(len(gaussians), v_pairs.shape[1], dtype=gaussians.dtype).index_add_(
             0, tiles.gaussians, v_pairs
         )
-        v_colors = torch.zeros_like(flat_colors).index_add_(0, tiles.gaussians, v_pair_colors)
+        v_colors = torch.zeros_like(flat_colors).index_add_(0, tiles.gaussians, v_pair_colors)[:, :channels]
         if ctx.absgrad:
             means2d.absgrad = v_gaussians[:, 6:8].reshape(ctx.shape)
         v_gaussians = v_gaussians.reshape(*ctx.shape[:-1], -1)

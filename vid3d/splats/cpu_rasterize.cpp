@@ -283,7 +283,8 @@ void backward_kernel(const scalar_t* gaussians, const scalar_t* colors, const in
 }
 
 // Calls f(channels, pixels per tile) as compile-time constants (loops of known length vectorize):
-// 1 to 4 colour channels, tiles of 4, 8 or 16 pixels.
+// 1 to 4, 8 or 12 colour channels (cpu_kernel.py pads other counts with zero channels: colour plus the
+// surface channels of vid3d/splats/surface.py), tiles of 4, 8 or 16 pixels.
 template <typename F>
 void dispatch_sizes(int64_t channels, int64_t tile_size, const F& f) {
   auto with_tile = [&](auto ch) {
@@ -299,7 +300,9 @@ void dispatch_sizes(int64_t channels, int64_t tile_size, const F& f) {
     case 2: return with_tile(std::integral_constant<int, 2>());
     case 3: return with_tile(std::integral_constant<int, 3>());
     case 4: return with_tile(std::integral_constant<int, 4>());
-    default: TORCH_CHECK(false, "the compiled rasterizer draws 1 to 4 channels, not ", channels);
+    case 8: return with_tile(std::integral_constant<int, 8>());
+    case 12: return with_tile(std::integral_constant<int, 12>());
+    default: TORCH_CHECK(false, "the compiled rasterizer draws 1 to 4, 8 or 12 channels, not ", channels);
   }
 }
 

@@ -122,7 +122,7 @@ def rasterization(
     if compensations is not None:
         opacities = opacities * compensations
 
-    colors = _view_colors(colors, sh_degree, means, viewmats)
+    colors = view_colors(colors, sh_degree, means, viewmats)
     if render_mode in ("D", "ED"):
         colors = depths[..., None]
         backgrounds = None if backgrounds is None else torch.zeros_like(backgrounds[..., :1])
@@ -165,7 +165,7 @@ def rasterization(
     return render_colors, render_alphas, info
 
 
-def _view_colors(colors: Tensor, sh_degree: int | None, means: Tensor, viewmats: Tensor) -> Tensor:
+def view_colors(colors: Tensor, sh_degree: int | None, means: Tensor, viewmats: Tensor) -> Tensor:
     """Per-camera colours [C, N, D]: given directly, or evaluated from SH as gsplat does."""
     n_cameras = viewmats.shape[0]
     if sh_degree is None:

@@ -23,6 +23,8 @@ GSPLAT_SCHEDULE = {
     "refine_every": 100,
     "reset_every": 3_000,
     "sh_degree_interval": 1_000,
+    "normal_start": 7_000,  # 2DGS's schedule for its surface regularisers
+    "distortion_start": 3_000,
 }  # DefaultStrategy's and simple_trainer's defaults
 MIN_REFINE_EVERY = 10
 RESET_PASSES = GSPLAT_SCHEDULE["reset_every"] // GSPLAT_SCHEDULE["refine_every"]  # 30
@@ -39,8 +41,8 @@ class ResettingStrategy(DefaultStrategy):
 
 
 def fitted_schedule(settings: SplatsSettings) -> SplatsSettings:
-    """The settings with each schedule setting left at 0 set to gsplat's value scaled by
-    steps / 30,000, as gsplat's simple_trainer does with `adjust_steps`. For short runs two floors
+    """The settings with each schedule setting left at 0 set to gsplat's value (2DGS's for the
+    surface regularisers' starts) scaled by steps / 30,000, as gsplat's simple_trainer does with `adjust_steps`. For short runs two floors
     keep the schedule sane (adjust_steps has none): a densification pass averages the gradients of
     at least MIN_REFINE_EVERY steps, and opacity resets stay at least 30 passes apart, gsplat's ratio
     (a reset every few steps would keep every Gaussian transparent)."""

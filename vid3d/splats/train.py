@@ -22,6 +22,7 @@ from vid3d.config import SplatsSettings
 from vid3d.device import resolve_device
 from vid3d.errors import UserError
 from vid3d.project import StageOutput
+from vid3d.splats import surface
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
 from vid3d.splats.rasterize import resolve_backend
@@ -199,18 +200,22 @@ class Trainer:
         settings = self.settings
         data = self.coarse if self.coarse is not None and self.step < settings.coarse_steps else self.data
         sh_degree = min(self.step // settings.sh_degree_interval, settings.sh_degree)
-        image, _, info = render(
-            self.splats,
-            data.viewmats[index : index + 1],
-            data.Ks[index : index + 1],
-            data.width,
-            data.height,
-            sh_degree,
-            backend=self.backend,
-            backgrounds=self.backgrounds(),
-        )
+        regularisers = surface.active(settings, self.step)
+        channels = surface.channels_of(regularisers)
+        camera = (data.viewmats[index : index + 1], data.Ks[index : index + 1], data.width, data.height, sh_degree)
+        if channels:
+            rendered = surface.render_surface(
+                self.splats, *camera, channels, backend=self.backend, backgrounds=self.backgrounds()
+            )
+            image, info = rendered.image, rendered.info
+        else:
+            rendered = None
+            image, _, info = render(self.splats, *camera, backend=self.backend, backgrounds=self.backgrounds())
         target = data.images[index : index + 1]
         loss = photometric_loss(image, target, settings.ssim_lambda)
+        context = surface.Context(self.splats, self.scene_scale, rendered)
+        for regulariser in regularisers:
+            loss = loss + getattr(settings, f"{regulariser.name}_weight") * regulariser.loss(context)
 
         if settings.densify:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
