@@ -87,7 +87,7 @@ def test_depth_seen_at_a_grazing_angle_carries_none():
     depth = np.where(rays[..., 2] < 0, -1 / np.minimum(rays[..., 2], -1e-9), 0.0)  # camera z of the floor hit
     cosine = np.abs(rays[..., 2]) / np.linalg.norm(rays, axis=-1)
     data = Dataset(["floor.png"], torch.zeros(1, size, size, 3), viewmat[None], K[None], [0], [])
-    facing = _facing(torch.from_numpy(depth).float(), data, 0, 0.2).numpy()
+    facing = _facing(torch.from_numpy(depth).float(), data, 0).numpy() >= 0.2
     inner = (slice(2, -2), slice(2, -2))  # the depth map's own border has no neighbours either side
     np.testing.assert_array_equal(facing[inner], (cosine >= 0.2)[inner] & (depth > 0)[inner])
     assert 0.1 < facing[inner].mean() < 0.9

@@ -159,3 +159,20 @@ def test_regularised_training_renders_the_surface_channels_only_once_they_act():
     assert surface.channels_of(surface.active(settings, 100)) == ["normal", "plane"]
     settings = SplatsSettings(steps=300, distortion_weight=1.0, normal_weight=1.0, normal_start=5)
     assert surface.channels_of(surface.active(settings, 10)) == ["normal", "plane", "depth", "depth2"]
+
+
+def test_the_exports_planar_depth_is_the_planes_depth():
+    from vid3d.config import ExportSettings
+    from vid3d.export.mesh import _colour_and_depth
+    from vid3d.splats.data import Dataset
+
+    splats, normal = plane_of_discs(plane_tilt=0.6)
+    data = Dataset(["plane.png"], torch.zeros(1, HEIGHT, WIDTH, 3), torch.eye(4)[None], K[None], [0], [])
+    _, alpha, depth, facing = _colour_and_depth(splats, data, 0, 0, ExportSettings(depth="planar"))
+    rays = surface.pixel_rays(K, WIDTH, HEIGHT)
+    true_depth = (normal @ torch.tensor([0.0, 0.0, 2.0])) / (rays @ normal)
+    covered = alpha > 0.99
+    assert covered.float().mean() > 0.95
+    assert (depth - true_depth)[covered].abs().max() < 1e-3
+    cosine = (rays @ normal).abs() / rays.norm(dim=-1)
+    assert (facing - cosine)[covered].abs().max() < 1e-4

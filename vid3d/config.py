@@ -265,8 +265,11 @@ class ExportSettings:
     mesh_format: Literal["ply", "obj", "glb"] = setting(
         "glb", "mesh file format: glb (textured, one file), obj (with mesh.mtl and mesh.png) or ply (vertex colours)"
     )
-    depth: Literal["median", "expected"] = setting(
-        "median", "depth fused into the mesh: median (where transmittance halves; sharper) or expected (alpha-weighted)"
+    depth: Literal["median", "expected", "planar"] = setting(
+        "median",
+        "depth fused into the mesh: median (where transmittance halves; sharper), expected (alpha-weighted), or "
+        "planar (each ray's hit on the blended planes of flat Gaussians, PGSR's unbiased depth: for Gaussians "
+        "trained with splats.flatten_weight)",
     )
     voxel_size: float = setting(
         0.0, "TSDF voxel size in world units; 0: the diagonal of the region fused (export.bbox) / 640", min=0.0

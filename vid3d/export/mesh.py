@@ -22,6 +22,7 @@ from vid3d.errors import UserError
 from vid3d.export import AUTO_BBOX, Asset, parse_bbox, texture
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import render
+from vid3d.splats import surface
 from vid3d.splats.rasterize import median_depth
 from vid3d.ui import log, progress
 
@@ -121,36 +122,12 @@ def fuse_mesh(
     )
     sh_degree = int(round(np.sqrt(splats["shN"].shape[1] + 1))) - 1  # noqa: RUF046  # numpy 1.x rounds to a float
     depth_trunc = DEPTH_LIMIT_SCENE_SCALES * data.scene_scale()
-    render_mode = "RGB+ED" if settings.depth == "expected" else "RGB"
     with progress("export: fusing depth", len(data.names)) as advance:
         for i in range(len(data.names)):
-            rendered, alpha, _ = render(
-                splats,
-                data.viewmats[i : i + 1],
-                data.Ks[i : i + 1],
-                data.width,
-                data.height,
-                sh_degree,
-                render_mode=render_mode,
-            )
-            alpha = alpha[0, ..., 0]
-            colour = (rendered[0, ..., :3] / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
-            depth = (
-                rendered[0, ..., 3]
-                if settings.depth == "expected"
-                else median_depth(
-                    splats["means"],
-                    splats["quats"],
-                    torch.exp(splats["scales"]),
-                    torch.sigmoid(splats["opacities"]),
-                    data.viewmats[i : i + 1],
-                    data.Ks[i : i + 1],
-                    data.width,
-                    data.height,
-                )[0]
-            )
+            colour, alpha, depth, facing = _colour_and_depth(splats, data, i, sh_degree, settings)
+            colour = (colour / alpha.clamp(min=1e-6)[..., None]).clamp(0, 1)  # un-premultiplied
             depth = torch.where(alpha >= settings.alpha_threshold, depth, 0.0)
-            depth = torch.where(_facing(depth, data, i, settings.min_facing), depth, 0.0)
+            depth = torch.where(facing >= settings.min_facing, depth, 0.0)
             if region is not None:
                 depth = torch.where(_inside(region, depth, data, i), depth, 0.0)
             volume.integrate(
@@ -174,6 +151,32 @@ def fuse_mesh(
     )
 
 
+def _colour_and_depth(splats: torch.nn.ParameterDict, data: Dataset, i: int, sh_degree: int, settings: ExportSettings):
+    """Camera i's premultiplied colour (H, W, 3), alpha, depth (export.depth) and the cosine at which
+    the camera sees each pixel's surface (H, W): of the blended normals for planar depth, else of
+    the depth map's."""
+    camera = (data.viewmats[i : i + 1], data.Ks[i : i + 1], data.width, data.height, sh_degree)
+    if settings.depth == "planar":
+        rendered = surface.render_surface(splats, *camera, ["normal", "plane"])
+        normal = rendered.maps["normal"]
+        depth = surface.planar_depth(normal, rendered.maps["plane"], rendered.alpha, rendered.K)
+        rays = torch.nn.functional.normalize(surface.pixel_rays(rendered.K, data.width, data.height), dim=-1)
+        facing = (torch.nn.functional.normalize(normal, dim=-1) * rays).sum(-1).abs()
+        return rendered.image[0], rendered.alpha, depth, facing
+    rendered, alpha, _ = render(splats, *camera, render_mode="RGB+ED" if settings.depth == "expected" else "RGB")
+    if settings.depth == "expected":
+        depth = rendered[0, ..., 3]
+    else:
+        depth = median_depth(
+            splats["means"],
+            splats["quats"],
+            torch.exp(splats["scales"]),
+            torch.sigmoid(splats["opacities"]),
+            *camera[:4],
+        )[0]
+    return rendered[0, ..., :3], alpha[0, ..., 0], depth, _facing(depth, data, i)
+
+
 def _rays(depth: torch.Tensor, data: Dataset, i: int) -> torch.Tensor:
     """Each pixel's ray in camera coordinates, z = 1: (H, W, 3)."""
     K = data.Ks[i]
@@ -183,10 +186,10 @@ def _rays(depth: torch.Tensor, data: Dataset, i: int) -> torch.Tensor:
     return torch.stack([(u + 0.5 - K[0, 2]) / K[0, 0], (v + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(depth)], -1)
 
 
-def _facing(depth: torch.Tensor, data: Dataset, i: int, min_cosine: float) -> torch.Tensor:
-    """Pixels whose surface (the normal of the depth map's points) makes a cosine of at least
-    `min_cosine` with the ray: depth at grazing angles, and across depth edges, is the noisiest
-    (bool (H, W)). The demo, at 0 / 0.15 / 0.3: precision 0.931 / 0.957 / 0.975, F-score at 1%
+def _facing(depth: torch.Tensor, data: Dataset, i: int) -> torch.Tensor:
+    """The cosine between each pixel's ray and its surface (the normal of the depth map's points),
+    (H, W): export.min_facing drops depth at grazing angles and across depth edges, the noisiest.
+    The demo, at min_facing 0 / 0.15 / 0.3: precision 0.931 / 0.957 / 0.975, F-score at 1%
     0.951 / 0.952 / 0.930, Chamfer 0.314 / 0.311 / 0.361% of the diagonal."""
     rays = _rays(depth, data, i)
     points = rays * depth[..., None]
@@ -195,8 +198,7 @@ def _facing(depth: torch.Tensor, data: Dataset, i: int, min_cosine: float) -> to
     du[:, 1:-1] = points[:, 2:] - points[:, :-2]
     dv[1:-1] = points[2:] - points[:-2]
     normals = torch.nn.functional.normalize(torch.cross(du, dv, dim=-1), dim=-1)
-    cosine = (normals * torch.nn.functional.normalize(rays, dim=-1)).sum(-1).abs()
-    return cosine >= min_cosine
+    return (normals * torch.nn.functional.normalize(rays, dim=-1)).sum(-1).abs()
 
 
 def _inside(region: Region, depth: torch.Tensor, data: Dataset, i: int) -> torch.Tensor:

@@ -8,8 +8,21 @@ from scipy.spatial import cKDTree
 
 
 def sample_surface(mesh: trimesh.Trimesh, count: int, seed: int = 0) -> np.ndarray:
-    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return np.asarray(points)
+    return sample_with_normals(mesh, count, seed)[0]
+
+
+def sample_with_normals(mesh: trimesh.Trimesh, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the surface and the normals of their faces."""
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points), np.asarray(mesh.face_normals)[faces]
+
+
+def normal_consistency(points: np.ndarray, normals: np.ndarray, true: np.ndarray, true_normals: np.ndarray) -> float:
+    """Mean |cosine| between each sample's normal and its nearest sample's on the other surface,
+    both ways (the measure of Occupancy Networks and the surface-reconstruction papers; 1 is perfect)."""
+    forward = np.abs((normals * true_normals[cKDTree(true).query(points)[1]]).sum(-1))
+    backward = np.abs((true_normals * normals[cKDTree(points).query(true)[1]]).sum(-1))
+    return float(0.5 * (forward.mean() + backward.mean()))
 
 
 def chamfer_fscore(predicted: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
@@ -34,8 +47,11 @@ def chamfer_fscore(predicted: np.ndarray, true: np.ndarray, threshold: float) ->
 
 def crop(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Points inside an axis-aligned box (2, 3)."""
-    inside = np.all((points >= bounds[0]) & (points <= bounds[1]), axis=1)
-    return points[inside]
+    return points[_inside(points, bounds)]
+
+
+def _inside(points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    return np.all((points >= bounds[0]) & (points <= bounds[1]), axis=1)
 
 
 def compare_to_truth(
@@ -61,11 +77,18 @@ def compare_to_truth(
     vertices = scale * np.asarray(mesh.vertices) @ rotation.T + translation
     aligned = trimesh.Trimesh(vertices, mesh.faces, process=False)
     diagonal = float(np.linalg.norm(truth.bounds[1] - truth.bounds[0]))
-    predicted, true = sample_surface(aligned, samples), sample_surface(truth, samples)
+    (predicted, predicted_normals), (true, true_normals) = (
+        sample_with_normals(aligned, samples),
+        sample_with_normals(truth, samples),
+    )
     result = chamfer_fscore(crop(predicted, region), crop(true, region), threshold=0.01 * diagonal)
     distance_to_truth = cKDTree(true).query(predicted)[0]
+    inside, true_inside = _inside(predicted, region), _inside(true, region)
     return {
         "chamfer_fraction": result["chamfer"] / diagonal,
+        "normal_consistency": normal_consistency(
+            predicted[inside], predicted_normals[inside], true[true_inside], true_normals[true_inside]
+        ),
         "fscore_1pct": result["fscore"],
         "precision": result["precision"],
         "recall": result["recall"],
