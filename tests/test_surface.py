@@ -60,23 +60,22 @@ def render_plane(splats, channels):
 def test_a_flat_gaussians_normal_map_is_its_planes_normal():
     tilt = quat_about([1, 1, 0], 0.5)
     splats = splats_of(torch.tensor([[0.0, 0.0, 2.0]]), tilt[None], torch.tensor([[0.3, 0.2, 1e-4]]))
-    rendered = render_plane(splats, ["normal", "plane"])
+    rendered = render_plane(splats, ["normal", "inverse_plane"])
     centre = (HEIGHT // 2, WIDTH // 2)
     normal = rendered.maps["normal"][centre] / rendered.alpha[centre]
     expected = surface.rotations(tilt[None])[0][:, 2]
     expected = -expected if expected[2] > 0 else expected  # faces the camera, which looks along +z
     assert rendered.alpha[centre] > 0.9
     assert torch.allclose(normal, expected, atol=1e-5)
-    # the plane channel is the camera's distance from the disc's plane
-    assert math.isclose(
-        float(rendered.maps["plane"][centre] / rendered.alpha[centre]), -2.0 * float(expected[2]), rel_tol=1e-5
-    )
+    # the inverse-plane channel: the disc's plane n . x = n . m has inverse depth q . r, q = n / (n . m)
+    q = rendered.maps["inverse_plane"][centre] / rendered.alpha[centre]
+    assert torch.allclose(q, expected / (2.0 * expected[2]), atol=1e-5)
 
 
 def test_planar_depth_is_the_planes_depth_at_every_pixel():
     splats, normal = plane_of_discs()
-    rendered = render_plane(splats, ["normal", "plane"])
-    depth = surface.planar_depth(rendered.maps["normal"], rendered.maps["plane"], rendered.alpha, K)
+    rendered = render_plane(splats, ["inverse_plane"])
+    depth = surface.planar_depth(rendered.maps["inverse_plane"], rendered.alpha, K)
     rays = surface.pixel_rays(K, WIDTH, HEIGHT)
     true_depth = (normal @ torch.tensor([0.0, 0.0, 2.0])) / (rays @ normal)
     covered = rendered.alpha > 0.99
@@ -87,8 +86,8 @@ def test_planar_depth_is_the_planes_depth_at_every_pixel():
 def test_depth_normal_consistency_is_zero_on_a_plane_and_positive_for_tilted_normals():
     def consistency(tilt):
         splats, _ = plane_of_discs(normal_tilt=tilt)
-        context = surface.Context(splats, 1.0, render_plane(splats, ["normal", "plane"]))
-        return float(surface.normal_loss(context))
+        context = surface.Context(splats, 1.0, render_plane(splats, ["normal", "inverse_plane"]))
+        return float(surface.normal_loss(context).detach())
 
     assert consistency(0.0) < 1e-4
     assert consistency(0.3) > 0.02
@@ -156,9 +155,9 @@ def test_regularised_training_renders_the_surface_channels_only_once_they_act():
     settings = SplatsSettings(steps=300, flatten_weight=1.0, normal_weight=0.1, normal_start=100)
     assert [r.name for r in surface.active(settings, 0)] == ["flatten"]
     assert surface.channels_of(surface.active(settings, 0)) == []
-    assert surface.channels_of(surface.active(settings, 100)) == ["normal", "plane"]
+    assert surface.channels_of(surface.active(settings, 100)) == ["normal", "inverse_plane"]
     settings = SplatsSettings(steps=300, distortion_weight=1.0, normal_weight=1.0, normal_start=5)
-    assert surface.channels_of(surface.active(settings, 10)) == ["normal", "plane", "depth", "depth2"]
+    assert surface.channels_of(surface.active(settings, 10)) == ["normal", "inverse_plane", "depth", "depth2"]
 
 
 def test_the_exports_planar_depth_is_the_planes_depth():

@@ -157,12 +157,7 @@ def _colour_and_depth(splats: torch.nn.ParameterDict, data: Dataset, i: int, sh_
     the depth map's."""
     camera = (data.viewmats[i : i + 1], data.Ks[i : i + 1], data.width, data.height, sh_degree)
     if settings.depth == "planar":
-        rendered = surface.render_surface(splats, *camera, ["normal", "plane"])
-        normal = rendered.maps["normal"]
-        depth = surface.planar_depth(normal, rendered.maps["plane"], rendered.alpha, rendered.K)
-        rays = torch.nn.functional.normalize(surface.pixel_rays(rendered.K, data.width, data.height), dim=-1)
-        facing = (torch.nn.functional.normalize(normal, dim=-1) * rays).sum(-1).abs()
-        return rendered.image[0], rendered.alpha, depth, facing
+        return _planar(splats, data, i, camera)
     rendered, alpha, _ = render(splats, *camera, render_mode="RGB+ED" if settings.depth == "expected" else "RGB")
     if settings.depth == "expected":
         depth = rendered[0, ..., 3]
@@ -175,6 +170,39 @@ def _colour_and_depth(splats: torch.nn.ParameterDict, data: Dataset, i: int, sh_
             *camera[:4],
         )[0]
     return rendered[0, ..., :3], alpha[0, ..., 0], depth, _facing(depth, data, i)
+
+
+def _planar(splats: torch.nn.ParameterDict, data: Dataset, i: int, camera: tuple):
+    """export.depth = planar: at each pixel, the depth where the ray meets the plane of the Gaussian
+    at which transmittance halves (median depth, each Gaussian's own plane instead of its centre's
+    depth: 2DGS's and PGSR's depth of flat Gaussians), and the cosine of that plane's normal with the ray."""
+    colour, alpha, _ = render(splats, *camera)
+    means, quats, scales = splats["means"], splats["quats"], torch.exp(splats["scales"])
+    viewmats, Ks = camera[0], camera[1]
+    count = len(means)
+    index = (
+        median_depth(
+            means,
+            quats,
+            scales,
+            torch.sigmoid(splats["opacities"]),
+            viewmats,
+            Ks,
+            data.width,
+            data.height,
+            values=torch.arange(1, count + 1, dtype=torch.float64)[None],  # float32 is exact to 16.7M Gaussians
+        )[0]
+        .round()
+        .long()
+        - 1
+    )  # -1: no Gaussian takes transmittance below one half
+    channels = surface.surface_channels(means, quats, scales, viewmats, ["normal", "inverse_plane"])[0]
+    chosen = channels[index.clamp(min=0)]  # [H, W, 6]
+    rays = surface.pixel_rays(Ks[0], data.width, data.height)
+    inverse = (chosen[..., 3:] * rays).sum(-1)
+    depth = torch.where((index >= 0) & (inverse > 1e-6), 1 / inverse.clamp(min=1e-6), 0.0)
+    facing = (chosen[..., :3] * torch.nn.functional.normalize(rays, dim=-1)).sum(-1).abs()
+    return colour[0], alpha[0, ..., 0], depth, facing
 
 
 def _rays(depth: torch.Tensor, data: Dataset, i: int) -> torch.Tensor:

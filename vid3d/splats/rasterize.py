@@ -460,18 +460,21 @@ def median_depth(
     height: int,
     tile_size: int = 4,
     eps2d: float = 0.3,
+    values: Tensor | None = None,
 ) -> Tensor:
     """[C, H, W] z-depth of the Gaussian at which each pixel's transmittance falls below 0.5
     (0 where it never does): the surface a pixel mostly shows, sharper at edges than the expected
-    depth, which blends front and back. The same compositing as `rasterization`, without gradients."""
+    depth, which blends front and back. The same compositing as `rasterization`, without gradients.
+    With `values` [C, N], that Gaussian's value instead of its depth (its index, say)."""
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
     radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d)
     opacities = opacities.expand(len(viewmats), -1)
     tiles = bin_tiles(means2d, conics, opacities, radii, depths, width, height, tile_size)
+    values = depths if values is None else values.to(depths.dtype)
     if cpu_kernel.usable(means.device, tile_size):
-        return cpu_kernel.median_depth(means2d, conics, opacities, depths, tiles, width, height, tile_size)
+        return cpu_kernel.median_depth(means2d, conics, opacities, values, tiles, width, height, tile_size)
     gaussians = pack_gaussians(means2d, conics, opacities)
-    flat_depths = depths.reshape(-1)
+    flat_depths = values.reshape(-1)
     features = _pixel_features(tile_size, means.dtype, means.device)
     n_tiles, pixels = len(viewmats) * tiles.tiles_x * tiles.tiles_y, tile_size * tile_size
     log_t = means.new_zeros(n_tiles, pixels)

@@ -2,13 +2,15 @@
 regularisers that train them flat and consistent (the ideas of PGSR, 2DGS and Mip-NeRF 360, written
 here from the papers; no code copied).
 
-Each Gaussian's normal is the axis of its smallest scale, turned to face the camera; its plane
-passes through its mean. Rendered with the colour, in one rasterisation on either backend, are
-extra channels per Gaussian (`SURFACE_CHANNELS`):
-- normal (3): alpha-blended into a normal map N;
-- plane (1): the distance of the camera from the Gaussian's plane, blended into D, which with N gives
-  each pixel's depth as the ray's hit on that plane (PGSR's unbiased depth: sharp for flat Gaussians,
-  where the blended centre depth would step from Gaussian to Gaussian);
+Each Gaussian's normal n is the axis of its smallest scale, turned to face the camera; its plane
+passes through its mean m (camera coordinates). Rendered with the colour, in one rasterisation on
+either backend, are extra channels per Gaussian (`SURFACE_CHANNELS`):
+- normal (3): n, alpha-blended into a normal map N;
+- inverse_plane (3): q = n / (n . m). A pixel's ray r (z = 1) meets the plane at z = 1 / (q . r): the
+  plane's inverse depth is linear in r, so the blend Q = sum w q gives sum w (1 / z_i(r)) = Q . r,
+  each Gaussian's own plane evaluated at the pixel. The blended inverse depth alpha / (Q . r) is
+  PGSR's unbiased depth, without dividing by a blended normal (a small error in a blended normal
+  moves a plane through a far point a long way);
 - depth, depth2 (2): the centres' z and z^2, whose blends give the spread of depth along the ray.
 
 The regularisers, each `splats.<name>_weight` from step `splats.<name>_start` (`REGULARISERS`):
@@ -32,7 +34,7 @@ from torch.nn import functional as F
 
 from vid3d.splats.rasterize import rasterization, view_colors
 
-SURFACE_CHANNELS = {"normal": 3, "plane": 1, "depth": 1, "depth2": 1}
+SURFACE_CHANNELS = {"normal": 3, "inverse_plane": 3, "depth": 1, "depth2": 1}
 MIN_ALPHA = 0.5  # pixels below this opacity have no surface to regularise
 
 
@@ -69,7 +71,7 @@ def surface_channels(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Ten
     normal = torch.where((normal * centres).sum(-1, keepdim=True) > 0, -normal, normal)  # face the camera
     values = {
         "normal": normal,
-        "plane": -(normal * centres).sum(-1, keepdim=True),
+        "inverse_plane": inverse_planes(normal, centres),
         "depth": centres[..., 2:],
         "depth2": centres[..., 2:] ** 2,
     }
@@ -138,13 +140,18 @@ def pixel_rays(K: Tensor, width: int, height: int) -> Tensor:
     return torch.stack([(u + 0.5 - K[0, 2]) / K[0, 0], (v + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(u)], -1)
 
 
-def planar_depth(normal: Tensor, plane: Tensor, alpha: Tensor, K: Tensor) -> Tensor:
-    """[H, W] z-depth where each pixel's ray meets its blended plane (0 where it meets none in front)."""
+def inverse_planes(normal: Tensor, centres: Tensor) -> Tensor:
+    """q = n / (n . m) per Gaussian: the plane through m with normal n has inverse depth q . r along ray r
+    (z = 1). Planes seen edge-on (|n . m| tiny) are clamped: they are cut by min_facing anyway."""
+    offset = (normal * centres).sum(-1, keepdim=True)  # negative: the normal faces the camera
+    return normal / offset.clamp(max=-1e-6)
+
+
+def planar_depth(inverse_plane: Tensor, alpha: Tensor, K: Tensor) -> Tensor:
+    """[H, W] z-depth of the blended planes: alpha / (Q . r) (0 where the blend meets no plane in front)."""
     rays = pixel_rays(K, alpha.shape[1], alpha.shape[0])
-    unit = F.normalize(normal, dim=-1)
-    facing = -(unit * rays).sum(-1)  # the normal faces the camera: its cosine with the ray is negative
-    distance = plane / alpha.clamp(min=1e-6)
-    return torch.where(facing > 1e-3, distance / facing.clamp(min=1e-3), torch.zeros_like(distance))
+    inverse = (inverse_plane * rays).sum(-1)
+    return torch.where(inverse > 1e-6, alpha / inverse.clamp(min=1e-6), torch.zeros_like(inverse))
 
 
 def depth_normals(depth: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,7 +186,7 @@ def flatten_loss(ctx: Context) -> Tensor:
 
 def normal_loss(ctx: Context) -> Tensor:
     s = ctx.surface
-    depth = planar_depth(s.maps["normal"], s.maps["plane"], s.alpha, s.K)
+    depth = planar_depth(s.maps["inverse_plane"], s.alpha, s.K)
     surface_normal, valid = depth_normals(depth, s.K)
     valid = valid & (s.alpha >= MIN_ALPHA)
     disagreement = s.alpha - (s.maps["normal"] * surface_normal).sum(-1)
@@ -203,7 +210,7 @@ class Regulariser:
 
 REGULARISERS = (
     Regulariser("flatten", (), flatten_loss),
-    Regulariser("normal", ("normal", "plane"), normal_loss),
+    Regulariser("normal", ("normal", "inverse_plane"), normal_loss),
     Regulariser("distortion", ("depth", "depth2"), distortion_loss),
 )
 
