@@ -20,9 +20,9 @@ import trimesh
 from vid3d.config import ExportSettings
 from vid3d.errors import UserError
 from vid3d.export import AUTO_BBOX, Asset, parse_bbox, texture
+from vid3d.splats import surface
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import render
-from vid3d.splats import surface
 from vid3d.splats.rasterize import median_depth
 from vid3d.ui import log, progress
 
