@@ -52,6 +52,7 @@ def main() -> None:
         ("generate", generate),
         ("gsplat_build", lambda c: finish_gsplat_build(build)),
         ("rasterizer", rasterizer),
+        ("surface_channels", surface_channels),
         ("reconstruct", reconstruct),
     ]
     for name, check in checks:
@@ -231,6 +232,58 @@ def rasterizer(cuda: bool) -> dict:
         "image_mean_abs_diff": float((a - b).abs().mean()),
         "gradient_cosine": {k: round(cosine(grads_a[k], grads_b[k]), 5) for k in grads_a},
         "seconds_first_call": {k: round(v[2], 3) for k, v in out.items()},
+    }
+
+
+def surface_channels(cuda: bool) -> dict:
+    """Colour and every surface channel (issue 26: 9 channels; gsplat pads them itself) on gsplat and
+    the torch backend, one camera, with the normal and distortion losses' gradients."""
+    import numpy as np
+
+    from vid3d.config import SplatsSettings
+    from vid3d.scenes import orbit_cameras
+    from vid3d.splats import surface
+    from vid3d.splats.model import init_splats
+
+    device = "cuda" if cuda else "cpu"
+    rng = np.random.default_rng(1)
+    splats = init_splats(
+        rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
+        rng.uniform(0, 1, (20_000, 3)).astype(np.float32),
+        3,
+        0.5,
+        1.0,
+        torch.Generator().manual_seed(0),
+    ).to(device)
+    cams = orbit_cameras(1, width=256, height=192)
+    viewmats = torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32, device=device)
+    Ks = torch.tensor(cams.K, dtype=torch.float32, device=device)
+    settings = SplatsSettings(normal_weight=1.0, distortion_weight=1.0)
+    regularisers = surface.active(settings, 0)
+    out = {}
+    for backend in ("gsplat", "torch") if cuda else ("torch",):
+        for p in splats.values():
+            p.grad = None
+        rendered = surface.render_surface(
+            splats, viewmats, Ks, 256, 192, 3, surface.channels_of(regularisers), backend=backend
+        )
+        context = surface.Context(splats, 1.0, rendered)
+        losses = {r.name: r.loss(context) for r in regularisers}
+        sum(losses.values()).backward()
+        maps = torch.cat([rendered.image[0], *(m.reshape(192, 256, -1) for m in rendered.maps.values())], -1)
+        out[backend] = (
+            maps.detach(),
+            {k: float(v) for k, v in losses.items()},
+            {k: p.grad.clone() for k, p in splats.items()},
+        )
+    if not cuda:
+        raise Skipped("no CUDA: rendered with the torch backend only")
+    (a, losses_a, grads_a), (b, losses_b, grads_b) = out["gsplat"], out["torch"]
+    cosine = lambda x, y: float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0))
+    return {
+        "channel_max_abs_diff": [round(float(v), 6) for v in (a - b).abs().amax(dim=(0, 1))],
+        "losses": {"gsplat": losses_a, "torch": losses_b},
+        "gradient_cosine": {k: round(cosine(grads_a[k], grads_b[k]), 5) for k in grads_a if grads_a[k].abs().sum() > 0},
     }
 
 
