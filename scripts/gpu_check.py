@@ -273,7 +273,7 @@ def surface_channels(cuda: bool) -> dict:
         maps = torch.cat([rendered.image[0], *(m.reshape(192, 256, -1) for m in rendered.maps.values())], -1)
         out[backend] = (
             maps.detach(),
-            {k: float(v) for k, v in losses.items()},
+            {k: float(v.detach()) for k, v in losses.items()},
             {k: p.grad.clone() for k, p in splats.items()},
         )
     if not cuda:
