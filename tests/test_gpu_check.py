@@ -19,7 +19,15 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert list(results) == ["environment", "attention", "generate", "gsplat_build", "rasterizer", "reconstruct"]
+    assert list(results) == [
+        "environment",
+        "attention",
+        "generate",
+        "gsplat_build",
+        "rasterizer",
+        "surface_channels",
+        "reconstruct",
+    ]
     assert {name: r["status"] for name, r in results.items() if r["status"] == "failed"} == {}
     assert results["generate"]["status"] == "ok" and len(results["generate"]["runs"]) == 2
     assert all(run["frames"][0] >= 8 for run in results["generate"]["runs"])

@@ -268,8 +268,8 @@ class ExportSettings:
     depth: Literal["median", "expected", "planar"] = setting(
         "median",
         "depth fused into the mesh: median (where transmittance halves; sharper), expected (alpha-weighted), or "
-        "planar (each ray's hit on the blended planes of flat Gaussians, PGSR's unbiased depth: for Gaussians "
-        "trained with splats.flatten_weight)",
+        "planar (each ray's hit on the plane of the Gaussian where transmittance halves: the depth of flat "
+        "Gaussians, trained with splats.flatten_weight)",
     )
     voxel_size: float = setting(
         0.0, "TSDF voxel size in world units; 0: the diagonal of the region fused (export.bbox) / 640", min=0.0
