@@ -191,28 +191,35 @@ def generate(cuda: bool) -> dict:
     return {"runs": runs}
 
 
-def rasterizer(cuda: bool) -> dict:
-    """gsplat and the torch backend on the same 20,000 Gaussians and cameras (the dry run renders
-    with the torch backend only, to run the code)."""
+def _random_scene(cuda: bool, cameras: int, seed: int):
+    """20,000 random Gaussians (SH degree 3) and `cameras` orbit cameras at 256x192, on the check's device."""
     import numpy as np
 
     from vid3d.scenes import orbit_cameras
-    from vid3d.splats.model import init_splats, render
+    from vid3d.splats.model import init_splats
 
     device = "cuda" if cuda else "cpu"
-    generator = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     splats = init_splats(
         rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
         rng.uniform(0, 1, (20_000, 3)).astype(np.float32),
         3,
         0.5,
         1.0,
-        generator,
+        torch.Generator().manual_seed(0),
     ).to(device)
-    cams = orbit_cameras(2, width=256, height=192)
+    cams = orbit_cameras(cameras, width=256, height=192)
     viewmats = torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32, device=device)
-    Ks = torch.tensor(cams.K, dtype=torch.float32, device=device)
+    return splats, viewmats, torch.tensor(cams.K, dtype=torch.float32, device=device)
+
+
+def rasterizer(cuda: bool) -> dict:
+    """gsplat and the torch backend on the same 20,000 Gaussians and cameras (the dry run renders
+    with the torch backend only, to run the code)."""
+
+    from vid3d.splats.model import render
+
+    splats, viewmats, Ks = _random_scene(cuda, cameras=2, seed=0)
     out = {}
     for backend in ("gsplat", "torch") if cuda else ("torch",):
         for p in splats.values():
@@ -238,26 +245,11 @@ def rasterizer(cuda: bool) -> dict:
 def surface_channels(cuda: bool) -> dict:
     """Colour and every surface channel (issue 26: 9 channels; gsplat pads them itself) on gsplat and
     the torch backend, one camera, with the normal and distortion losses' gradients."""
-    import numpy as np
 
     from vid3d.config import SplatsSettings
-    from vid3d.scenes import orbit_cameras
     from vid3d.splats import surface
-    from vid3d.splats.model import init_splats
 
-    device = "cuda" if cuda else "cpu"
-    rng = np.random.default_rng(1)
-    splats = init_splats(
-        rng.normal(0, 0.4, (20_000, 3)).astype(np.float32),
-        rng.uniform(0, 1, (20_000, 3)).astype(np.float32),
-        3,
-        0.5,
-        1.0,
-        torch.Generator().manual_seed(0),
-    ).to(device)
-    cams = orbit_cameras(1, width=256, height=192)
-    viewmats = torch.tensor(np.linalg.inv(cams.cam_to_world), dtype=torch.float32, device=device)
-    Ks = torch.tensor(cams.K, dtype=torch.float32, device=device)
+    splats, viewmats, Ks = _random_scene(cuda, cameras=1, seed=1)
     settings = SplatsSettings(normal_weight=1.0, distortion_weight=1.0)
     regularisers = surface.active(settings, 0)
     out = {}
