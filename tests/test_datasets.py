@@ -222,6 +222,49 @@ def test_colmap_text_model_in_sparse(scene, tmp_path):
     assert given_cameras(tmp_path / "p" / "poses")["points3D"] == 150
 
 
+@pytest.mark.parametrize("kind", ["nerfstudio", "colmap"])
+def test_frames_whose_images_are_missing_are_skipped(scene, tmp_path, kind):
+    """As instant-ngp loads its own sample data (67 frames listed, 50 images): the frames without an
+    image are skipped with one warning, each kept image keeps its own camera, and index.json records
+    the skipped; too few left is refused."""
+    if kind == "nerfstudio":
+        dataset = write_nerfstudio(tmp_path / "ds", scene["cameras"], scene["images"])
+        meta = json.loads((dataset / "transforms.json").read_text())
+        for i in (1, 4, 6, 9):  # frames listed between the real ones, their images gone
+            meta["frames"].insert(i, {"file_path": f"images/gone_{i}.jpg", "transform_matrix": np.eye(4).tolist()})
+        (dataset / "transforms.json").write_text(json.dumps(meta))
+        kept, missing = list(range(VIEWS)), ["images/gone_1.jpg", "images/gone_4.jpg", "images/gone_6.jpg"]
+        args, skipped = (), 4
+    else:
+        dataset = write_colmap(tmp_path / "ds", scene["cameras"], scene["images"])
+        for i in (2, 7):
+            (dataset / "images" / f"view{i}.jpg").unlink()
+        kept, missing = [0, 1, 3, 4, 5, 6, 8, 9], ["images/view2.jpg", "images/view7.jpg"]
+        args, skipped = ("--set", "frames.min_frames=8"), 2
+    project = tmp_path / "p"
+    result = run_cli("poses", project, "--input", dataset, *args)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "missing" in line]
+    assert len(warnings) == 1 and all(name in warnings[0] for name in missing), result.stderr
+    assert f"names {skipped} images that are missing" in warnings[0] and f"kept {len(kept)}" in warnings[0]
+
+    index = json.loads((project / "frames" / "index.json").read_text())
+    assert len(index["frames"]) == len(kept) and len(index["skipped"]) == skipped
+    assert index["source_frames"] == len(kept) + skipped
+    poses = read_dataset(project / "poses")
+    assert len(poses.names) == len(kept)
+    true = scene["cameras"].cam_to_world[kept]
+    if kind == "colmap":
+        true = np.vstack([APPLIED_TRANSFORM, [0, 0, 0, 1]]) @ true
+    assert rotation_errors_deg(poses.cam_to_world, true).max() < 0.1
+    assert np.allclose(poses.cam_to_world[:, :3, 3], true[:, :3, 3], atol=1e-6)
+
+    first = dataset / "images" / ("frame_00001.png" if kind == "nerfstudio" else "view0.jpg")
+    first.unlink()  # one fewer than frames.min_frames: refused, naming the setting
+    line = refused(tmp_path / "p2", dataset, *args)
+    assert f"{len(kept) - 1} images are there" in line and f"frames.min_frames={len(kept)}" in line
+
+
 def refused(project, dataset, *args):
     """Run poses on the dataset: exit 2, and the project exactly as before. The error line."""
     before = tree(project)
@@ -250,7 +293,7 @@ def test_bad_datasets_are_refused_with_the_file_named(scene, tmp_path):
     assert "frames[1]" in refused(project, dataset)
 
     transforms.write_text(good)  # an existing project stays as it was too
-    code, _ = run_json("frames", project, "--input", dataset)
+    code, _ = run_json("frames", project, "--input", dataset, "--set", "frames.min_frames=3")
     assert code == 0
     (dataset / "images" / "frame_00003.png").unlink()
     assert "frame_00003.png" in refused(project, dataset)
@@ -274,7 +317,7 @@ def test_cameras_of_different_lenses_are_cropped_to_one_size(scene, tmp_path):
     dataset = write_colmap(
         tmp_path / "colmap", scene["cameras"][:4], scene["images"][:4], radial=[0, -0.05, -0.1, -0.15]
     )
-    code, result = run_json("poses", tmp_path / "p", "--input", dataset)
+    code, result = run_json("poses", tmp_path / "p", "--input", dataset, "--set", "frames.min_frames=4")
     assert code == 0, result
     poses = read_dataset(tmp_path / "p" / "poses")
     assert {iio.imread(path).shape[:2] for path in poses.paths} == {(poses.height, poses.width)}

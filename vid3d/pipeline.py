@@ -119,7 +119,7 @@ def _frames_inputs(ctx: Context) -> dict[str, str]:
     if _dataset_input(ctx):  # a malformed dataset or a missing image fails before any work
         from vid3d.ingest.datasets import dataset_fingerprint, read_dataset_input
 
-        return {"dataset": dataset_fingerprint(read_dataset_input(path))}
+        return {"dataset": dataset_fingerprint(read_dataset_input(path, ctx.settings.frames.min_frames))}
     return {"input": input_fingerprint(path)}
 
 
@@ -142,7 +142,7 @@ def _frames(ctx: Context, out: Path) -> StageOutput:
     if _dataset_input(ctx):
         from vid3d.ingest.datasets import ingest_dataset, read_dataset_input
 
-        return ingest_dataset(read_dataset_input(path), out)
+        return ingest_dataset(read_dataset_input(path, ctx.settings.frames.min_frames), out)
     return ingest(path, ctx.settings.frames, out)
 
 

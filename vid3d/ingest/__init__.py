@@ -58,6 +58,7 @@ class FramesIndex:
     width: int
     height: int
     frames: list[FrameEntry]
+    skipped: list[str] = field(default_factory=list)  # datasets: frames whose images were missing
     folder: Path = field(default=Path("."), compare=False)  # the frames/ folder read from
 
     @classmethod

@@ -9,7 +9,9 @@ distortion k1 k2 k3 k4 p1 p2 with camera_model OPENCV (COLMAP's OPENCV, or FULL_
 both OpenCV's own model) or OPENCV_FISHEYE (instant-ngp: is_fisheye). Its world becomes COLMAP's
 through nerfstudio's applied_transform, so poses/transforms.json gives back the same matrices.
 
-Every problem is a UserError naming the file and the fix.
+Frames (transforms.json) and images (COLMAP) whose image file is missing are skipped, as instant-ngp's
+loader skips them (datasets are often filtered or pruned by hand): `DatasetInput.missing` names them.
+Every other problem is a UserError naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DatasetInput:
     described_by: list[Path]  # the files holding the cameras (and points): fingerprinted with the images
     model: pycolmap.Reconstruction = field(repr=False)
     files: dict[int, Path] = field(default_factory=dict)  # image id -> image file
+    missing: list[str] = field(default_factory=list)  # images the cameras name that are not there, skipped
 
     def ordered_ids(self) -> list[int]:
         """Image ids in natural order of their names (frame2 before frame10)."""
@@ -79,16 +82,14 @@ def read_colmap_project(folder: Path) -> DatasetInput:
             continue
         file = images_dir / image.name
         if not file.is_file():
-            raise UserError(
-                f"{model_dir}: names image {image.name}, which is not in {images_dir}; put the image "
-                "there or remove it from the model"
-            )
+            dataset.missing.append(os.path.relpath(file, folder))
+            continue
         if image.camera_id not in cameras:
             camera = _checked_camera(source.cameras[image.camera_id], model_dir)
             cameras[image.camera_id] = add_camera(dataset.model, camera)
         image_id = add_posed_image(dataset.model, image.name, cameras[image.camera_id], image.cam_from_world().matrix())
         dataset.files[image_id] = file
-    if not dataset.files:
+    if not dataset.files and not dataset.missing:
         raise UserError(f"{model_dir}: no posed images in this COLMAP model; pass a model with registered images")
     for point in source.points3D.values():
         dataset.model.add_point3D(point.xyz, pycolmap.Track(), point.color)
@@ -116,6 +117,9 @@ def read_transforms(folder: Path) -> DatasetInput:
     for i, frame in enumerate(frames):
         where = f"{file}: frames[{i}]"
         image_file = _image_file(folder, frame, where)
+        if image_file is None:
+            dataset.missing.append(frame["file_path"])
+            continue
         camera = _transforms_camera({**meta, **frame}, image_file, where)
         key = (camera.model.name, camera.width, camera.height, tuple(camera.params))
         if key not in cameras:
@@ -142,8 +146,9 @@ def _load_json(file: Path) -> dict:
     return meta
 
 
-def _image_file(folder: Path, frame: dict, where: str) -> Path:
-    """frame's file_path; without a suffix (NeRF's synthetic scenes) the image file of that name."""
+def _image_file(folder: Path, frame: dict, where: str) -> Path | None:
+    """frame's file_path; without a suffix (NeRF's synthetic scenes) the image file of that name; None
+    when there is no such file."""
     name = frame.get("file_path")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}: no file_path; each frame names its image")
@@ -154,7 +159,7 @@ def _image_file(folder: Path, frame: dict, where: str) -> Path:
         for suffix in sorted(IMAGE_SUFFIXES):
             if path.with_suffix(suffix).is_file():
                 return path.with_suffix(suffix)
-    raise UserError(f"{where}: image {name} is missing (looked for {path}); put the image there or remove the frame")
+    return None
 
 
 def _transform_matrix(frame: dict, where: str) -> np.ndarray:

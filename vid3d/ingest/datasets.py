@@ -8,7 +8,8 @@ cameras/, the dataset's cameras as a COLMAP model (binary, COLMAP's world) whose
 the frames, with the dataset's points when it has them (their tracks are not kept). The poses stage
 turns that model into poses/ without running COLMAP (poses.imported). frames.count, frames.max_side
 and the sharpness selection do not apply: the cameras belong to the images as they are
-(splats.max_side sets the training size).
+(splats.max_side sets the training size). frames.min_frames does: frames whose images are missing
+are skipped (index.json's `skipped`), and too few left is a UserError.
 """
 
 from __future__ import annotations
@@ -24,17 +25,30 @@ from vid3d.ingest import INDEX_FILE, FrameEntry, FramesIndex, read_image, write_
 from vid3d.ingest.dataset_layout import dataset_format
 from vid3d.ingest.dataset_readers import DatasetInput, read_colmap_project, read_transforms
 from vid3d.project import StageOutput, content_hash, file_fingerprint
-from vid3d.ui import progress
+from vid3d.ui import log, progress
 
 DATASET_KIND = "dataset"  # FramesIndex.kind of frames from a dataset
 CAMERAS_DIR = "cameras"  # frames/cameras/: the dataset's cameras (a COLMAP model)
+NAMED_MISSING = 3  # the warning about missing images names this many
 
 
-def read_dataset_input(path: Path) -> DatasetInput:
-    """The dataset's posed images and cameras; a malformed file or a missing image is a UserError."""
+def read_dataset_input(path: Path, min_frames: int) -> DatasetInput:
+    """The dataset's posed images and cameras; a malformed file, or fewer than `min_frames` images
+    that are there, is a UserError."""
     dataset = read_transforms(path) if dataset_format(path) == "nerfstudio" else read_colmap_project(path)
+    if len(dataset.files) < min_frames:
+        missing = f", {len(dataset.missing)} missing ({missing_names(dataset)})" if dataset.missing else ""
+        raise UserError(
+            f"{dataset.described_by[0]}: {len(dataset.files)} images are there{missing}; training needs "
+            f"frames.min_frames={min_frames}: put the images there or lower frames.min_frames"
+        )
     _check_one_size(dataset)
     return dataset
+
+
+def missing_names(dataset: DatasetInput) -> str:
+    names = ", ".join(dataset.missing[:NAMED_MISSING])
+    return names + (", ..." if len(dataset.missing) > NAMED_MISSING else "")
 
 
 def _check_one_size(dataset: DatasetInput) -> None:
@@ -66,6 +80,14 @@ def dataset_fingerprint(dataset: DatasetInput) -> str:
 def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
     """frames/ of a dataset: its images as 00000.png ..., index.json and cameras/ (see the module's notes)."""
     ids = dataset.ordered_ids()
+    if dataset.missing:
+        log.warning(
+            "frames: %s names %d images that are missing (%s); skipped those frames, as instant-ngp does, and kept %d",
+            dataset.described_by[0],
+            len(dataset.missing),
+            missing_names(dataset),
+            len(ids),
+        )
     entries = []
     with progress("frames", len(ids)) as advance:
         for n, image_id in enumerate(ids):
@@ -88,17 +110,19 @@ def ingest_dataset(dataset: DatasetInput, out_dir: Path) -> StageOutput:
     FramesIndex(
         source=str(dataset.folder),
         kind=DATASET_KIND,
-        source_frames=len(ids),
+        source_frames=len(ids) + len(dataset.missing),
         fps=None,
         width=camera.width,
         height=camera.height,
         frames=entries,
+        skipped=dataset.missing,
     ).write(out_dir)
     return StageOutput(
         outputs=[INDEX_FILE, CAMERAS_DIR],
         metrics={
             "frames": len(ids),
-            "source_frames": len(ids),
+            "source_frames": len(ids) + len(dataset.missing),
+            "skipped": len(dataset.missing),
             "width": camera.width,
             "height": camera.height,
             "dataset": dataset.format,
