@@ -1,4 +1,5 @@
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -8,7 +9,8 @@ import pytest
 from conftest import error_line, run_cli
 
 from vid3d.errors import StageError, UserError
-from vid3d.project import STAGE_FILE, Project, StageOutput, fingerprint
+from vid3d.pipeline import _say_why_not_resumed
+from vid3d.project import STAGE_FILE, Project, StageOutput, fingerprint, record_progress
 
 
 def writer(text, calls):
@@ -96,8 +98,60 @@ def test_user_error_changes_nothing_in_the_manifest(tmp_path):
         project.run_stage("frames", "f1", {}, {}, writer("good", []))
         before = (tmp_path / "p" / "manifest.json").read_text()
         with pytest.raises(UserError):
-            project.run_stage("frames", "f2", {}, {}, bad_input)
+            project.run_stage("frames", "f2", {"count": 3}, {}, bad_input)
     assert (tmp_path / "p" / "manifest.json").read_text() == before
+    assert "count" not in (tmp_path / "p" / "project.toml").read_text()  # nor the settings
+
+
+def test_settings_are_remembered_when_a_stage_starts(tmp_path):
+    """A run stopped or killed mid-stage is remembered like a finished one: a bare rerun loads its settings."""
+    project = Project(tmp_path / "p")
+
+    def interrupted(out):
+        assert "steps = 7" in (tmp_path / "p" / "project.toml").read_text()
+        raise KeyboardInterrupt
+
+    with project.lock(), pytest.raises(KeyboardInterrupt):
+        project.run_stage("splats", "s1", {"steps": 7}, {}, interrupted)
+    assert project.saved_settings()[0] == {"splats": {"steps": 7}}
+    assert project.status()["splats"]["status"] == "missing"
+
+
+def test_a_waiting_checkpoint_says_what_made_it(tmp_path):
+    project = Project(tmp_path / "p")
+    with project.lock():
+        folder = project.start_resumable("splats", "s1", {"steps": 100}, {"poses": "p1"})
+        record_progress(folder, 40, 100)
+        again = project.start_resumable("splats", "s1", {"steps": 100}, {"poses": "p1"})  # a rerun continues it
+    assert again == folder
+    (waiting,) = project.checkpoints("splats")
+    assert waiting["fingerprint"] == "s1" and (waiting["step"], waiting["steps"]) == (40, 100)
+    assert waiting["command"].startswith("vid3d ") and waiting["settings"] == {"steps": 100}
+    checkpoint = project.status()["splats"]["checkpoint"]
+    assert checkpoint["step"] == 40 and checkpoint["remembered"] is False  # project.toml has no [splats] yet
+    with project.lock():
+        project._save_settings("splats", {"steps": 100})
+    assert project.status()["splats"]["checkpoint"]["remembered"] is True
+
+    result = run_cli("status", tmp_path / "p")
+    assert result.returncode == 0, result.stderr
+    assert "splats: a checkpoint waits at step 40 of 100" in result.stderr
+    assert f"`vid3d reconstruct {tmp_path / 'p'}` continues it" in result.stderr
+
+
+def test_a_rerun_that_cannot_continue_a_checkpoint_says_why(tmp_path, caplog):
+    project = Project(tmp_path / "p")
+    with project.lock():
+        record_progress(project.start_resumable("splats", "s1", {"steps": 100, "seed": 0}, {"poses": "p1"}), 40, 100)
+    with caplog.at_level(logging.WARNING, logger="vid3d"):
+        _say_why_not_resumed(project, "splats", "s1", {"steps": 100, "seed": 0}, {"poses": "p1"})  # the same run
+        assert not caplog.records
+        _say_why_not_resumed(project, "splats", "s2", {"steps": 500, "seed": 0}, {"poses": "p1"})
+        _say_why_not_resumed(project, "splats", "s3", {"steps": 100, "seed": 0}, {"poses": "p2"})
+    settings, inputs = (record.getMessage() for record in caplog.records)
+    assert "checkpoint at step 40" in settings and "splats.steps = 500 here, 100 there" in settings
+    assert "seed" not in settings and "`vid3d " in settings and "continues it" in settings
+    assert "changed since (poses)" in inputs and "cannot be continued" in inputs
 
 
 def _killed_midway(root, started):

@@ -125,7 +125,7 @@ def test_killed_training_resumes_from_its_checkpoint(trained, tmp_path):
     process.wait()
     assert not (project / "splats").exists()
 
-    result = run_cli("reconstruct", project, *SHORT, "--json")
+    result = run_cli("reconstruct", project, "--json")  # no flags: the killed run's settings are remembered
     assert result.returncode == 0, result.stderr
     resumed_at = int(re.search(r"resuming from the checkpoint at step (\d+)", result.stderr)[1])
     assert 50 <= resumed_at < 150 and json.loads(result.stdout)["metrics"]["steps"] == 150
@@ -230,12 +230,20 @@ def test_sigterm_after_colmap_checkpoints_and_resumes(trained, tmp_path):
     stderr = process.communicate(timeout=60)[1]
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
     assert process.returncode == 143 and "saved a checkpoint" in stderr  # 128 + SIGTERM
-    assert error_line(stderr) == "error: interrupted; rerun the same command to continue"
+    assert error_line(stderr) == "error: interrupted; rerun the same command, or it without flags, to continue"
     assert (project / "poses").is_dir() and not (project / "splats").exists()
 
-    result = run_cli("reconstruct", project, *SHORT, "--json")
+    status = run_cli("status", project, "--json")
+    checkpoint = json.loads(status.stdout)["stages"]["splats"]["checkpoint"]
+    assert checkpoint["step"] >= 50 and checkpoint["steps"] == 150 and checkpoint["remembered"]
+    assert checkpoint["command"].startswith(f"vid3d reconstruct {project} --input ")
+    line = f"a checkpoint waits at step {checkpoint['step']} of 150"
+    assert line in run_cli("status", project).stderr
+
+    result = run_cli("reconstruct", project, "--json")  # a farm script's bare rerun continues it
     assert result.returncode == 0, result.stderr
-    assert "resuming from the checkpoint at step" in result.stderr
+    assert f"resuming from the checkpoint at step {checkpoint['step']}" in result.stderr
+    assert "checkpoint" not in json.loads(run_cli("status", project, "--json").stdout)["stages"]["splats"]
     stages = json.loads(result.stdout)["stages"]
     assert stages["frames"]["status"] == stages["poses"]["status"] == "cached"
 

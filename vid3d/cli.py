@@ -60,6 +60,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one se
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun this command's stage even when cached.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (status, outputs, metrics) on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+STAGE_COMMANDS = {"splats": "reconstruct"}  # the command of each stage whose name is not its own
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging and tracebacks on the terminal.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for another process using the project instead of failing.")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="fast (CPU preview), default or quality.")]
@@ -416,6 +417,18 @@ def status(project: ProjectArg, json: JsonOpt = False, verbose: VerboseOpt = Fal
             metrics or record.get("error", ""),
         )
     console.print(table)
+    for stage, record in stages.items():
+        if "checkpoint" in record:
+            console.print(_checkpoint_line(project, stage, record["checkpoint"]), soft_wrap=True)
+
+
+def _checkpoint_line(project: Path, stage: str, checkpoint: dict) -> str:
+    """A checkpoint waiting for a rerun: its step, what started it, and what continues it."""
+    at = f"at step {checkpoint['step']} of {checkpoint['steps']}" if "step" in checkpoint else "(no step saved yet)"
+    started = f"`{checkpoint['command']}` (started {checkpoint['started']})"
+    bare = f"`vid3d {STAGE_COMMANDS.get(stage, stage)} {project}`"
+    continues = f"that command or {bare}" if checkpoint["remembered"] else "that command"
+    return f"{stage}: a checkpoint waits {at}, from {started}; {continues} continues it"
 
 
 def main() -> None:
@@ -492,7 +505,9 @@ def _execute(
     except KeyboardInterrupt as exc:
         # the shells' codes: 128 + the signal's number, so a farm tells its own stop from a user's Ctrl-C
         _fail(
-            "interrupted; rerun the same command to continue", 143 if isinstance(exc, Terminated) else 130, common.json
+            "interrupted; rerun the same command, or it without flags, to continue",
+            143 if isinstance(exc, Terminated) else 130,
+            common.json,
         )
     outcome = _outcome(project_dir, ctx.results, summarize(project_dir) if summarize else None)
     if report and common.json:

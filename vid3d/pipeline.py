@@ -9,6 +9,7 @@ the folder the stage writes (see docs/architecture.md).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from vid3d.config import Settings, as_dict
 from vid3d.errors import UserError
 from vid3d.export import export_assets, plan_export
 from vid3d.project import Project, StageOutput, StageResult, file_fingerprint, fingerprint
+from vid3d.ui import log
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Context:
     force: tuple[str, ...] = ()  # stages to rerun even when cached
     results: list[StageResult] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # of the stages run (or cached) so far
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # each planned stage's inputs' fingerprints
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def run(ctx: Context, name: str) -> StageResult:
     """Stage `name` and, first, every stage it reads; each one cached when unchanged."""
     planned = STAGE_TABLE[name].plan(ctx)
     fp = ctx.fingerprints[name] = fingerprint(name, planned.settings, planned.inputs)
+    ctx.inputs[name] = planned.inputs
     values = as_dict(getattr(ctx.settings, name))
     result = ctx.project.run_stage(name, fp, values, planned.inputs, planned.work, force=name in ctx.force)
     ctx.results.append(result)
@@ -231,12 +235,41 @@ def _splats_inputs(ctx: Context) -> dict[str, str]:
 def _splats(ctx: Context, out: Path) -> StageOutput:
     from vid3d.splats.train import train_splats
 
-    resume = ctx.project.resume_dir("splats", ctx.fingerprints["splats"])
+    fp, settings = ctx.fingerprints["splats"], as_dict(ctx.settings.splats)
+    _say_why_not_resumed(ctx.project, "splats", fp, settings, ctx.inputs["splats"])
+    resume = ctx.project.start_resumable("splats", fp, settings, ctx.inputs["splats"])
     if "splats" not in ctx.force:
-        _resume_from_finished_training(ctx.project, ctx.fingerprints["splats"], resume)
+        _resume_from_finished_training(ctx.project, fp, resume)
     return train_splats(
         ctx.project.stage_dir("poses"), ctx.settings.splats, out, resume, ctx.device, start=_generated_splats(ctx)
     )
+
+
+def _say_why_not_resumed(project: Project, stage: str, fp: str, settings: dict, inputs: dict) -> None:
+    """One line when a checkpoint of another run of the stage waits and this run does not continue it:
+    the settings that differ and the command that would continue it, or the inputs that changed."""
+    waiting = next((run for run in project.checkpoints(stage) if run["fingerprint"] != fp), None)
+    if waiting is None or "step" not in waiting:
+        return
+    ours, theirs = _differing(json.loads(json.dumps(settings, default=str)), waiting.get("settings", {}))
+    if ours:
+        why = "; ".join(f"{stage}.{key} = {ours[key]!r} here, {theirs[key]!r} there" for key in ours)
+        why += f"; `{waiting.get('command', '?')}` continues it"
+    else:
+        changed = ", ".join(_differing(inputs, waiting.get("inputs", {}))[0]) or "the vid3d version"
+        why = f"what it was trained on changed since ({changed}), so it cannot be continued"
+    log.warning(
+        "%s: not continuing the checkpoint at step %s (started %s): %s; this run starts from step 0",
+        stage,
+        waiting["step"],
+        waiting.get("started", "?"),
+        why,
+    )
+
+
+def _differing(ours: dict, theirs: dict) -> tuple[dict, dict]:
+    keys = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    return {key: ours.get(key) for key in keys}, {key: theirs.get(key) for key in keys}
 
 
 def _resume_from_finished_training(project: Project, fp: str, resume: Path) -> None:

@@ -5,6 +5,11 @@ A stage is complete when the manifest records it complete with fingerprint F and
 outputs other stages read, with its recorded content hash). Outputs are written
 to `.tmp-<stage>-<pid>/` and renamed into place before the manifest is updated, so a process killed
 at any moment leaves either the old complete stage, or a stage that is not complete and reruns.
+
+A stage's settings are saved to project.toml when it starts, not only when it completes: a run
+stopped by a signal or killed is remembered like a finished one, so a bare rerun (`vid3d
+reconstruct P`) continues it from its checkpoint in `.resume/<stage>-<fingerprint>/`, which also
+holds run.json (what started it) and progress.json (the checkpoint's step), for `vid3d status`.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +41,8 @@ SETTINGS_FILE = "project.toml"
 LOCK_FILE = ".lock"
 STAGE_FILE = ".stage.json"
 RESUME_DIR = ".resume"
+RUN_FILE = "run.json"  # in a resume folder: the settings, inputs and command of the run that made it
+PROGRESS_FILE = "progress.json"  # in a resume folder: the step its checkpoint holds, of how many
 
 
 @dataclass
@@ -134,6 +143,22 @@ class Project:
         """Where a long stage keeps checkpoints while it runs; it survives a killed process."""
         return self.root / RESUME_DIR / f"{stage}-{fp}"
 
+    def checkpoints(self, stage: str) -> list[dict[str, Any]]:
+        """The checkpoints waiting for a rerun of `stage`, newest first: each resume folder's run.json
+        with its fingerprint and progress.json's step (when it has saved one)."""
+        waiting = []
+        for folder in (self.root / RESUME_DIR).glob(f"{stage}-*"):
+            run = _read_json(folder / RUN_FILE)
+            if run is not None:
+                waiting.append(
+                    {
+                        "fingerprint": folder.name.removeprefix(f"{stage}-"),
+                        **run,
+                        **(_read_json(folder / PROGRESS_FILE) or {}),
+                    }
+                )
+        return sorted(waiting, key=lambda run: run.get("started", ""), reverse=True)
+
     def is_complete(self, stage: str, fp: str | None = None) -> bool:
         """Recorded complete (with fingerprint `fp` if given) and its files intact on disk."""
         record = self.record(stage)
@@ -171,16 +196,35 @@ class Project:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every stage's record with its effective status: complete, stale, failed, incomplete or missing."""
-        stages = self.manifest()["stages"]
+        stages, saved = self.manifest()["stages"], self.saved_settings()[0]
         out = {}
         for stage in STAGES:
             record = dict(stages.get(stage) or {"status": "missing"})
             if record["status"] == "complete" and not self.is_complete(stage):
                 record["status"] = "incomplete"
+            waiting = self.checkpoints(stage)
+            if waiting:
+                record["checkpoint"] = {k: v for k, v in waiting[0].items() if k not in ("settings", "inputs")}
+                record["checkpoint"]["remembered"] = waiting[0].get("settings") == saved.get(stage)
             out[stage] = record
         return out
 
     # -- writing (hold the lock) --------------------------------------------------------------
+    def start_resumable(self, stage: str, fp: str, settings: dict[str, Any], inputs: dict[str, Any]) -> Path:
+        """The resume folder of this run of `stage`, with run.json saying what started it (kept from
+        the first run when a rerun continues it)."""
+        folder = self.resume_dir(stage, fp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / RUN_FILE).exists():
+            run = {
+                "command": shlex.join(["vid3d", *sys.argv[1:]]),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "settings": settings,
+                "inputs": inputs,
+            }
+            atomic_write_text(folder / RUN_FILE, json.dumps(run, indent=1, default=str))
+        return folder
+
     @contextlib.contextmanager
     def lock(self, wait: bool = False) -> Iterator[None]:
         """One writer at a time: a second process fails at once with a clear message, or waits."""
@@ -241,10 +285,13 @@ class Project:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         started = time.time()
+        saved = self._settings_text()
+        self._save_settings(stage, settings)  # remembered now: a rerun after a stop or a kill continues this run
         try:
             result = work(tmp)
         except UserError:  # bad input: leave the project as it was
             shutil.rmtree(tmp, ignore_errors=True)
+            self._restore_settings(saved)
             raise
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +325,6 @@ class Project:
         if result.assets:
             record["assets"] = result.assets
         self._update_manifest(stage, record, stale_downstream=previous.get("fingerprint") != fp)
-        self._save_settings(stage, settings)
         return StageResult(stage, "complete", fp, [f"{stage}/{n}" for n in result.outputs], result.metrics, seconds)
 
     def mark_failed(self, stage: str, fp: str, error: str) -> None:
@@ -312,6 +358,16 @@ class Project:
         ordered = {s: saved[s] for s in STAGES if s in saved}
         atomic_write_text(self.root / SETTINGS_FILE, tomli_w.dumps(ordered))
 
+    def _settings_text(self) -> str | None:
+        path = self.root / SETTINGS_FILE
+        return path.read_text() if path.exists() else None
+
+    def _restore_settings(self, text: str | None) -> None:
+        if text is None:
+            (self.root / SETTINGS_FILE).unlink(missing_ok=True)
+        else:
+            atomic_write_text(self.root / SETTINGS_FILE, text)
+
     def _replace_dir(self, new: Path, target: Path) -> None:
         old = self.root / f".old-{target.name}-{os.getpid()}"
         if target.exists():
@@ -327,6 +383,20 @@ class Project:
             shutil.rmtree(path, ignore_errors=True)
         for path in self.root.glob(".*.tmp"):
             path.unlink(missing_ok=True)
+
+
+def record_progress(resume_dir: Path, step: int, steps: int) -> None:
+    """progress.json beside a checkpoint just saved: its step of `steps`, for `vid3d status`."""
+    saved = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_text(resume_dir / PROGRESS_FILE, json.dumps({"step": step, "steps": steps, "saved": saved}))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ from pytorch_msssim import ssim
 from vid3d.config import SplatsSettings
 from vid3d.device import resolve_device
 from vid3d.errors import UserError
-from vid3d.project import StageOutput
+from vid3d.project import StageOutput, record_progress
 from vid3d.splats import surface
 from vid3d.splats.data import Dataset, load_dataset, load_points
 from vid3d.splats.model import SPLATS_FILE, init_splats, load_ply, render, save_ply, with_sh_degree
@@ -146,10 +146,10 @@ class Trainer:
                     loss, psnr = self.train_step()
                     self.history.append((self.step, loss, psnr, len(self.splats["means"])))
                     if self.step % settings.checkpoint_every == 0 and self.step < settings.steps:
-                        self.save(checkpoint)
+                        self.checkpoint(checkpoint)
                     advance(1, loss=loss, psnr=psnr, gaussians=len(self.splats["means"]))
         except KeyboardInterrupt:
-            self.save(checkpoint)  # Ctrl-C or SIGTERM: the rerun continues from here
+            self.checkpoint(checkpoint)  # Ctrl-C or SIGTERM: the rerun continues from here
             log.info("splats: saved a checkpoint at step %d; rerun to continue", self.step)
             raise
 
@@ -283,6 +283,11 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
+
+    def checkpoint(self, path: Path) -> None:
+        """save(), and its step beside it for `vid3d status`."""
+        self.save(path)
+        record_progress(path.parent, self.step, self.settings.steps)
 
     def resume(self, path: Path) -> None:
         if not path.exists():
