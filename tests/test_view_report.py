@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -186,6 +187,52 @@ def test_view_draws_the_gaussians_and_stops_cleanly(project, tmp_path):
     assert drawn.mean() > 0.05, drawn.mean()  # the object covers part of the view ...
     rows, columns = np.nonzero(drawn)
     assert height / 4 < rows.mean() < 3 * height / 4 and width / 4 < columns.mean() < 3 * width / 4  # ... in its middle
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory):
+    """A project with cameras and points only: enough to view, in seconds."""
+    root = tmp_path_factory.mktemp("posed")
+    write_dataset(root / "dataset")
+    code, out = run_json("poses", root / "project", "--input", root / "dataset")
+    assert code == 0, out
+    return root / "project"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_view_stops_within_a_second_of_either_signal_whatever_it_inherited(posed, stop):
+    """Started as a non-interactive shell starts it (SIGINT ignored), with a browser's websocket
+    open: SIGTERM or SIGINT ends it within a second, and its port is free again."""
+    import viser
+    from websockets.sync.client import connect
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vid3d.cli", "view", str(posed), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+    )
+    try:
+        assert f"http://localhost:{port}" in server.stdout.readline()
+        # the subprotocol viser's own page asks for
+        with connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"], open_timeout=30) as client:
+            client.recv(timeout=30)  # the scene is arriving
+            sent = time.monotonic()
+            server.send_signal(stop)
+            server.wait(timeout=30)
+            stopped = time.monotonic() - sent
+    finally:
+        server.kill()
+        _out, err = server.communicate()
+    assert server.returncode == 0 and "Traceback" not in err, err
+    # the issue's bound is 1 s; 0.06 s is measured, and the interpreter's teardown alone took 0.7-1.5 s
+    assert stopped < 0.5, stopped
+    with socket.socket() as s:  # released: bound as viser binds (asyncio's SO_REUSEADDR), which only
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # an open listener refuses, not the
+        s.bind(("127.0.0.1", port))  # closed websocket's TIME_WAIT
+        s.listen()
 
 
 def test_view_without_results_exits_2_with_one_line(tmp_path):
