@@ -2,6 +2,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def test_settings_are_remembered_when_a_stage_starts(tmp_path):
     assert project.status()["splats"]["status"] == "missing"
 
 
-def test_a_waiting_checkpoint_says_what_made_it(tmp_path):
+def test_a_waiting_checkpoint_says_what_made_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vid3d", "reconstruct", "p", "--preset", "fast"])
     project = Project(tmp_path / "p")
     with project.lock():
         folder = project.start_resumable("splats", "s1", {"steps": 100}, {"poses": "p1"})
@@ -126,7 +128,7 @@ def test_a_waiting_checkpoint_says_what_made_it(tmp_path):
     assert again == folder
     (waiting,) = project.checkpoints("splats")
     assert waiting["fingerprint"] == "s1" and (waiting["step"], waiting["steps"]) == (40, 100)
-    assert waiting["command"].startswith("vid3d ") and waiting["settings"] == {"steps": 100}
+    assert waiting["command"] == "vid3d reconstruct p --preset fast" and waiting["settings"] == {"steps": 100}
     checkpoint = project.status()["splats"]["checkpoint"]
     assert checkpoint["step"] == 40 and checkpoint["remembered"] is False  # project.toml has no [splats] yet
     with project.lock():
@@ -139,7 +141,8 @@ def test_a_waiting_checkpoint_says_what_made_it(tmp_path):
     assert f"`vid3d reconstruct {tmp_path / 'p'}` continues it" in result.stderr
 
 
-def test_a_rerun_that_cannot_continue_a_checkpoint_says_why(tmp_path, caplog):
+def test_a_rerun_that_cannot_continue_a_checkpoint_says_why(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vid3d", "reconstruct", "p", "--preset", "fast"])
     project = Project(tmp_path / "p")
     with project.lock():
         record_progress(project.start_resumable("splats", "s1", {"steps": 100, "seed": 0}, {"poses": "p1"}), 40, 100)
@@ -150,7 +153,7 @@ def test_a_rerun_that_cannot_continue_a_checkpoint_says_why(tmp_path, caplog):
         _say_why_not_resumed(project, "splats", "s3", {"steps": 100, "seed": 0}, {"poses": "p2"})
     settings, inputs = (record.getMessage() for record in caplog.records)
     assert "checkpoint at step 40" in settings and "splats.steps = 500 here, 100 there" in settings
-    assert "seed" not in settings and "`vid3d " in settings and "continues it" in settings
+    assert "seed" not in settings and "`vid3d reconstruct p --preset fast` continues it" in settings
     assert "changed since (poses)" in inputs and "cannot be continued" in inputs
 
 
