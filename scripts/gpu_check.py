@@ -9,6 +9,8 @@ Checks, each timed; a failure is recorded and the next check runs:
                 background at once so the checks that do not need it run meanwhile
   attention     the Triton multi-source attention kernel against SDPA: largest difference, ms per call
   generate      tiny-svd and tiny-cogvideox through `vid3d generate` on CUDA in float16 and bfloat16
+  ranks         window-parallel sampling under torchrun: tiny-cogvideox's frames with 2 ranks (NCCL with a
+                GPU per rank, gloo between ranks sharing one) against one process's, bit for bit
   rasterizer    gsplat against vid3d's torch backend on the same Gaussians: images and gradients
   reconstruct   `vid3d reconstruct --preset fast` of the bundled example with gsplat, from frames and
                 poses prepared on the CPU machine (`gpu_check.sh --prepare`): seconds, held-out PSNR
@@ -42,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-check")) / "gpu-check.json")
     parser.add_argument("--dry-run", action="store_true", help="on a CPU: start every check, skip what needs CUDA")
+    parser.add_argument("--ranks-worker", type=Path, help=argparse.SUPPRESS)  # one rank of the ranks check
     args = parser.parse_args()
+    if args.ranks_worker:
+        return ranks_worker(args.ranks_worker, "cpu" if args.dry_run else "cuda")
     cuda = torch.cuda.is_available() and not args.dry_run
     results: dict[str, dict] = {}
     build = start_gsplat_build() if cuda else None
@@ -50,6 +55,7 @@ def main() -> None:
         ("environment", environment),
         ("attention", attention),
         ("generate", generate),
+        ("ranks", lambda c: ranks(c, args.dry_run)),
         ("gsplat_build", lambda c: finish_gsplat_build(build)),
         ("rasterizer", rasterizer),
         ("surface_channels", surface_channels),
@@ -189,6 +195,69 @@ def generate(cuda: bool) -> dict:
             if video.shape[0] < 1 or not np.isfinite(video.astype(np.float32)).all():
                 raise RuntimeError(f"{name} in {dtype}: no frames: {runs[-1]}")
     return {"runs": runs}
+
+
+RANKS_SETTINGS = {
+    "model": "tiny-cogvideox",
+    "frames": 17,
+    "steps": 4,
+    "height": 32,
+    "width": 32,
+    "stride": 1,
+    "anchor_every": 8,
+    "kv_cache_until": 2,
+}
+
+
+def ranks(cuda: bool, dry_run: bool) -> dict:
+    """One process, then two ranks under torchrun, each sampling tiny-cogvideox (5 latent frames in 3
+    windows, anchors and the K/V cache on); rank 0's frames must be equal. On the CPU (dry run) gloo."""
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / "vid3d-gpu-check-ranks"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    runs = {}
+    for world in (1, 2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+        command += [__file__, "--ranks-worker", str(folder / f"{world}.npy"), *(["--dry-run"] if dry_run else [])]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, cwd=ROOT)
+        if result.returncode != 0:
+            raise RuntimeError(f"{world} ranks: exit {result.returncode}: {result.stderr[-1500:]}")
+        runs[world] = json.loads((folder / f"{world}.json").read_text())
+    import numpy as np
+
+    one, two = (np.load(folder / f"{world}.npy") for world in (1, 2))
+    if not np.array_equal(one, two):
+        raise RuntimeError(f"2 ranks differ from one process: largest difference {np.abs(one - two).max()}")
+    return {"bit_identical": True, "runs": runs, "cuda": cuda}
+
+
+def ranks_worker(out: Path, device: str) -> None:
+    """One rank of the ranks check (or the one process): sample, and rank 0 saves the frames."""
+    import numpy as np
+    import torch.distributed as dist
+
+    from vid3d.config import GenerateSettings
+    from vid3d.device import resolve_dtype
+    from vid3d.generate.adapters import Request, adapter_class, load_model
+    from vid3d.generate.ranks import joined
+    from vid3d.generate.stage import generate as sample_video
+    from vid3d.generate.stage import read_reference
+
+    settings = GenerateSettings(**RANKS_SETTINGS)
+    image = read_reference(ROOT / "examples" / "reference.png")
+    request = Request(image=image, num_frames=settings.frames, height=settings.height, width=settings.width)
+    with joined(device) as group:
+        torch_device = torch.device(device)
+        dtype = resolve_dtype("auto", torch_device, adapter_class(settings.model).cuda_dtype)
+        model = load_model(settings.model, torch_device, dtype)
+        began = time.time()
+        video = sample_video(model, request, settings, ranks=group)
+        seconds = time.time() - began
+        if group.leads:
+            np.save(out, video)
+            backend = dist.get_backend() if group.spread else None
+            figures = {"ranks": group.world, "backend": backend, "dtype": str(dtype), "seconds": round(seconds, 2)}
+            out.with_suffix(".json").write_text(json.dumps(figures))
 
 
 def _random_scene(cuda: bool, cameras: int, seed: int):

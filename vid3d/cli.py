@@ -216,8 +216,19 @@ def stage_command(*flags: SettingFlag | AssetFlags, help: str | None = None):
     ),
 )
 def generate(project: ProjectArg, *, common: Common, layers: list[Layer]) -> None:
-    """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics)."""
-    _execute(project, common, "generate", layers)
+    """A long, temporally coherent video from a reference image, as generate/ (frames, video.mp4, metrics).
+
+    Under torchrun the windows of every step spread over the ranks; rank 0 owns the project."""
+    from vid3d.generate import ranks
+
+    if not ranks.launched():
+        _execute(project, common, "generate", layers)
+        return
+    with ranks.joined(common.device) as group:
+        if group.leads:
+            _execute(project, common, "generate", layers)
+        else:
+            _predict_windows(group, common)
 
 
 @stage_command(INPUT)
@@ -473,6 +484,14 @@ def _execute(
     """Run stage `target` (and the stages it reads) on the project; `layers` (the flags') sit
     between --config and --set, `configs` (configs/ files) on top of `preset`."""
     _setup_logging(common.verbose)
+    from vid3d.generate.ranks import launched
+
+    if launched() and target != "generate":
+        _fail(
+            f"vid3d {sys.argv[1]}: only vid3d generate spreads over torchrun's ranks; run this command once",
+            2,
+            common.json,
+        )
     created = not project_dir.exists()
     new_parents = [parent for parent in project_dir.parents if not parent.exists()]  # innermost first
     project = Project(project_dir)
@@ -525,6 +544,30 @@ def _execute(
     elif report:
         _print_report(outcome, target)
     return outcome
+
+
+def _predict_windows(group, common: Common) -> None:
+    """A rank other than 0 of `vid3d generate` under torchrun: it predicts its windows and writes
+    nothing. Its own failure is one line here; a failure it sees because another rank stopped is
+    that rank's to report."""
+    from vid3d.device import resolve_device
+    from vid3d.generate.ranks import lost_peer
+    from vid3d.generate.stage import predict_windows
+
+    _setup_logging(common.verbose)
+    try:
+        predict_windows(resolve_device(common.device))
+    except UserError as exc:
+        _fail(f"rank {group.rank}: {exc}", 2, common.json)
+    except Exception as exc:  # noqa: BLE001
+        if lost_peer(exc):
+            log.debug("rank %d: another rank stopped", group.rank, exc_info=True)
+            raise SystemExit(1) from None
+        if common.verbose:
+            traceback.print_exc()
+        _fail(f"rank {group.rank}: {type(exc).__name__}: {exc}", 1, common.json)
+    except KeyboardInterrupt as exc:
+        raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
 
 
 def _load_settings(

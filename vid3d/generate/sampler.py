@@ -21,8 +21,10 @@ from diffusers import (
 )
 
 from vid3d.config import GenerateSettings
+from vid3d.errors import UserError
 
 from .adapters.base import Request, VideoModel
+from .ranks import Ranks
 from .windows import Weighting, fuse, shared_noise, windows
 
 SCHEDULERS = {
@@ -127,16 +129,26 @@ def sample(
     generator: torch.Generator,
     on_step: Callable[[int, int], None] | None = None,
     feedback=None,
-) -> torch.Tensor:
+    ranks: Ranks | None = None,
+) -> torch.Tensor | None:
     """The whole video's denoised latents; `feedback` (a feedback.FeedbackLoop) acts on the fused
-    prediction of the steps it is set for."""
+    prediction of the steps it is set for. With `ranks` spread over several processes, each predicts
+    its own windows and rank 0 does the rest (vid3d.generate.ranks); the others return None."""
+    ranks = ranks or Ranks()
     num_latent = model.latent_frames(request.num_frames)
     shape = model.latent_shape(request, num_latent)
     sets = frame_sets(num_latent, model.window, plan)
+    if ranks.leads and ranks.world > len(sets):  # the others learn of it as rank 0 stops
+        raise UserError(
+            f"generate: {ranks.world} ranks for {len(sets)} windows; start at most {len(sets)} "
+            "(torchrun --nproc-per-node), or generate more frames"
+        )
     scheduler, dim = model.scheduler, model.frame_dim
     scheduler.set_timesteps(plan.steps, device=model.device)
-    latents = initial_noise(shape, sets, dim, stabilizers, generator, model.device, model.dtype, plan.weighting)
-    latents = latents * scheduler.init_noise_sigma
+    latents = None
+    if ranks.leads:  # every random draw is rank 0's, from the one generator
+        latents = initial_noise(shape, sets, dim, stabilizers, generator, model.device, model.dtype, plan.weighting)
+        latents = latents * scheduler.init_noise_sigma
     anchors = torch.tensor(sorted(set(stabilizers.anchors)), dtype=torch.long) if stabilizers.anchors else None
 
     state = model.attention
@@ -146,16 +158,23 @@ def sample(
     try:
         for i, t in enumerate(scheduler.timesteps):
             state.step = i
-            scaled = scheduler.scale_model_input(latents, t)
-            if anchors is not None:
+            scaled = scheduler.scale_model_input(latents, t) if ranks.leads else None
+            scaled = ranks.share_input(scaled, shape, model.device)
+            if anchors is not None:  # on every rank: its windows attend to its own recording
                 state.window = None
                 with state.record_anchors():
                     model.predict(scaled.index_select(dim, anchors.to(scaled.device)), t, condition, anchors)
             outputs = []
             for k, frames in enumerate(sets):
-                state.window = k
-                outputs.append(model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames))
+                if ranks.owns(k):
+                    state.window = k
+                    outputs.append(
+                        model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames)
+                    )
             state.window = None
+            outputs = ranks.gather_windows(outputs, len(sets))
+            if not ranks.leads:
+                continue
             fused = fuse(outputs, sets, num_latent, dim, plan.weighting)
             if feedback is not None and feedback.acts(i, len(scheduler.timesteps)):
                 fused = feedback.apply(fused, latents, t)

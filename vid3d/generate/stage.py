@@ -26,6 +26,8 @@ from .adapters import Request, VideoModel, adapter_class, load_model
 from .feedback import Feedback, FeedbackLoop
 from .model import WEIGHTS
 from .output import SPLATS_FILE, write_video
+from .ranks import Ranks, lost_peer
+from .ranks import current as current_ranks
 from .sampler import Plan, Stabilizers, sample, use_scheduler
 
 
@@ -109,16 +111,48 @@ def model_fingerprint(spec: str) -> str:
 
 
 def generate(
-    model: VideoModel, request: Request, settings: GenerateSettings, on_step=None, feedback: FeedbackLoop | None = None
-) -> np.ndarray:
-    """uint8 frames [F, H, W, 3] for `request` with the settings' plan and stabilizers."""
+    model: VideoModel,
+    request: Request,
+    settings: GenerateSettings,
+    on_step=None,
+    feedback: FeedbackLoop | None = None,
+    ranks: Ranks | None = None,
+) -> np.ndarray | None:
+    """uint8 frames [F, H, W, 3] for `request` with the settings' plan and stabilizers (None on a
+    rank other than 0 of several, which only predicts its windows)."""
     use_scheduler(model, settings.scheduler)
     num_latent = model.latent_frames(request.num_frames)
     generator = torch.Generator("cpu").manual_seed(settings.seed)  # the same noise on every device
-    condition = model.prepare(request, generator)
+    condition = model.prepare(request, generator)  # any draws here are the same on every rank: one seed
     stabilizers = Stabilizers.of(settings, anchors=anchor_latents(settings, request.num_frames, num_latent))
-    latents = sample(model, condition, request, Plan.of(settings), stabilizers, generator, on_step, feedback)
-    return model.decode(latents, condition)
+    plan = Plan.of(settings)
+    latents = sample(model, condition, request, plan, stabilizers, generator, on_step, feedback, ranks)
+    return None if latents is None else model.decode(latents, condition)
+
+
+def request_of(settings: GenerateSettings, image: np.ndarray) -> Request:
+    return Request(
+        image=image,
+        prompt=settings.prompt,
+        num_frames=settings.frames,
+        height=settings.height,
+        width=settings.width,
+        guidance=settings.guidance,
+    )
+
+
+def predict_windows(device: torch.device) -> None:
+    """A rank other than 0 under torchrun: take rank 0's job (its settings and reference image), load
+    the model and predict this rank's windows of every step. Writes nothing."""
+    ranks = current_ranks()
+    job = ranks.share_job()
+    if job is None:  # rank 0 had nothing to generate (cached, or it stopped before sampling)
+        return
+    settings, image = job
+    model = load_model(
+        settings.model, device, resolve_dtype(settings.dtype, device, adapter_class(settings.model).cuda_dtype)
+    )
+    generate(model, request_of(settings, image), settings, ranks=ranks)
 
 
 def feedback_loop(
@@ -164,25 +198,30 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     image = read_reference(Path(settings.image))
     anchor_latents(settings, settings.frames, settings.frames)  # bad anchor lists fail before the model loads
     check_memory(settings, device)
+    given = given_cameras(settings)
+    ranks = current_ranks()
+    if ranks.spread:
+        ranks.share_job((settings, image))
     started = time.time()
     dtype = resolve_dtype(settings.dtype, device, adapter_class(settings.model).cuda_dtype)
     model = load_model(settings.model, device, dtype)
     loaded = time.time()
-    request = Request(
-        image=image,
-        prompt=settings.prompt,
-        num_frames=settings.frames,
-        height=settings.height,
-        width=settings.width,
-        guidance=settings.guidance,
-    )
-    given = given_cameras(settings)
+    request = request_of(settings, image)
     loop = feedback_loop(model, request, settings, device, given)
     with progress("generate", settings.steps) as advance:
-        frames = generate(model, request, settings, on_step=lambda done, total: advance(), feedback=loop)
+        try:
+            frames = generate(model, request, settings, lambda done, total: advance(), loop, ranks)
+        except Exception as error:
+            if ranks.spread and lost_peer(error):
+                raise StageError(
+                    "generate: another rank stopped, so every rank stops (its own output says why)"
+                ) from error
+            raise
     sampled = time.time()
 
     metrics = video_metrics(list(frames))
+    if ranks.spread:
+        metrics["ranks"] = ranks.world
     cameras = model.cameras(request)
     if loop is not None:
         metrics["feedback"] = loop.history
