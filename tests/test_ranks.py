@@ -118,6 +118,7 @@ def rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_ends_every_rank_and_the_project_stays_usable(tmp_path):
     project = tmp_path / "p"
     args = ["generate", str(project), "--image", str(EXAMPLES / "reference.png"), "--frames", 16]

@@ -152,6 +152,12 @@ class PosesSettings:
         "adjustments less often; half the mapping time at the same accuracy on phone photos, "
         "docs/benchmarks.md) or thorough (COLMAP's defaults)",
     )
+    verify_trials: int = setting(
+        1000,
+        "geometric verification: RANSAC trials per image pair at most (COLMAP's default is 10,000); pairs "
+        "that need more overlap too little to help, and cost the most (docs/benchmarks.md)",
+        min=100,
+    )
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = setting(
         "SIMPLE_RADIAL", "COLMAP camera model shared by all frames; images are undistorted to pinhole afterwards"
     )

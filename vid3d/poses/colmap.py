@@ -38,13 +38,19 @@ from vid3d.poses.dataset import (
 from vid3d.project import StageOutput
 from vid3d.ui import keep_signal_handlers, log, progress
 
-# COLMAP's low-quality preset for the incremental mapper (option_manager.cc, ModifyForLowQuality)
+# poses.bundle_adjustment = fast: COLMAP's low-quality preset for the incremental mapper
+# (option_manager.cc, ModifyForLowQuality), and a lighter local adjustment after each image, which on
+# phone photos took a third off the mapping at the same rotation error (docs/benchmarks.md): the final
+# global adjustment decides the accuracy. Dotted names are fields of the mapper's own options.
 FAST_BUNDLE_ADJUSTMENT = {
     "ba_local_max_num_iterations": 6,
     "ba_global_max_num_iterations": 25,
     "ba_global_frames_ratio": 1.32,
     "ba_global_points_ratio": 1.32,
     "ba_global_max_refinements": 2,
+    "ba_local_max_refinements": 1,  # COLMAP: 2
+    "mapper.ba_local_num_images": 4,  # COLMAP: 6
+    "ba_min_num_residuals_for_cpu_multi_threading": 1000,  # COLMAP: 50,000, so local adjustments ran on one core
 }
 
 keep_signal_handlers()  # importing pycolmap put glog's failure-signal handler on SIGTERM
@@ -201,11 +207,13 @@ def numbered_series(names: list[str]) -> bool:
 def _match(
     database: Path, matcher: str, settings: PosesSettings, names: list[str], scratch: Path, device: pycolmap.Device
 ) -> None:
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.max_num_trials = settings.verify_trials
     if matcher == "exhaustive":
-        pycolmap.match_exhaustive(database, device=device)
+        pycolmap.match_exhaustive(database, verification_options=verification, device=device)
         return
     pairing = pycolmap.SequentialPairingOptions(overlap=settings.overlap)
-    pycolmap.match_sequential(database, pairing_options=pairing, device=device)
+    pycolmap.match_sequential(database, pairing_options=pairing, verification_options=verification, device=device)
     if settings.loop_every:
         # COLMAP's own loop detection needs a vocabulary-tree file that would have to be
         # downloaded; matching keyframes with each other closes the same loops on our frame counts.
@@ -213,7 +221,10 @@ def _match(
         pairs = scratch / "loop_pairs.txt"
         pairs.write_text("".join(f"{a} {b}\n" for a, b in itertools.combinations(keyframes, 2)))
         pycolmap.match_image_pairs(
-            database, pairing_options=pycolmap.ImportedPairingOptions(match_list_path=pairs), device=device
+            database,
+            pairing_options=pycolmap.ImportedPairingOptions(match_list_path=pairs),
+            verification_options=verification,
+            device=device,
         )
 
 
@@ -229,7 +240,8 @@ def _map(
         options = pycolmap.IncrementalPipelineOptions(random_seed=settings.seed)
         if settings.bundle_adjustment == "fast":
             for name, value in FAST_BUNDLE_ADJUSTMENT.items():
-                setattr(options, name, value)
+                owner, _, field = name.rpartition(".")
+                setattr(getattr(options, owner) if owner else options, field, value)
         with progress("poses: registering", total) as advance:
             models = pycolmap.incremental_mapping(
                 database,
