@@ -136,7 +136,7 @@ def test_a_rank_that_dies_ends_every_rank_and_the_project_stays_usable(tmp_path)
         os.kill(worker, signal.SIGKILL)
         killed = time.time()
         _, stderr = run.communicate(timeout=60)
-        assert time.time() - killed < 30, "the other rank waited"
+        assert time.time() - killed < 15, "the other rank waited"  # 2.3 s measured (torchrun stops it)
     finally:
         run.kill()
     assert run.returncode != 0
