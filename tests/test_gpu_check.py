@@ -23,6 +23,7 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
         "environment",
         "attention",
         "generate",
+        "ranks",
         "gsplat_build",
         "rasterizer",
         "surface_channels",
@@ -31,4 +32,6 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
     assert {name: r["status"] for name, r in results.items() if r["status"] == "failed"} == {}
     assert results["generate"]["status"] == "ok" and len(results["generate"]["runs"]) == 2
     assert all(run["frames"][0] >= 8 for run in results["generate"]["runs"])
+    assert results["ranks"]["status"] == "ok" and results["ranks"]["bit_identical"]  # gloo on the CPU
+    assert results["ranks"]["runs"]["2"]["backend"] == "gloo"
     assert results["rasterizer"]["status"] == "skipped" and "torch backend only" in results["rasterizer"]["why"]
