@@ -54,6 +54,14 @@ class Ranks:
         dist.broadcast_object_list(box, src=LEADER)
         return box[0]
 
+    def finish(self) -> None:
+        """Every rank waits here after its last collective: a rank that left while another's transfer
+        to it was still in flight aborted in gloo's teardown."""
+        import torch.distributed as dist
+
+        if self.spread:
+            dist.barrier()
+
     def share_input(self, scaled, shape: tuple[int, ...], device):
         """The step's model input, from rank 0 to every rank (the others pass None)."""
         import torch
@@ -128,6 +136,7 @@ def joined(device: str) -> Iterator[Ranks]:
         if _current.leads and not _current.sent_job:
             with contextlib.suppress(Exception):  # the others wait for a job that will not come
                 _current.share_job(None)
+                _current.finish()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
         _current = Ranks()

@@ -181,6 +181,7 @@ def sample(
             latents = stepper.step(fused, t, latents, i).to(model.dtype)
             if on_step:
                 on_step(i + 1, len(scheduler.timesteps))
+        ranks.finish()
     finally:
         state.clear()
     return latents

@@ -147,6 +147,7 @@ def predict_windows(device: torch.device) -> None:
     ranks = current_ranks()
     job = ranks.share_job()
     if job is None:  # rank 0 had nothing to generate (cached, or it stopped before sampling)
+        ranks.finish()
         return
     settings, image = job
     model = load_model(
