@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -59,11 +58,8 @@ def frames_of(name: str) -> tuple[Path, np.ndarray]:
 
 def run(name: str, variant: str) -> dict:
     frames_dir, truth = frames_of(name)
-    fields = {f.name for f in dataclasses.fields(PosesSettings)}
-    overrides = {k: v for k, v in VARIANTS[variant].items() if k in fields}
-    bundle_adjustment = VARIANTS[variant].get("_bundle_adjustment", colmap.FAST_BUNDLE_ADJUSTMENT)
-    if len(overrides) < len(VARIANTS[variant]) - ("_bundle_adjustment" in VARIANTS[variant]):
-        return {"input": name, "variant": variant, "skipped": "a setting this version does not have"}
+    overrides = dict(VARIANTS[variant])
+    bundle_adjustment = overrides.pop("_bundle_adjustment", colmap.FAST_BUNDLE_ADJUSTMENT)
     out = RUNS / "steps" / f"{name}-{variant}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -113,8 +109,6 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        if "skipped" in r:
-            continue
         p = r["parts"]
         steps = [
             p.get("features", 0),

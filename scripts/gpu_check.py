@@ -237,26 +237,28 @@ def ranks_worker(out: Path, device: str) -> None:
     import torch.distributed as dist
 
     from vid3d.config import GenerateSettings
-    from vid3d.device import resolve_dtype
-    from vid3d.generate.adapters import Request, adapter_class, load_model
+    from vid3d.generate.adapters import Request
     from vid3d.generate.ranks import joined
     from vid3d.generate.stage import generate as sample_video
-    from vid3d.generate.stage import read_reference
+    from vid3d.generate.stage import load_generator, read_reference
 
     settings = GenerateSettings(**RANKS_SETTINGS)
     image = read_reference(ROOT / "examples" / "reference.png")
     request = Request(image=image, num_frames=settings.frames, height=settings.height, width=settings.width)
     with joined(device) as group:
-        torch_device = torch.device(device)
-        dtype = resolve_dtype("auto", torch_device, adapter_class(settings.model).cuda_dtype)
-        model = load_model(settings.model, torch_device, dtype)
+        model = load_generator(settings, torch.device(device))  # generate.dtype auto
         began = time.time()
         video = sample_video(model, request, settings, ranks=group)
         seconds = time.time() - began
         if group.leads:
             np.save(out, video)
             backend = dist.get_backend() if group.spread else None
-            figures = {"ranks": group.world, "backend": backend, "dtype": str(dtype), "seconds": round(seconds, 2)}
+            figures = {
+                "ranks": group.world,
+                "backend": backend,
+                "dtype": str(model.dtype),
+                "seconds": round(seconds, 2),
+            }
             out.with_suffix(".json").write_text(json.dumps(figures))
 
 

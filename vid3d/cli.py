@@ -221,10 +221,7 @@ def generate(project: ProjectArg, *, common: Common, layers: list[Layer]) -> Non
     Under torchrun the windows of every step spread over the ranks; rank 0 owns the project."""
     from vid3d.generate import ranks
 
-    if not ranks.launched():
-        _execute(project, common, "generate", layers)
-        return
-    with ranks.joined(common.device) as group:
+    with ranks.joined(common.device) as group:  # one rank, torch not loaded, outside torchrun
         if group.leads:
             _execute(project, common, "generate", layers)
         else:

@@ -150,10 +150,14 @@ def predict_windows(device: torch.device) -> None:
         ranks.finish()
         return
     settings, image = job
-    model = load_model(
+    generate(load_generator(settings, device), request_of(settings, image), settings, ranks=ranks)
+
+
+def load_generator(settings: GenerateSettings, device: torch.device) -> VideoModel:
+    """generate.model on `device`, at generate.dtype (auto: the adapter's precision on CUDA)."""
+    return load_model(
         settings.model, device, resolve_dtype(settings.dtype, device, adapter_class(settings.model).cuda_dtype)
     )
-    generate(model, request_of(settings, image), settings, ranks=ranks)
 
 
 def feedback_loop(
@@ -204,8 +208,7 @@ def generate_video(settings: GenerateSettings, out_dir: Path, device: torch.devi
     if ranks.spread:
         ranks.share_job((settings, image))
     started = time.time()
-    dtype = resolve_dtype(settings.dtype, device, adapter_class(settings.model).cuda_dtype)
-    model = load_model(settings.model, device, dtype)
+    model = load_generator(settings, device)
     loaded = time.time()
     request = request_of(settings, image)
     loop = feedback_loop(model, request, settings, device, given)
