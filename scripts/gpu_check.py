@@ -11,6 +11,8 @@ Checks, each timed; a failure is recorded and the next check runs:
   generate      tiny-svd and tiny-cogvideox through `vid3d generate` on CUDA in float16 and bfloat16
   ranks         window-parallel sampling under torchrun: tiny-cogvideox's frames with 2 ranks (NCCL with a
                 GPU per rank, gloo between ranks sharing one) against one process's, bit for bit
+  feedback      the feedback loop inside the sampler with gsplat fitting its Gaussians: the embedded model's
+                48-frame orbit plain, with feedback=gradient and with rectify_noise; seconds each
   rasterizer    gsplat against vid3d's torch backend on the same Gaussians: images and gradients
   reconstruct   `vid3d reconstruct --preset fast` of the bundled example with gsplat, from frames and
                 poses prepared on the CPU machine (`gpu_check.sh --prepare`): seconds, held-out PSNR
@@ -57,6 +59,7 @@ def main() -> None:
         ("generate", generate),
         ("ranks", lambda c: ranks(c, args.dry_run)),
         ("gsplat_build", lambda c: finish_gsplat_build(build)),
+        ("feedback", lambda c: feedback(c, results["gsplat_build"]["status"] == "ok")),
         ("rasterizer", rasterizer),
         ("surface_channels", surface_channels),
         ("reconstruct", reconstruct),
@@ -260,6 +263,63 @@ def ranks_worker(out: Path, device: str) -> None:
                 "seconds": round(seconds, 2),
             }
             out.with_suffix(".json").write_text(json.dumps(figures))
+
+
+FEEDBACK_MODES = ("off", "gradient", "rectify_noise")  # off: plain generation, the reference
+
+
+def feedback(cuda: bool, gsplat_built: bool) -> dict:
+    """The embedded model's orbit generated plain and with each feedback mode acting on the last steps,
+    the loop's Gaussians fitted with gsplat on CUDA: seconds each, against plain. The dry run generates
+    8 frames with the torch backend, to run the code."""
+    from vid3d.config import GenerateSettings
+    from vid3d.generate.stage import feedback_loop, load_generator, read_reference, request_of
+    from vid3d.generate.stage import generate as sample_video
+
+    if cuda and not gsplat_built:
+        raise RuntimeError("gsplat's CUDA extension did not build (see gsplat_build): the loop would fit with it")
+    device = torch.device("cuda" if cuda else "cpu")
+    image = read_reference(ROOT / "examples" / "reference.png")
+    model = load_generator(GenerateSettings(), device)
+    frames, steps, start, iterations = (48, 8, 5, 30) if cuda else (8, 2, 1, 3)
+
+    def timed(mode: str, steps: int, start: int) -> dict:
+        settings = GenerateSettings(
+            frames=frames, steps=steps, feedback=mode, feedback_start=start, feedback_iterations=iterations
+        )
+        request = request_of(settings, image)
+        loop = feedback_loop(model, request, settings, device)
+        if cuda:
+            torch.cuda.synchronize()
+        began = time.time()
+        video = sample_video(model, request, settings, feedback=loop)
+        if cuda:
+            torch.cuda.synchronize()
+        return {
+            "feedback": mode,
+            "seconds": round(time.time() - began, 2),
+            "acting_steps": len(loop.history) if loop else 0,
+            "backend": loop.trainer.backend if loop else None,
+            "frames": list(video.shape),
+        }
+
+    if cuda:
+        timed("gradient", 2, 1)  # warm-up: CUDA's kernels and gsplat's extension load outside the timings
+    runs = [timed(mode, steps, start) for mode in FEEDBACK_MODES]
+    for run in runs:
+        run["over_plain"] = round(run["seconds"] / max(runs[0]["seconds"], 1e-9), 2)
+    print(f"feedback: {frames} frames, {steps} steps, acting from step {start}, {iterations} fit iterations each")
+    print(f"  {'feedback':<14}{'backend':<9}{'acting':>7}{'seconds':>9}{'x plain':>9}")
+    for run in runs:
+        backend = run["backend"] or "-"
+        print(
+            f"  {run['feedback']:<14}{backend:<9}{run['acting_steps']:>7}{run['seconds']:>9.2f}{run['over_plain']:>9.2f}"
+        )
+    if not cuda:
+        raise Skipped(f"no CUDA: {frames} frames with the torch backend only, to run the code: {runs}")
+    if any(run["backend"] not in (None, "gsplat") for run in runs):
+        raise RuntimeError(f"the loop did not fit with gsplat on CUDA: {runs}")
+    return {"frames": frames, "steps": steps, "feedback_start": start, "iterations": iterations, "runs": runs}
 
 
 def _random_scene(cuda: bool, cameras: int, seed: int):

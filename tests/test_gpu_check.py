@@ -25,6 +25,7 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
         "generate",
         "ranks",
         "gsplat_build",
+        "feedback",
         "rasterizer",
         "surface_channels",
         "reconstruct",
@@ -35,3 +36,4 @@ def test_the_gpu_check_dry_run_starts_every_check(tmp_path):
     assert results["ranks"]["status"] == "ok" and results["ranks"]["bit_identical"]  # gloo on the CPU
     assert results["ranks"]["runs"]["2"]["backend"] == "gloo"
     assert results["rasterizer"]["status"] == "skipped" and "torch backend only" in results["rasterizer"]["why"]
+    assert results["feedback"]["status"] == "skipped" and "torch backend only" in results["feedback"]["why"]

@@ -133,10 +133,11 @@ def test_unsupported_wan_variant_and_scheduler_are_refused_with_one_line(tmp_pat
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("mode", ["rectify", "gradient"])
+@pytest.mark.parametrize("mode", ["rectify", "rectify_noise", "gradient", "gradient_guided"])
 def test_feedback_with_given_cameras_pulls_wan_latents_through_its_autoencoder(image, mode):
     model = load_model("tiny-wan", torch.device("cpu"), torch.float32)
-    request = Request(image, num_frames=9, height=SIZE, width=SIZE)
+    # a prompt: with none, the conditional and unconditional passes agree and gradient_guided's step is 0
+    request = Request(image, prompt="an orbit", num_frames=9, height=SIZE, width=SIZE)
     cams = orbit_cameras(9, width=SIZE, height=SIZE, arc_deg=40.0)
     cameras = [Camera(cams.cam_to_world[i], cams.K[i], SIZE) for i in range(9)]
     loop = FeedbackLoop(model, cameras, Feedback(mode=mode, start=1, iterations=2), 2, torch.device("cpu"))

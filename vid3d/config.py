@@ -80,11 +80,14 @@ class GenerateSettings:
         "the frames' cameras (vid3d's cameras.json format) for the feedback loop of a model "
         "that gives none (SVD, CogVideoX, Wan); empty: the model's own (the embedded model's orbit)",
     )
-    feedback: Literal["off", "rectify", "gradient"] = setting(
+    feedback: Literal["off", "rectify", "rectify_noise", "gradient", "gradient_guided"] = setting(
         "off",
         "feedback: Gaussians fitted to the predicted frames during denoising (warm-started from step to "
-        "step); rectify blends the prediction toward their renders, gradient steps the latents against the "
-        "L1 between decoded frames and renders; needs cameras (the model's, or generate.cameras)",
+        "step); rectify blends the prediction toward their renders; rectify_noise blends the predicted "
+        "noise with the noise that turns the latents into the renders' (VistaDream); gradient steps the "
+        "latents against L1 + SSIM between decoded frames and renders; gradient_guided steps the model "
+        "output against their L2 by the size of the model's guidance correction (guidedvd-3dgs; needs "
+        "guidance, one rank); needs cameras (the model's, or generate.cameras)",
     )
     feedback_start: int = setting(
         14,
@@ -95,7 +98,8 @@ class GenerateSettings:
     feedback_stop: int = setting(0, "feedback: steps from this one on do not act; 0: act to the end", min=0)
     feedback_weight: float = setting(
         0.5,
-        "feedback: rectify's blend toward the renders; gradient's share of the loss a step removes (to first order)",
+        "feedback: rectify's blend toward the renders (rectify_noise's toward their noise); gradient's share "
+        "of the loss a step removes (to first order); gradient_guided's step over the guidance correction's rms",
         min=0.0,
         max=1.0,
     )

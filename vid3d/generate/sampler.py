@@ -138,6 +138,8 @@ def sample(
     num_latent = model.latent_frames(request.num_frames)
     shape = model.latent_shape(request, num_latent)
     sets = frame_sets(num_latent, model.window, plan)
+    if ranks.leads and feedback is not None and feedback.wants_corrections:
+        check_corrections(model, condition, ranks, feedback.feedback.mode)
     if ranks.leads and ranks.world > len(sets):  # the others learn of it as rank 0 stops
         raise UserError(
             f"generate: {ranks.world} ranks for {len(sets)} windows; start at most {len(sets)} "
@@ -164,20 +166,23 @@ def sample(
                 state.window = None
                 with state.record_anchors():
                     model.predict(scaled.index_select(dim, anchors.to(scaled.device)), t, condition, anchors)
+            acting = feedback is not None and feedback.acts(i, len(scheduler.timesteps))
             outputs = []
-            for k, frames in enumerate(sets):
-                if ranks.owns(k):
-                    state.window = k
-                    outputs.append(
-                        model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames)
-                    )
+            with model.recording_corrections(acting and feedback.wants_corrections) as corrections:
+                for k, frames in enumerate(sets):
+                    if ranks.owns(k):
+                        state.window = k
+                        outputs.append(
+                            model.predict(scaled.index_select(dim, frames.to(scaled.device)), t, condition, frames)
+                        )
             state.window = None
             outputs = ranks.gather_windows(outputs, len(sets))
             if not ranks.leads:
                 continue
             fused = fuse(outputs, sets, num_latent, dim, plan.weighting)
-            if feedback is not None and feedback.acts(i, len(scheduler.timesteps)):
-                fused = feedback.apply(fused, latents, t)
+            if acting:
+                correction = fuse(corrections, sets, num_latent, dim, plan.weighting) if corrections else None
+                fused = feedback.apply(fused, latents, t, correction)
             latents = stepper.step(fused, t, latents, i).to(model.dtype)
             if on_step:
                 on_step(i + 1, len(scheduler.timesteps))
@@ -185,6 +190,22 @@ def sample(
     finally:
         state.clear()
     return latents
+
+
+def check_corrections(model: VideoModel, condition: Any, ranks: Ranks, mode: str) -> None:
+    """A feedback mode sized by the model's guidance correction needs guidance on, and every window's
+    correction on rank 0: the other ranks do not record theirs, so it runs on one rank."""
+    if not model.guides(condition):
+        raise UserError(
+            f"generate.feedback={mode}: {type(model).__name__} applies no guidance here (guidance 1, or the "
+            "embedded model without its guide/ transformer), so its step has no size; set generate.guidance "
+            "above 1 with a model that guides, or use generate.feedback=gradient"
+        )
+    if ranks.spread:
+        raise UserError(
+            f"generate.feedback={mode}: runs on one rank only (rank 0 does not gather the windows' guidance "
+            f"corrections), not {ranks.world}; start it without torchrun, or use generate.feedback=gradient"
+        )
 
 
 class _Stepper:

@@ -14,6 +14,12 @@ Adding a family is one module here (its adapter and its random-weight test model
 - `denoise` calls its denoisers the same number of times, in the same order, in every call of a
   step (the anchors' pass and every window's): each call keeps its own anchors and cache.
   It sets no attention state: `predict` and `install_stabilizers` do.
+- Guidance: `denoise` applies it through `classifier_free` (or, for another kind of guidance, calls
+  `record_correction` with what it adds to the conditional prediction), and `guides` says when it
+  does: `generate.feedback=gradient_guided` sizes its step by that correction. While
+  `recording_corrections` is on, `denoise` records the correction its guidance would apply at this
+  step even where it applies none (the embedded model below its `guidance_from_t`), and returns what
+  it returns otherwise.
 - Class attributes where the default does not fit: `frame_dim`, `cuda_dtype` (the precision of
   `--dtype auto` on CUDA), `supports_feedback` (with `decode_frames` and `encode_frames`).
 - `load` when loading takes more than `from_pretrained` (casting a component to another precision),
@@ -23,6 +29,8 @@ Adding a family is one module here (its adapter and its random-weight test model
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,6 +69,32 @@ class VideoModel(ABC):
     def __init__(self) -> None:
         self.attention = AttentionState()
         self._denoisers = 0
+        self.guidance_corrections: list[torch.Tensor] | None = None  # the windows' while recording_corrections
+
+    @contextmanager
+    def recording_corrections(self, on: bool = True) -> Iterator[list[torch.Tensor] | None]:
+        """Inside (when `on`), every `denoise` appends its window's guidance correction (shaped like
+        its output) to the list this yields; None when off."""
+        self.guidance_corrections = [] if on else None
+        try:
+            yield self.guidance_corrections
+        finally:
+            self.guidance_corrections = None
+
+    def record_correction(self, correction: torch.Tensor) -> None:
+        """What the guidance adds to the conditional prediction, kept while recording_corrections is on."""
+        if self.guidance_corrections is not None:
+            self.guidance_corrections.append(correction)
+
+    def classifier_free(self, uncond: torch.Tensor, cond: torch.Tensor, scale) -> torch.Tensor:
+        """Classifier-free guidance `uncond + scale * (cond - uncond)`; its correction to `cond` is
+        `(scale - 1) * (cond - uncond)`. `scale`: a number or a tensor broadcast over the outputs."""
+        self.record_correction((scale - 1) * (cond - uncond))
+        return uncond + scale * (cond - uncond)
+
+    def guides(self, condition: Any) -> bool:
+        """Whether `denoise` applies guidance with `condition` (and so records a correction)."""
+        return False
 
     @classmethod
     def load(cls, spec: str, device: torch.device, dtype: torch.dtype) -> VideoModel:

@@ -91,6 +91,9 @@ class CogVideoXModel(VideoModel):
         scale = self.pipe.vae_scale_factor_spatial
         return (1, num_latent_frames, self.transformer.config.in_channels // 2, height // scale, width // scale)
 
+    def guides(self, condition: CogVideoXCondition) -> bool:
+        return condition.guidance > 1
+
     def denoise(self, latents, t, condition: CogVideoXCondition, frames):
         guided = condition.guidance > 1
         num = latents.shape[1]
@@ -118,7 +121,7 @@ class CogVideoXModel(VideoModel):
         if not guided:
             return output
         uncond, cond = output.chunk(2)
-        return uncond + condition.guidance * (cond - uncond)
+        return self.classifier_free(uncond, cond, condition.guidance)
 
     @torch.no_grad()
     def decode(self, latents, condition) -> np.ndarray:

@@ -114,12 +114,20 @@ class OrbitVideoModel(VideoModel):
         azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
         reference = condition.reference.expand(videos, -1, -1, -1)
         prediction = self.transformer(latents, t, reference, azimuth)
-        if condition.guidance == 1.0 or float(t) < self.guidance_from_t:
+        guiding = self.guides(condition) and float(t) >= self.guidance_from_t
+        # While recording, the correction the guidance would apply at this t even where it applies
+        # none: the guide has no stabilizing processors, so its extra call counts in no pass.
+        recording = self.guides(condition) and self.guidance_corrections is not None
+        if not (guiding or recording):
             return prediction
         # Autoguidance (Karras et al. 2024): extrapolate away from a weaker model's prediction, as
         # classifier-free guidance does from the unconditional one.
         weaker = self.guide(latents, t, reference, azimuth)
-        return weaker + condition.guidance * (prediction - weaker)
+        self.record_correction((condition.guidance - 1) * (prediction - weaker))
+        return weaker + condition.guidance * (prediction - weaker) if guiding else prediction
+
+    def guides(self, condition: OrbitCondition) -> bool:
+        return condition.guidance != 1.0
 
     @torch.no_grad()
     def decode(self, latents, condition) -> np.ndarray:

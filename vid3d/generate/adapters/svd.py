@@ -85,6 +85,9 @@ class SVDModel(VideoModel):
         scale = self.pipe.vae_scale_factor
         return (1, num_latent_frames, self.unet.config.in_channels // 2, height // scale, width // scale)
 
+    def guides(self, condition: SVDCondition) -> bool:
+        return condition.guidance[1] > 1
+
     def denoise(self, latents, t, condition: SVDCondition, frames):
         guided = condition.guidance[1] > 1
         num = latents.shape[1]
@@ -103,7 +106,7 @@ class SVDModel(VideoModel):
         uncond, cond = output.chunk(2)
         # SVD ramps guidance over the frames of the clip it denoises: here, the window
         scale = torch.linspace(*condition.guidance, num).unsqueeze(0).to(latents.device, latents.dtype)
-        return uncond + scale.view(1, num, 1, 1, 1) * (cond - uncond)
+        return self.classifier_free(uncond, cond, scale.view(1, num, 1, 1, 1))
 
     @torch.no_grad()
     def decode(self, latents, condition) -> np.ndarray:

@@ -152,6 +152,9 @@ class WanModel(VideoModel):
             return 0
         return 1
 
+    def guides(self, condition: WanCondition) -> bool:
+        return condition.guidance > 1
+
     def denoise(self, latents, t, condition: WanCondition, frames):
         index = self.expert(t)
         image = condition.image.index_select(2, frames.to(condition.image.device))
@@ -161,7 +164,7 @@ class WanModel(VideoModel):
         if condition.guidance <= 1:
             return output
         uncond = self._call(index, "uncond", model_input, timestep, condition.negative_prompt_embeds, condition)
-        return uncond + condition.guidance * (output - uncond)
+        return self.classifier_free(uncond, output, condition.guidance)
 
     def _call(self, index, branch, model_input, timestep, prompt_embeds, condition):
         expert = self.experts[index]
