@@ -95,21 +95,31 @@ def estimate_poses(frames_dir: Path, settings: PosesSettings, out_dir: Path, dev
 def estimate_cameras(frames: np.ndarray, settings: PosesSettings) -> list[Camera]:
     """Cameras of in-memory video frames (uint8 [F, H, W, 3]), camera i for frame i, through the same
     steps as the stage, in the world of the dataset it would write; every frame must register (a
-    StageError otherwise). COLMAP reads images from files: the frames are written to a scratch folder
-    of COLMAP's (lossless), nothing else."""
+    StageError otherwise)."""
+    with registered_frames(frames, settings) as (model, scratch):
+        undistorted = scratch / "undistorted_model"
+        undistorted.mkdir()
+        _undistort(model, scratch / "input", scratch, undistorted)
+        cameras = model_cameras(pycolmap.Reconstruction(undistorted / SPARSE_DIR))
+    return [cameras[f"{i:05d}.png"] for i in range(len(frames))]
+
+
+@contextlib.contextmanager
+def registered_frames(frames: np.ndarray, settings: PosesSettings) -> Iterator[tuple[pycolmap.Reconstruction, Path]]:
+    """COLMAP's model of in-memory video frames (uint8 [F, H, W, 3]) through the stage's steps, the
+    frames named 00000.png ... in the scratch folder's input/ while the context lasts (COLMAP reads
+    images from files: they are written losslessly there, nothing else is); a StageError when
+    fewer than poses.min_registered of them register."""
     names = [f"{i:05d}.png" for i in range(len(frames))]  # zero-padded: the sequential matcher goes by name
     with tempfile.TemporaryDirectory(prefix="vid3d-cameras-") as scratch:
         scratch = Path(scratch)
-        images_dir, undistorted = scratch / "input", scratch / "undistorted_model"
-        for folder in (images_dir, undistorted):
-            folder.mkdir()
+        images_dir = scratch / "input"
+        images_dir.mkdir()
         for name, frame in zip(names, frames):
             iio.imwrite(images_dir / name, frame)
         matcher = _resolve_matcher(settings, "video", names, len(names))
         model, _ = _register(images_dir, names, matcher, settings, scratch, "cpu", {})
-        _undistort(model, images_dir, scratch, undistorted)
-        cameras = model_cameras(pycolmap.Reconstruction(undistorted / SPARSE_DIR))
-    return [cameras[name] for name in names]
+        yield model, scratch
 
 
 def _register(

@@ -49,7 +49,7 @@ def poses_from_cameras(
     images_dir.mkdir()
     frames, used = [], []
     for entry in index.frames:
-        number = _source_number(entry)
+        number = source_number(entry)
         if number not in cameras:
             raise UserError(
                 f"{cameras_file}: no camera for frame {number} ({entry.file}); the cameras file must "
@@ -83,7 +83,7 @@ def poses_from_cameras(
     )
 
 
-def _source_number(entry: FrameEntry) -> int:
+def source_number(entry: FrameEntry) -> int:
     """The generated frame an ingested frame came from (generate/frames/00012.png -> 12)."""
     if entry.source is not None:
         return int(Path(entry.source).stem)

@@ -3,6 +3,7 @@ a turntable orbit around it, on a CPU (see docs/model.md and vid3d/generate/mode
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,22 @@ GUIDANCE = 2.0  # autoguidance scale when the weights folder has a guide/ transf
 # Guidance only at high noise, where the layout and the motion are decided: guiding the later steps
 # too sharpened details that disagreed between views and cost 3D consistency (docs/model.md).
 GUIDANCE_FROM_T = 700
+
+
+def flushing_denormals(method):
+    """`method` with denormals flushed to zero (the small model makes them: 20x slower on CPUs), the
+    flag set back off after: it is the thread's, and scipy's cKDTree (the Gaussians' first sizes,
+    the 3D measures) recursed without end on some point sets with it on, in the same process."""
+
+    @functools.wraps(method)
+    def flushing(*args, **kwargs):
+        torch.set_flush_denormal(True)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    return flushing
 
 
 @dataclass
@@ -61,7 +78,6 @@ class OrbitVideoModel(VideoModel):
         whatever `dtype` says."""
         import json
 
-        torch.set_flush_denormal(True)  # the small model makes denormals, 20x slower on CPUs
         path = Path(path) if path else WEIGHTS
         transformer = OrbitTransformer.from_pretrained(path / "transformer").to(device)
         autoencoder = OrbitAutoencoder.from_pretrained(path / "autoencoder").to(device)
@@ -93,6 +109,7 @@ class OrbitVideoModel(VideoModel):
         return np.arange(request.num_frames) * request.orbit_degrees / request.num_frames
 
     @torch.no_grad()
+    @flushing_denormals
     def prepare(self, request: Request, generator: torch.Generator) -> OrbitCondition:
         image = to_model_image(request.image)
         x = torch.from_numpy(image).float().permute(2, 0, 1)[None] / 127.5 - 1
@@ -109,6 +126,7 @@ class OrbitVideoModel(VideoModel):
         return (1, num_latent_frames, c, SIZE // 4, SIZE // 4)
 
     @torch.no_grad()
+    @flushing_denormals
     def denoise(self, latents, t, condition: OrbitCondition, frames):
         videos = latents.shape[0]
         azimuth = condition.azimuth[frames.to(condition.azimuth.device)][None].expand(videos, -1)
@@ -130,14 +148,17 @@ class OrbitVideoModel(VideoModel):
         return condition.guidance != 1.0
 
     @torch.no_grad()
+    @flushing_denormals
     def decode(self, latents, condition) -> np.ndarray:
         images = self.autoencoder.decode(latents[0] / self.scaling)
         return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+    @flushing_denormals
     def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.autoencoder.decode(latents[0] / self.scaling)
         return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
+    @flushing_denormals
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         return (self.autoencoder.encode(frames.permute(0, 3, 1, 2) * 2 - 1) * self.scaling)[None]
 
