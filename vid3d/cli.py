@@ -375,7 +375,8 @@ def metrics(
     verbose: VerboseOpt = False,
 ) -> None:
     """Temporal consistency of a video: warping error, flicker and loop closure; with the cameras of a
-    generated video (cameras.json beside it, or a project's), its epipolar error too."""
+    generated video (cameras.json beside it, or a project's), its epipolar error too; for a project
+    generated from a reference whose true scene is known (the demo's), the 3D it yields against it."""
     from vid3d.metrics.video import load_frames, video_metrics
 
     _setup_logging(verbose)
@@ -391,10 +392,25 @@ def metrics(
         from vid3d.metrics.epipolar import camera_epipolar_error
 
         report.update(camera_epipolar_error(frames, cameras))
+    report.update(_scene_measures(path, frames))
     if json:
         print(_dumps({"status": "ok", "path": str(path), "metrics": report}))
         return
     _print_measures(str(path), report)
+
+
+def _scene_measures(path: Path, frames: list) -> dict:
+    """The 3D a generated project yields against its true scene, where one is known (a reference
+    image with a sidecar naming its procedural scene, as examples/reference.png) and its splats and
+    export stages ran; nothing otherwise."""
+    if not (path / MANIFEST).is_file():
+        return {}
+    import numpy as np
+
+    from vid3d.metrics.scene3d import measurable, project_measures, project_truth
+
+    truth = project_truth(path)
+    return project_measures(path, truth, np.stack(frames)) if truth is not None and measurable(path) else {}
 
 
 def _cameras_of(path: Path):

@@ -25,6 +25,7 @@ def summary(project_dir: Path) -> dict:
     """Frames, registered cameras, held-out PSNR, Gaussians, mesh faces and size, Chamfer, F-score and
     the precision of all the mesh's surface (background included)."""
     from vid3d.metrics.mesh import compare_to_truth
+    from vid3d.metrics.scene3d import scene_region
     from vid3d.scenes import make_scene, orbit_cameras
 
     project = Project(project_dir)
@@ -37,10 +38,7 @@ def summary(project_dir: Path) -> dict:
     true = true_cameras.cam_to_world[[source_index[name] for name in poses.names]]
     mesh_file = mesh_path(project.stage_dir("export"))
     mesh = read_mesh(mesh_file)
-    low, high = scene.object_bounds
-    margin = 0.5 * scene.extent
-    region = np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
-    accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), region)
+    accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), scene_region(scene))
     return {
         "frames": stages["frames"]["metrics"]["frames"],
         "registered": f"{stages['poses']['metrics']['registered']}/{stages['poses']['metrics']['total']}",
@@ -65,8 +63,11 @@ GENERATED_CONFIG = "demo-generate"
 
 def generated_summary(project_dir: Path) -> dict:
     """Generation time and consistency, the generated frames' error against the true renders (and
-    copying the reference, for scale), held-out PSNR of the Gaussians, mesh faces."""
+    copying the reference, for scale), held-out PSNR of the Gaussians, mesh faces, and the 3D the
+    orbit yields against the true scene (vid3d.metrics.scene3d: mesh Chamfer and F-score, the
+    Gaussians' PSNR and SSIM off the orbit)."""
     from vid3d.generate.model.data import render_orbit
+    from vid3d.metrics.scene3d import TrueOrbit, project_measures
 
     project = Project(project_dir)
     stages = project.manifest()["stages"]
@@ -76,6 +77,7 @@ def generated_summary(project_dir: Path) -> dict:
     degrees = np.arange(len(generated)) * 360.0 / len(generated)
     far = np.minimum(degrees, 360 - degrees) >= 45
     mesh = read_mesh(mesh_path(project.stage_dir("export")))
+    measures = project_measures(project_dir, TrueOrbit.of_reference(EXAMPLE_REFERENCE, len(generated)))
     return {
         "generated_frames": len(generated),
         "generate_seconds": stages["generate"]["timings"]["total"],
@@ -85,5 +87,9 @@ def generated_summary(project_dir: Path) -> dict:
         "held_out_psnr": stages["splats"]["metrics"]["psnr"],
         "gaussians": stages["splats"]["metrics"]["gaussians"],
         "mesh_faces": len(mesh.faces),
+        "chamfer_pct_of_diagonal": measures["chamfer_pct"],
+        "fscore_at_1pct": measures["fscore_1pct"],
+        "off_orbit_psnr": measures["off_orbit_psnr"],
+        "off_orbit_ssim": measures["off_orbit_ssim"],
         "seconds": round(sum(s["timings"]["total"] for s in stages.values() if "timings" in s), 1),
     }

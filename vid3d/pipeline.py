@@ -222,7 +222,7 @@ def _splats_inputs(ctx: Context) -> dict[str, str]:
     ):
         raise UserError(
             "splats.init = generate: needs the Gaussians of generate's feedback loop "
-            "(generate/splats.ply, written with generate.feedback = rectify or gradient) and the "
+            "(generate/splats.ply, written when generate.feedback is not off) and the "
             "generated cameras as poses; set splats.init = points"
         )
     inputs = {"poses": run(ctx, "poses").fingerprint}
