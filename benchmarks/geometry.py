@@ -44,6 +44,7 @@ from vid3d.export.mesh import observed_region
 from vid3d.ingest import FramesIndex
 from vid3d.metrics.mesh import chamfer_fscore, compare_to_truth, crop, sample_surface
 from vid3d.metrics.poses import similarity
+from vid3d.metrics.scene3d import scene_region  # the region `vid3d demo`'s summary crops to
 from vid3d.poses import read_dataset
 from vid3d.project import Project
 from vid3d.scenes import Cameras, Primitive, Scene, make_scene, orbit_cameras, render
@@ -133,13 +134,6 @@ def vid3d(*args: str) -> float:
     return time.time() - began
 
 
-def objects_region(scene: Scene) -> np.ndarray:
-    """The objects and half the scene's extent round them (as benchmarks/mesh.py and `vid3d demo`)."""
-    low, high = scene.object_bounds
-    margin = 0.5 * scene.extent
-    return np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
-
-
 def measure(name: str, variant: str, overrides: list[str], trained: dict[tuple, Path], reuse: bool = False) -> dict:
     """One variant's figures; `trained` maps the training settings of this scene's projects so far
     to their folders: a variant that differs from one only in export settings copies its training.
@@ -153,7 +147,7 @@ def measure(name: str, variant: str, overrides: list[str], trained: dict[tuple, 
     source = {e.file: int(Path(e.source).stem) for e in FramesIndex.read(p.stage_dir("frames")).frames}
     true = cameras.cam_to_world[[source[n] for n in poses.names]]
     mesh = read_mesh(mesh_path(p.stage_dir("export")))
-    accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), objects_region(scene))
+    accuracy = compare_to_truth(mesh, poses.cam_to_world, true, scene.mesh(), scene_region(scene))
     fused = observed_region(load_points(p.stage_dir("poses"))[0])
     splats = json.loads((p.stage_dir("splats") / "metrics.json").read_text())
     stages = p.manifest()["stages"]
@@ -206,7 +200,7 @@ def in_fused_region(mesh, estimated: np.ndarray, true: np.ndarray, scene: Scene,
         200_000,
     )
     true_points = sample_surface(truth, 200_000)
-    box = objects_region(scene)
+    box = scene_region(scene)
 
     def keep(points):
         points = crop(points, box)

@@ -37,6 +37,7 @@ from vid3d.config import read_toml
 from vid3d.export import mesh_path, read_mesh
 from vid3d.ingest import FramesIndex
 from vid3d.metrics.mesh import compare_to_truth
+from vid3d.metrics.scene3d import scene_region  # the region `vid3d demo`'s summary crops to
 from vid3d.poses import read_dataset
 from vid3d.project import SETTINGS_FILE, Project
 from vid3d.scenes import Scene, make_scene, orbit_cameras
@@ -66,13 +67,6 @@ def phone_truth(project: Project) -> tuple[Scene, np.ndarray]:
 
 
 TRUTHS = {"demo": demo_truth, "phone": phone_truth}
-
-
-def objects_region(scene: Scene) -> np.ndarray:
-    """The region `vid3d demo`'s summary crops both meshes to: the objects, half the scene's extent round them."""
-    low, high = scene.object_bounds
-    margin = 0.5 * scene.extent
-    return np.array([[low[0] - margin, low[1] - margin, -0.05], [high[0] + margin, high[1] + margin, high[2] + 0.1]])
 
 
 def old_settings(project: Project) -> list[str]:
@@ -125,7 +119,7 @@ def measure(project: Project, scene: Scene, true_cam_to_world: np.ndarray) -> di
         read_dataset(project.stage_dir("poses")).cam_to_world,
         true_cam_to_world,
         scene.mesh(),
-        objects_region(scene),
+        scene_region(scene),
     )
     return {
         "faces": len(mesh.faces),

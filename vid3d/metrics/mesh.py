@@ -71,6 +71,19 @@ def compare_to_truth(
     every predicted sample, uncropped, within 1% of the diagonal of the whole true surface: the
     crop hides background (sky sheets, ground past the true ground's edge), this does not.
     """
+    regions = {"region": region}
+    return compare_in_regions(mesh, estimated_cam_to_world, true_cam_to_world, truth, regions, samples)["region"]
+
+
+def compare_in_regions(
+    mesh: trimesh.Trimesh,
+    estimated_cam_to_world: np.ndarray,
+    true_cam_to_world: np.ndarray,
+    truth: trimesh.Trimesh,
+    regions: dict[str, np.ndarray],
+    samples: int = 200_000,
+) -> dict[str, dict[str, float]]:
+    """compare_to_truth in each of `regions` (name -> box (2, 3)), from one sampling of both surfaces."""
     from vid3d.metrics.poses import similarity
 
     scale, rotation, translation = similarity(estimated_cam_to_world[:, :3, 3], true_cam_to_world[:, :3, 3])
@@ -81,17 +94,20 @@ def compare_to_truth(
         sample_with_normals(aligned, samples),
         sample_with_normals(truth, samples),
     )
-    result = chamfer_fscore(crop(predicted, region), crop(true, region), threshold=0.01 * diagonal)
-    distance_to_truth = cKDTree(true).query(predicted)[0]
-    inside, true_inside = _inside(predicted, region), _inside(true, region)
-    return {
-        "chamfer_fraction": result["chamfer"] / diagonal,
-        "normal_consistency": normal_consistency(
-            predicted[inside], predicted_normals[inside], true[true_inside], true_normals[true_inside]
-        ),
-        "fscore_1pct": result["fscore"],
-        "precision": result["precision"],
-        "recall": result["recall"],
-        "precision_all": float((distance_to_truth < 0.01 * diagonal).mean()),
-        "diagonal": diagonal,
-    }
+    precision_all = float((cKDTree(true).query(predicted)[0] < 0.01 * diagonal).mean())
+    results = {}
+    for name, region in regions.items():
+        result = chamfer_fscore(crop(predicted, region), crop(true, region), threshold=0.01 * diagonal)
+        inside, true_inside = _inside(predicted, region), _inside(true, region)
+        results[name] = {
+            "chamfer_fraction": result["chamfer"] / diagonal,
+            "normal_consistency": normal_consistency(
+                predicted[inside], predicted_normals[inside], true[true_inside], true_normals[true_inside]
+            ),
+            "fscore_1pct": result["fscore"],
+            "precision": result["precision"],
+            "recall": result["recall"],
+            "precision_all": precision_all,
+            "diagonal": diagonal,
+        }
+    return results

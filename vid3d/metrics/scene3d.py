@@ -131,13 +131,13 @@ def object_region(scene) -> np.ndarray:
 def mesh_accuracy(mesh, rec_cam_to_world: np.ndarray, truth: TrueOrbit, true_cam_to_world: np.ndarray) -> dict:
     """The mesh against the true surface (vid3d.metrics.mesh.compare_to_truth) in the scene's region
     (the ground around the objects included), and on the objects alone (`objects_*`)."""
-    from vid3d.metrics.mesh import compare_to_truth
+    from vid3d.metrics.mesh import compare_in_regions
 
     scene = truth.scene()
-    true_mesh = scene.mesh()
+    regions = {"": scene_region(scene), "objects_": object_region(scene)}
+    results = compare_in_regions(mesh, rec_cam_to_world, true_cam_to_world, scene.mesh(), regions)
     measures = {}
-    for prefix, region in (("", scene_region(scene)), ("objects_", object_region(scene))):
-        result = compare_to_truth(mesh, rec_cam_to_world, true_cam_to_world, true_mesh, region)
+    for prefix, result in results.items():
         measures.update(
             {
                 f"{prefix}chamfer_pct": round(100 * result["chamfer_fraction"], 3),
@@ -249,11 +249,12 @@ def project_measures(project_dir: Path, truth: TrueOrbit, frames: np.ndarray | N
     source = {e.file: source_number(e) for e in FramesIndex.read(project.stage_dir("frames")).frames}
     true = truth.cameras.cam_to_world[[source[name] for name in poses.names]]
     mesh = read_mesh(mesh_path(project.stage_dir("export")))
+    colmap = reconstructability(frames) if frames is not None else None  # None too when too small
     return {
         "held_out_psnr": project.manifest()["stages"]["splats"]["metrics"]["psnr"],
         **mesh_accuracy(mesh, poses.cam_to_world, truth, true),
         **off_orbit_quality(project.stage_dir("splats"), poses.cam_to_world, truth, true),
-        **{f"colmap_{k}": v for k, v in ((frames is not None and reconstructability(frames)) or {}).items()},
+        **{f"colmap_{k}": v for k, v in (colmap or {}).items()},
     }
 
 
