@@ -95,7 +95,7 @@ class CogVideoXModel(VideoModel):
         return condition.guidance > 1
 
     def denoise(self, latents, t, condition: CogVideoXCondition, frames):
-        guided = condition.guidance > 1
+        guided = self.guides(condition)
         num = latents.shape[1]
         image_input = torch.zeros_like(latents)
         first = (frames == 0).nonzero()

@@ -89,7 +89,7 @@ class SVDModel(VideoModel):
         return condition.guidance[1] > 1
 
     def denoise(self, latents, t, condition: SVDCondition, frames):
-        guided = condition.guidance[1] > 1
+        guided = self.guides(condition)
         num = latents.shape[1]
         model_input = torch.cat([latents] * 2) if guided else latents
         image_latents = condition.image_latents.unsqueeze(1).repeat(1, num, 1, 1, 1)

@@ -161,7 +161,7 @@ class WanModel(VideoModel):
         model_input = torch.cat([latents, image], dim=1).to(self.transformer.dtype)
         timestep = t.expand(latents.shape[0])
         output = self._call(index, "cond", model_input, timestep, condition.prompt_embeds, condition)
-        if condition.guidance <= 1:
+        if not self.guides(condition):
             return output
         uncond = self._call(index, "uncond", model_input, timestep, condition.negative_prompt_embeds, condition)
         return self.classifier_free(uncond, output, condition.guidance)
