@@ -33,7 +33,7 @@ if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
 fi
-mkdir -p /tmp/site && ln -sfn "$PWD/kernels" /tmp/site/vid3d_kernels  # vid3d and its kernels from this tree
+mkdir -p /tmp/site && ln -sfn "$PWD/vid3d_kernels" /tmp/site/vid3d_kernels  # vid3d and its kernels from this tree
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 OUT=$OUT timeout 480 python3 scripts/gpu_check.py --out "$OUT/gpu-check.json"
