@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from vid3d_kernels.attention import multi_source_attention_reference, triton_multi_source_attention
 
 # (batch, heads, query tokens); a frame is FRAME_TOKENS tokens (a 32x32 latent grid)

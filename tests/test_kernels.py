@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+
 from vid3d_kernels.attention import multi_source_attention, multi_source_attention_reference
 
 
